@@ -1,0 +1,124 @@
+"""What the `run` and `report` commands do, with a live Rich display; cli.py stays thin."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from optbench.errors import OptbenchError
+from optbench.runner import Hooks, pending_cells, run_cells
+from optbench.store import ResultStore, RunResult
+from optbench.suite import Cell, Suite, expand, load_suite
+
+
+def select_cells(suite: Suite, only: str | None) -> list[Cell]:
+    cells = list(expand(suite))
+    if only is None:
+        return cells
+    chosen = [c for c in cells if fnmatch.fnmatchcase(c.id, only)]
+    if not chosen:
+        ids = ", ".join(c.id for c in cells[:6]) + (", ..." if len(cells) > 6 else "")
+        raise OptbenchError(f"--only '{only}' matches no cell of suite '{suite.name}'; its cells: {ids}")
+    return chosen
+
+
+def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, only: str | None,
+              console: Console) -> int:
+    suite = load_suite(suite_path)
+    cells = select_cells(suite, only)
+    store = ResultStore(db)
+    todo = pending_cells(cells, store, rerun)
+    console.print(
+        f"suite [bold]{suite.name}[/]: {len(cells)} cells, {len(cells) - len(todo)} already stored,"
+        f" {len(todo)} to run · results in {db}", highlight=False,
+    )
+    try:
+        with LiveProgress(console, len(todo)) as live:
+            results = run_cells(todo, store, hooks=live.hooks, on_done=live.done)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: finished cells are stored in {db}; run again to resume")
+        return 130
+    _write_report(suite, cells, store, reports_dir, console)
+    failed = [r for r in results if r.status != "ok"]
+    if failed:
+        console.print(f"[yellow]{len(failed)} of {len(results)} cells did not finish ok[/] (see the report)")
+    return 0
+
+
+def report_suite(suite_path: Path, db: Path, reports_dir: Path, console: Console) -> None:
+    if not Path(db).exists():
+        raise OptbenchError(f"{db}: no results store here; run the suite first (optbench run SUITE --db {db})")
+    suite = load_suite(suite_path)
+    _write_report(suite, list(expand(suite)), ResultStore(db), reports_dir, console)
+
+
+def _write_report(suite: Suite, cells: list[Cell], store: ResultStore, reports_dir: Path,
+                  console: Console) -> None:
+    from optbench import report
+
+    runs = store.latest_runs(c.fingerprint for c in cells)
+    if runs.empty:
+        console.print("no stored results for this suite yet; nothing to report")
+        return
+    curves = store.curves(runs["run_id"])
+    for table in report.rich_tables(runs):
+        console.print(table)
+    out = Path(reports_dir) / suite.name
+    provenance = f"Rendered by `optbench report {suite.name}` from `{store.path}`."
+    paths = report.write_report(runs, curves, out, title=f"optbench · {suite.name}",
+                                description=suite.description, provenance=provenance)
+    console.print(f"report: {out / 'summary.md'} (+{len(paths) - 1} plots)", highlight=False)
+
+
+class LiveProgress:
+    """A bar over the grid (cell i/N, current cell, elapsed, ETA) and a per-step status line."""
+
+    def __init__(self, console: Console, total: int):
+        self.console, self.total, self.index = console, total, 0
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[step]}"), console=console,
+        )
+        self.task = None
+        self.hooks = Hooks(on_start=self._start, on_event=self._event)
+
+    def __enter__(self) -> "LiveProgress":
+        self.progress.__enter__()
+        self.task = self.progress.add_task("starting", total=self.total, step="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def _start(self, cell: Cell, pid: int) -> None:
+        self.index += 1
+        self.progress.update(self.task, description=f"[{self.index}/{self.total}] {cell.id}", step="starting")
+
+    def _event(self, cell: Cell, event: dict) -> None:
+        if event.get("event") != "step":
+            return
+        tps = event.get("tokens_per_s")
+        speed = f" · {tps:,.0f} tok/s" if tps else ""
+        self.progress.update(
+            self.task, step=f"step {event['step']}/{event['steps']} · loss {event['loss']:.3f}{speed}"
+        )
+
+    def done(self, cell: Cell, result: RunResult) -> None:
+        self.progress.advance(self.task)
+        self.console.print(_done_line(cell, result), highlight=False)
+
+
+def _done_line(cell: Cell, r: RunResult) -> str:
+    took = f"{(r.ended_at or 0) - (r.started_at or 0):.0f}s"
+    if r.status != "ok":
+        return f"[red]✗[/] {cell.id}: {r.status} — {r.error} ({took})"
+    m = r.metrics
+    return (f"[green]✓[/] {cell.id}: loss {m.get('final_train_loss', float('nan')):.3f}"
+            f" · ppl {m.get('eval_ppl', float('nan')):.1f}"
+            f" · peak {m.get('peak_allocated_bytes', 0) / 2**20:,.1f} MiB"
+            f" · {m.get('tokens_per_s', 0):,.0f} tok/s ({took})")

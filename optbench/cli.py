@@ -1,0 +1,114 @@
+"""optbench command line: each command a few lines that call library code."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+
+from optbench.errors import OptbenchError
+
+app = typer.Typer(
+    help="Benchmark LLM-pretraining optimizers: memory, time and loss, side by side.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DB_OPTION = typer.Option(Path("results/optbench.sqlite"), "--db", help="SQLite results store.")
+REPORTS_OPTION = typer.Option(Path("reports"), "--reports", help="Directory reports are written under.")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Bad input -> one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OptbenchError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def run(
+    suite_path: Path = typer.Argument(..., metavar="SUITE", help="Suite YAML file, e.g. suites/quick.yaml."),
+    db: Path = DB_OPTION,
+    reports: Path = REPORTS_OPTION,
+    rerun: bool = typer.Option(False, "--rerun", help="Run every cell again, even those with an ok result."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cells whose fingerprint already has an ok result (default). --no-resume is the same as --rerun."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run only cells whose id matches this glob, e.g. 'llama_9m/*'."),
+) -> None:
+    """Run a suite's grid (each cell in its own process), store every result, write reports/<suite>/."""
+    from optbench.app import run_suite
+
+    code = run_suite(suite_path, db, reports, rerun=rerun or not resume, only=only, console=console)
+    raise typer.Exit(code)
+
+
+@app.command()
+@user_errors
+def validate(
+    suite_paths: list[Path] = typer.Argument(..., metavar="SUITE...", help="Suite YAML files to check."),
+) -> None:
+    """Check suites without running them: keys, types, names, hparams, data files."""
+    from optbench.suite import expand, load_suite
+
+    for path in suite_paths:
+        suite = load_suite(path)
+        cells = list(expand(suite))
+        console.print(f"[green]ok[/] {path}: suite '{suite.name}', {len(cells)} cells")
+
+
+class ListWhat(str, Enum):
+    models = "models"
+    optimizers = "optimizers"
+    suites = "suites"
+
+
+@app.command("list")
+@user_errors
+def list_(
+    what: ListWhat = typer.Argument(..., help="What to list: models, optimizers or suites."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show policies, defaults and formulas in full."),
+    suites_dir: Path = typer.Option(Path("suites"), "--suites-dir", help="Where to look for suites."),
+) -> None:
+    """List the model sizes, the optimizer registry, or the shipped suites."""
+    from optbench import listing
+
+    table = {
+        ListWhat.models: listing.models_table,
+        ListWhat.optimizers: lambda: listing.optimizers_table(verbose),
+        ListWhat.suites: lambda: listing.suites_table(suites_dir),
+    }[what]()
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def report(
+    suite_path: Path = typer.Argument(..., metavar="SUITE", help="Suite YAML whose results to render."),
+    db: Path = DB_OPTION,
+    reports: Path = REPORTS_OPTION,
+) -> None:
+    """Re-render reports/<suite>/ from the store, without running anything."""
+    from optbench.app import report_suite
+
+    report_suite(suite_path, db, reports, console=console)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

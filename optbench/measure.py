@@ -1,0 +1,152 @@
+"""Measurements of one training cell: tracked peak memory, allocator stats, NVML, timing.
+
+Definitions (DESIGN.md): peak memory on CPU comes from a tensor-storage tracker
+(torch's MemTracker) running over one whole training step taken after the optimizer
+state exists; on CUDA the headline is `torch.cuda.max_memory_allocated` over the run,
+and the tracker still gives the breakdown. Timed steps never run under the tracker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from typing import Any, Callable, Iterator
+
+import torch
+
+from optbench.measure_state import optimizer_state_bytes  # noqa: F401  (re-exported)
+
+# MemTracker's reference types -> the four parts we report.
+_PART_OF_REFTYPE = {
+    "Parameter": "params",
+    "Buffer": "params",
+    "Gradient": "grads",
+    "Optstate": "optimizer_state",
+    "Activation": "activations",
+    "Temp": "activations",
+    "Other": "activations",
+}
+PARTS = ("params", "grads", "optimizer_state", "activations")
+
+
+def tracked_peak(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_step: Callable[[], Any]
+) -> dict[str, int]:
+    """Run `run_step()` under MemTracker; the peak total and its parts, in bytes."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    tracker.track_external(model, optimizer)
+    with tracker:
+        run_step()
+    snapshots = tracker.get_tracker_snapshot("peak")
+    out = {f"peak_{part}_bytes": 0 for part in PARTS}
+    for snapshot in snapshots.values():
+        for reftype, nbytes in snapshot.items():
+            part = _PART_OF_REFTYPE.get(getattr(reftype, "value", str(reftype)))
+            if part is not None:
+                out[f"peak_{part}_bytes"] += int(nbytes)
+    out["tracked_peak_bytes"] = sum(out[f"peak_{p}_bytes"] for p in PARTS)
+    return out
+
+
+def param_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def stopwatch(device: torch.device, into: list[float]) -> Iterator[None]:
+    """Append the wall time of the block, in ms, with the device synchronized on both ends."""
+    synchronize(device)
+    start = time.perf_counter()
+    yield
+    synchronize(device)
+    into.append((time.perf_counter() - start) * 1e3)
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def cuda_memory(device: torch.device) -> dict[str, int]:
+    """Allocator peaks since the last reset, plus what NVML sees on the device."""
+    out = {
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
+        "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
+    }
+    used = nvml_used_bytes(device)
+    if used is not None:
+        out["nvml_used_bytes"] = used
+    return out
+
+
+def nvml_used_bytes(device: torch.device) -> int | None:
+    """This process's device memory as NVML sees it (driver + context included), else None."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == os.getpid() and proc.usedGpuMemory:
+                    return int(proc.usedGpuMemory)
+            # Containers often hide pids from NVML: fall back to the whole device.
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no NVML, not NVIDIA: the metric is simply absent
+        return None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware a result was measured on."""
+    import platform
+    import socket
+    import subprocess
+
+    import optbench
+
+    env: dict[str, Any] = {
+        "optbench": optbench.__version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": platform.processor() or platform.machine(),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+        env["driver"] = _nvml_driver()
+    try:
+        env["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=os.path.dirname(__file__),
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git_commit"] = None
+    return env
+
+
+def _nvml_driver() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+            return version.decode() if isinstance(version, bytes) else version
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return None

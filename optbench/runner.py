@@ -1,0 +1,146 @@
+"""Run cells, each in its own subprocess, and commit each result the moment it ends.
+
+Data flows one way: suite -> cells -> runner -> store. The parent never parses results
+out of log text: the worker writes a JSON result file; stdout carries progress only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from optbench.store import ResultStore, RunResult
+from optbench.suite import Cell
+from optbench.worker import EVENT_PREFIX
+
+STDERR_TAIL_LINES = 20
+
+
+@dataclass
+class Hooks:
+    """Callbacks for a live display (and for tests that need the child's pid)."""
+
+    on_start: Callable[[Cell, int], None] = lambda cell, pid: None
+    on_event: Callable[[Cell, dict], None] = lambda cell, event: None
+
+
+def run_cell(cell: Cell, hooks: Hooks | None = None) -> RunResult:
+    """Run one cell in a fresh Python process; always returns a RunResult."""
+    hooks = hooks or Hooks()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="optbench-cell-") as tmp:
+        cell_path, result_path = Path(tmp, "cell.pkl"), Path(tmp, "result.json")
+        cell_path.write_bytes(pickle.dumps(cell))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "optbench.worker", str(cell_path), str(result_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            text=True, env=_child_env(), start_new_session=True,
+        )
+        hooks.on_start(cell, proc.pid)
+        stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        drain = threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True)
+        drain.start()
+        try:
+            timed_out = _pump_events(proc, cell, hooks, cell.defaults.timeout_s)
+        except BaseException:  # Ctrl-C or anything else: never leave the child running
+            _kill(proc)
+            raise
+        drain.join(timeout=5)
+        outcome = _read_result(result_path, proc.returncode, stderr_tail, timed_out, cell)
+    outcome.setdefault("started_at", started)
+    outcome.setdefault("ended_at", time.time())
+    return _to_result(cell, outcome)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _pump_events(proc: subprocess.Popen, cell: Cell, hooks: Hooks, timeout_s: float | None) -> bool:
+    """Forward progress events until the child exits; True if it was killed for time."""
+    timer = None
+    timed_out = threading.Event()
+    if timeout_s:
+        def expire() -> None:
+            timed_out.set()
+            _kill(proc)
+
+        timer = threading.Timer(timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith(EVENT_PREFIX):
+                hooks.on_event(cell, json.loads(line[len(EVENT_PREFIX):]))
+        proc.wait()
+    finally:
+        if timer:
+            timer.cancel()
+    return timed_out.is_set()
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _read_result(path: Path, returncode: int, stderr_tail, timed_out: bool, cell: Cell) -> dict:
+    if path.exists() and returncode == 0:
+        return json.loads(path.read_text())
+    if timed_out:
+        why = f"timed out after {cell.defaults.timeout_s:g} s (defaults.timeout_s)"
+    elif returncode < 0:
+        why = f"process killed by {signal.Signals(-returncode).name}"
+    else:
+        why = f"process exited with code {returncode}"
+    tail = "".join(stderr_tail).strip()
+    return {"status": "crashed", "error": why, "traceback": tail or None}
+
+
+def _to_result(cell: Cell, outcome: dict) -> RunResult:
+    return RunResult(
+        suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint, model=cell.model,
+        optimizer=cell.optimizer.display, optimizer_name=cell.optimizer.name,
+        seq_len=cell.seq_len, device=cell.defaults.device, dtype=cell.defaults.dtype,
+        status=outcome["status"], config=cell.config(), error=outcome.get("error"),
+        traceback=outcome.get("traceback"), env=outcome.get("env", {}),
+        metrics=outcome.get("metrics", {}), curve=[tuple(p) for p in outcome.get("curve", [])],
+        started_at=outcome.get("started_at"), ended_at=outcome.get("ended_at"),
+    )
+
+
+def pending_cells(cells: list[Cell], store: ResultStore, rerun: bool) -> list[Cell]:
+    """Cells still to run: all of them with `rerun`, else those without an ok result."""
+    return list(cells) if rerun else [c for c in cells if not store.has_ok(c.fingerprint)]
+
+
+def run_cells(
+    cells: list[Cell], store: ResultStore, hooks: Hooks | None = None,
+    on_done: Callable[[Cell, RunResult], None] = lambda cell, result: None,
+) -> list[RunResult]:
+    """Run and store each cell in turn; a failing cell is recorded and the rest go on."""
+    results = []
+    for cell in cells:
+        result = run_cell(cell, hooks)
+        store.save(result)
+        on_done(cell, result)
+        results.append(result)
+    return results

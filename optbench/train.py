@@ -1,0 +1,185 @@
+"""One training burst of one cell, in the current process: the code the worker runs.
+
+The loop is a trimmed pretraining loop (nanoGPT's bench.py in spirit): seeded batches of
+packed windows, optional grad accumulation, clipping, a schedule, and measurements taken
+around it without perturbing the timed steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from optbench import measure
+from optbench.data import load_tokens
+from optbench.models import build_model, get_model_size
+from optbench.optimizers import build_optimizer
+from optbench.suite import Cell, LRSchedule
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Step 2 is the first step that runs with the optimizer state already allocated.
+TRACKED_STEP = 2
+FINAL_LOSS_WINDOW = 5  # final train loss = mean of the last steps, a less noisy number
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class Diverged(Exception):
+    """Loss became NaN or infinite."""
+
+
+@dataclass
+class Burst:
+    """What a training burst accumulates as it goes."""
+
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)
+    fwd_bwd_ms: list[float] = field(default_factory=list)
+    opt_ms: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def lr_factor(schedule: LRSchedule, steps: int) -> Callable[[int], float]:
+    """Multiplier on the peak lr at 0-based step `i`: linear warm-up, then cosine or constant."""
+
+    def factor(i: int) -> float:
+        if i < schedule.warmup_steps:
+            return (i + 1) / schedule.warmup_steps
+        if schedule.kind == "constant":
+            return 1.0
+        span = max(1, steps - schedule.warmup_steps)
+        progress = min(1.0, (i - schedule.warmup_steps) / span)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return schedule.min_ratio + (1.0 - schedule.min_ratio) * cosine
+
+    return factor
+
+
+def lm_loss(model: torch.nn.Module, window: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on a [batch, seq_len+1] window, computed in float32."""
+    logits = model(input_ids=window[:, :-1]).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), window[:, 1:].flatten())
+
+
+def train_cell(cell: Cell, emit: Emit) -> dict[str, Any]:
+    """Train, measure, evaluate. Returns {status, error, metrics, curve}; raises on bugs."""
+    d = cell.defaults
+    device = torch.device(d.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return {"status": "skipped", "error": "CUDA requested but not available on this machine"}
+    torch.manual_seed(d.seed)
+    size = get_model_size(cell.model)
+    tokens = load_tokens(cell.data, size.vocab_size)
+    batches = tokens.train_batches(cell.seq_len, d.batch_size, d.seed)
+    model = build_model(cell.model, DTYPES[d.dtype], device)
+    optimizer = build_optimizer(cell.optimizer.name, model, **cell.optimizer.hparams)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(d.lr_schedule, d.steps))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    burst = Burst()
+    burst.metrics["n_params"] = sum(p.numel() for p in model.parameters())
+    burst.metrics["param_bytes"] = measure.param_bytes(model)
+    status, error = "ok", None
+    try:
+        for step in range(1, d.steps + 1):
+            _one_step(cell, model, optimizer, scheduler, batches, device, step, burst)
+            emit({"event": "step", "step": step, "steps": d.steps, "loss": burst.losses[-1],
+                  "tokens_per_s": _tokens_per_s(cell, burst.step_ms[-1:])})
+    except Diverged as exc:
+        status, error = "diverged", str(exc)
+    if device.type == "cuda":
+        burst.metrics.update(measure.cuda_memory(device))
+    if status == "ok":
+        burst.metrics.update(_evaluate(cell, model, tokens, device))
+    _summarize(cell, burst)
+    curve = [(i + 1, loss, lr) for i, (loss, lr) in enumerate(zip(burst.losses, burst.lrs))]
+    return {"status": status, "error": error, "metrics": burst.metrics, "curve": curve}
+
+
+def _one_step(cell, model, optimizer, scheduler, batches, device, step, burst) -> None:
+    d = cell.defaults
+    windows = [next(batches).to(device, non_blocking=True) for _ in range(d.grad_accum)]
+
+    def fwd_bwd() -> float:
+        total = 0.0
+        for window in windows:
+            with torch.autocast(device.type, torch.bfloat16, enabled=d.autocast):
+                loss = lm_loss(model, window) / d.grad_accum
+            loss.backward()
+            total += loss.item()
+        return total
+
+    def opt_step() -> None:
+        if d.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), d.grad_clip)
+        optimizer.step()
+
+    def full_step() -> float:
+        loss = fwd_bwd()
+        opt_step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    burst.lrs.append(optimizer.param_groups[0]["lr"])
+    if step == TRACKED_STEP:
+        holder: list[float] = []
+        burst.metrics.update(measure.tracked_peak(model, optimizer, lambda: holder.append(full_step())))
+        loss = holder[0]
+    else:
+        fb, op, total = [], [], []
+        with measure.stopwatch(device, total):
+            with measure.stopwatch(device, fb):
+                loss = fwd_bwd()
+            with measure.stopwatch(device, op):
+                opt_step()
+            optimizer.zero_grad(set_to_none=True)
+        if step > d.warmup:
+            burst.fwd_bwd_ms += fb
+            burst.opt_ms += op
+            burst.step_ms += total
+    scheduler.step()
+    burst.losses.append(loss)
+    if step == 1:
+        burst.metrics["optimizer_state_bytes"] = measure.optimizer_state_bytes(optimizer)
+    if not math.isfinite(loss):
+        raise Diverged(f"loss is {loss} at step {step}")
+
+
+def _tokens_per_s(cell: Cell, step_ms: list[float]) -> float | None:
+    ms = measure.median(step_ms)
+    if not ms:
+        return None
+    d = cell.defaults
+    return d.batch_size * d.grad_accum * cell.seq_len / (ms / 1e3)
+
+
+@torch.no_grad()
+def _evaluate(cell: Cell, model, tokens, device) -> dict[str, float]:
+    model.eval()
+    batches = tokens.eval_batches(cell.seq_len, cell.defaults.batch_size, cell.defaults.eval_batches)
+    losses = [lm_loss(model, b.to(device)).item() for b in batches]
+    model.train()
+    eval_loss = sum(losses) / len(losses)
+    return {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 700.0))}
+
+
+def _summarize(cell: Cell, burst: Burst) -> None:
+    m = burst.metrics
+    m["steps"] = len(burst.losses)
+    if burst.losses:
+        tail = burst.losses[-FINAL_LOSS_WINDOW:]
+        m["final_train_loss"] = sum(tail) / len(tail)
+    for name, values in (("step_ms", burst.step_ms), ("fwd_bwd_ms", burst.fwd_bwd_ms),
+                         ("optimizer_step_ms", burst.opt_ms)):
+        if values:
+            m[name] = measure.median(values)
+    tps = _tokens_per_s(cell, burst.step_ms)
+    if tps:
+        m["tokens_per_s"] = tps
+    if "peak_allocated_bytes" not in m and "tracked_peak_bytes" in m:
+        m["peak_allocated_bytes"] = m["tracked_peak_bytes"]

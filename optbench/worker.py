@@ -1,0 +1,64 @@
+"""Child-process entry point: `python -m optbench.worker CELL.pkl RESULT.json`.
+
+Runs one cell in a fresh process so its memory never leaks into the next measurement
+and a crash cannot take the suite down. Progress goes to stdout as JSON lines (for the
+live display only); the result goes to RESULT.json, written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import time
+import traceback
+from pathlib import Path
+
+# A line on stdout that starts with this is a progress event; anything else is noise
+# from libraries and is passed through untouched.
+EVENT_PREFIX = "@optbench "
+
+
+def emit(event: dict) -> None:
+    sys.stdout.write(EVENT_PREFIX + json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def main(cell_path: str, result_path: str) -> int:
+    started = time.time()
+    cell = pickle.loads(Path(cell_path).read_bytes())
+    result = run_guarded(cell)
+    result["started_at"], result["ended_at"] = started, time.time()
+    tmp = Path(result_path + ".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, result_path)
+    return 0
+
+
+def run_guarded(cell) -> dict:
+    """train_cell, with each way of failing mapped to a status (oom, error)."""
+    import torch
+
+    from optbench.measure import environment
+    from optbench.train import train_cell
+
+    env = environment(torch.device(cell.defaults.device))
+    try:
+        result = train_cell(cell, emit)
+    except torch.OutOfMemoryError as exc:
+        result = {"status": "oom", "error": _one_line(exc)}
+    except Exception as exc:  # the message is the result: keep it, and the traceback
+        result = {"status": "error", "error": f"{type(exc).__name__}: {_one_line(exc)}",
+                  "traceback": traceback.format_exc()}
+    result["env"] = env
+    return result
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
