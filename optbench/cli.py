@@ -17,8 +17,9 @@ app = typer.Typer(
     help="Benchmark LLM-pretraining optimizers: memory, time and loss, side by side.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (CI logs, pipes) Rich would wrap tables at 80 columns; logs can be wider.
+console = Console() if Console().is_terminal else Console(width=160)
+err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 400)
 
 DB_OPTION = typer.Option(Path("results/optbench.sqlite"), "--db", help="SQLite results store.")
 REPORTS_OPTION = typer.Option(Path("reports"), "--reports", help="Directory reports are written under.")

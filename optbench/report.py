@@ -1,0 +1,591 @@
+"""Render benchmark results as a Markdown report with PNG plots, and as rich tables.
+
+Everything here is a pure function of two DataFrames read from the results store (`runs`: one
+row per cell, `curves`: per-step loss in long format), so a report can be re-rendered at any
+time without training anything.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import StrMethodFormatter
+from rich.table import Table
+from rich.text import Text
+
+from optbench import __version__
+
+__all__ = ["rich_tables", "summary_frame", "write_report"]
+
+MIB = 2**20
+DASH = "—"
+ERROR_CHARS = 60
+DPI = 120
+
+METRIC_COLUMNS = [
+    "n_params", "param_bytes", "optimizer_state_bytes", "peak_allocated_bytes",
+    "peak_params_bytes", "peak_grads_bytes", "peak_optimizer_state_bytes",
+    "peak_activations_bytes", "peak_reserved_bytes", "nvml_used_bytes", "tokens_per_s",
+    "step_ms", "fwd_bwd_ms", "optimizer_step_ms", "final_train_loss", "eval_loss", "eval_ppl",
+    "steps",
+]  # fmt: skip
+
+# The four parts the tensor tracker splits the peak into, with their colours in memory plots.
+PEAK_PARTS = [
+    ("params", "peak_params_bytes", "#4C72B0"),
+    ("grads", "peak_grads_bytes", "#DD8452"),
+    ("optimizer state", "peak_optimizer_state_bytes", "#C44E52"),
+    ("activations", "peak_activations_bytes", "#55A868"),
+]
+# On CUDA the allocator's peak can exceed the tracked parts; drawing the rest keeps bar == peak.
+UNATTRIBUTED, UNATTRIBUTED_COLOR = "unattributed (allocator)", "#BBBBBB"
+
+LEFT_ALIGNED = {"Model", "Optimizer", "Status"}
+
+
+# ----------------------------------------------------------------------------- ordering
+
+
+def _prepare(runs: pd.DataFrame) -> pd.DataFrame:
+    """Tolerate absent metric columns and keep one (the latest) row per model/seq_len/label."""
+    runs = runs.copy()
+    for col in METRIC_COLUMNS:
+        if col not in runs.columns:
+            runs[col] = np.nan
+    runs[METRIC_COLUMNS] = runs[METRIC_COLUMNS].astype(float)
+    runs = runs.sort_values("run_id", kind="stable")
+    return runs.drop_duplicates(["model", "seq_len", "optimizer"], keep="last")
+
+
+def _model_order(runs: pd.DataFrame) -> list[str]:
+    """Models by size (n_params); models whose runs all failed (no size) last, as first seen."""
+    first_seen = {m: i for i, m in enumerate(dict.fromkeys(runs["model"]))}
+    size = runs.groupby("model")["n_params"].max()
+    # NaN never compares, so unknown sizes get a placeholder and sort on first_seen alone.
+    return sorted(
+        first_seen,
+        key=lambda m: (pd.isna(size[m]), 0 if pd.isna(size[m]) else size[m], first_seen[m]),
+    )
+
+
+def _optimizer_order(labels, baseline: str) -> list[str]:
+    """Baseline first so every table and legend reads as 'reference, then the rest'."""
+    return sorted(set(labels), key=lambda label: (label != baseline, label))
+
+
+def _sorted_group(group: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    order = {label: i for i, label in enumerate(_optimizer_order(group["optimizer"], baseline))}
+    return group.sort_values("optimizer", key=lambda s: s.map(order))
+
+
+def _groups(runs: pd.DataFrame, baseline: str) -> Iterator[tuple[str, int, pd.DataFrame]]:
+    """(model, seq_len, rows) in report order; rows sorted with the baseline first."""
+    for model in _model_order(runs):
+        model_runs = runs[runs["model"] == model]
+        for seq_len in sorted(model_runs["seq_len"].unique()):
+            group = model_runs[model_runs["seq_len"] == seq_len]
+            yield model, int(seq_len), _sorted_group(group, baseline)
+
+
+def _setup_label(group: pd.DataFrame) -> str:
+    """'cpu fp32' (or several, joined) for table titles; '' when unknown."""
+    pairs = [
+        " ".join(str(v) for v in (device, dtype) if pd.notna(v))
+        for device, dtype in zip(group["device"], group["dtype"])
+    ]
+    return " / ".join(p for p in dict.fromkeys(pairs) if p)
+
+
+def _group_title(model: str, seq_len: int, group: pd.DataFrame) -> str:
+    return " · ".join(p for p in (model, f"seq {seq_len}", _setup_label(group)) if p)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _finite(value) -> bool:
+    return value is not None and pd.notna(value) and math.isfinite(float(value))
+
+
+def _fmt(value, spec: str) -> str:
+    return format(float(value), spec) if _finite(value) else DASH
+
+
+def _fmt_mib(nbytes) -> str:
+    """MiB with 1 decimal, or 2 below 10 MiB so tiny models don't all read '0.0'."""
+    if not _finite(nbytes):
+        return DASH
+    mib = float(nbytes) / MIB
+    if mib == 0:
+        return "0"
+    return f"{mib:,.1f}" if mib >= 10 else f"{mib:.2f}"
+
+
+def _fmt_ratio(value, base) -> str:
+    if not (_finite(value) and _finite(base)) or float(base) == 0:
+        return DASH
+    return f"{float(value) / float(base):.2f}×"
+
+
+def _error_line(error) -> str:
+    """The informative line of an error: a traceback's last line, otherwise the first line."""
+    if not isinstance(error, str) or not error.strip():
+        return ""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
+
+
+def _status_text(row: pd.Series) -> str:
+    line = _error_line(row["error"])
+    if row["status"] == "ok" or not line:
+        return str(row["status"])
+    short = line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 1].rstrip() + "…"
+    return f"{row['status']}: {short}"
+
+
+BREAKDOWN_COLUMNS = ("Params (MiB)", "Grads (MiB)", "Opt state (MiB)", "Activations (MiB)",
+                     "fwd+bwd / opt (ms)")
+
+
+def _columns(baseline: str) -> list[str]:
+    return [
+        "Optimizer", "Status", "State (MiB)", "Peak (MiB)", "Params (MiB)", "Grads (MiB)",
+        "Opt state (MiB)", "Activations (MiB)", f"Peak vs {baseline}", f"State vs {baseline}",
+        "Tokens/s", "Step (ms)", "fwd+bwd / opt (ms)", "Final train loss", "Eval ppl",
+    ]  # fmt: skip
+
+
+def _format_row(row: pd.Series, base: pd.Series | None, baseline: str) -> list[str]:
+    """One table row. Non-ok rows keep only name and status: their metrics are partial at best."""
+    if row["status"] != "ok":
+        return [str(row["optimizer"]), _status_text(row)] + [DASH] * (len(_columns(baseline)) - 2)
+    ok_base = base is not None and base["status"] == "ok"
+    peak_base = base["peak_allocated_bytes"] if ok_base else np.nan
+    state_base = base["optimizer_state_bytes"] if ok_base else np.nan
+    split = DASH
+    if _finite(row["fwd_bwd_ms"]) or _finite(row["optimizer_step_ms"]):
+        split = f"{_fmt(row['fwd_bwd_ms'], ',.1f')} / {_fmt(row['optimizer_step_ms'], ',.1f')}"
+    return [
+        str(row["optimizer"]),
+        "ok",
+        _fmt_mib(row["optimizer_state_bytes"]),
+        _fmt_mib(row["peak_allocated_bytes"]),
+        _fmt_mib(row["peak_params_bytes"]),
+        _fmt_mib(row["peak_grads_bytes"]),
+        _fmt_mib(row["peak_optimizer_state_bytes"]),
+        _fmt_mib(row["peak_activations_bytes"]),
+        _fmt_ratio(row["peak_allocated_bytes"], peak_base),
+        _fmt_ratio(row["optimizer_state_bytes"], state_base),
+        _fmt(row["tokens_per_s"], ",.0f"),
+        _fmt(row["step_ms"], ",.1f"),
+        split,
+        _fmt(row["final_train_loss"], ".3f"),
+        _fmt(row["eval_ppl"], ",.1f"),
+    ]
+
+
+def _group_frame(group: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Formatted rows of one (model, seq_len) group, baseline first."""
+    base_rows = group[group["optimizer"] == baseline]
+    base = base_rows.iloc[0] if len(base_rows) else None
+    rows = [_format_row(row, base, baseline) for _, row in group.iterrows()]
+    return pd.DataFrame(rows, columns=_columns(baseline))
+
+
+def summary_frame(runs: pd.DataFrame, baseline: str = "adamw") -> pd.DataFrame:
+    """Human-facing summary, one formatted row (strings) per (model, seq_len, optimizer).
+
+    Sorted by model size, then seq_len, then optimizer with `baseline` first. Memory is in
+    MiB (2**20 bytes); ratios are against the `baseline` row of the same model and seq_len.
+    """
+    columns = ["Model", "Seq len", *_columns(baseline)]
+    frames = []
+    for model, seq_len, group in _groups(_prepare(runs), baseline):
+        frame = _group_frame(group, baseline)
+        frame.insert(0, "Seq len", seq_len)
+        frame.insert(0, "Model", model)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def rich_tables(runs: pd.DataFrame, baseline: str = "adamw") -> list[Table]:
+    """The summary for the terminal: one table per (model, seq_len)."""
+    tables = []
+    for model, seq_len, group in _groups(_prepare(runs), baseline):
+        full = _group_frame(group, baseline)
+        # The terminal gets the headline columns; the breakdown lives in summary.md.
+        frame = full[[c for c in full.columns if c not in BREAKDOWN_COLUMNS]]
+        table = Table(title=_group_title(model, seq_len, group),
+                      caption="MiB = 2^20 bytes · breakdown in summary.md")
+        for col in frame.columns:
+            table.add_column(col, justify="left" if col in LEFT_ALIGNED else "right")
+        for cells in frame.itertuples(index=False):
+            status = Text(cells[1], style="green" if cells[1] == "ok" else "red")
+            table.add_row(cells[0], status, *cells[2:])
+        tables.append(table)
+    return tables
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _md_cell(value) -> str:
+    # A '|' would split the cell and a newline would end the table row.
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub pipe table (pandas' to_markdown needs tabulate, which we don't depend on)."""
+    header = "| " + " | ".join(_md_cell(c) for c in frame.columns) + " |"
+    rule = "| " + " | ".join("---" if c in LEFT_ALIGNED else "---:" for c in frame.columns) + " |"
+    body = [
+        "| " + " | ".join(_md_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
+    return "\n".join([header, rule, *body])
+
+
+def _legend_lines(baseline: str) -> list[str]:
+    return [
+        "**Columns** (MiB = 2^20 bytes; a `—` means not measured or not applicable):",
+        "",
+        "- **Status** — ok, oom, diverged, crashed, error or skipped; a row that is not ok shows"
+        " the start of its error (full text under Failures) and no metrics.",
+        "- **State (MiB)** — bytes of optimizer state, measured after the first optimizer step"
+        " (state is allocated lazily).",
+        "- **Peak (MiB)** — peak memory over a training step: `torch.cuda.max_memory_allocated`"
+        " on CUDA, the tensor tracker's peak of live tensors on CPU.",
+        "- **Params / Grads / Opt state / Activations (MiB)** — what the live tensors were at the"
+        " peak moment; activations include temporaries and inputs. They sum to Peak on CPU; on"
+        " CUDA the allocator's Peak can be a little larger.",
+        f"- **Peak vs {baseline}** — this row's Peak divided by the {baseline} row's Peak at the"
+        f" same model and sequence length (`—` when {baseline} is missing or not ok).",
+        f"- **State vs {baseline}** — the same ratio for optimizer state.",
+        "- **Tokens/s** — training throughput, median over the timed steps after warm-up.",
+        "- **Step (ms)** — wall time of one training step, median over the timed steps;"
+        " **fwd+bwd / opt (ms)** splits it into forward+backward and `optimizer.step()`.",
+        "- **Final train loss** — training loss (nats/token), mean over the last 5 steps.",
+        "- **Eval ppl** — perplexity, exp(eval loss), on held-out batches.",
+    ]
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any backtick run in the text, so it can't close early."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _failure_lines(runs: pd.DataFrame, baseline: str) -> list[str]:
+    lines = []
+    for model, seq_len, group in _groups(runs, baseline):
+        for _, row in group[group["status"] != "ok"].iterrows():
+            error = row["error"].strip() if isinstance(row["error"], str) else ""
+            text = error or "(no error text recorded)"
+            fence = _fence(text)
+            where = f"{model} · seq {seq_len} · {row['optimizer']}"
+            lines += [
+                f"- **{where}** — {row['status']} (run {row['run_id']}, cell `{row['cell_id']}`)",
+                "",
+                f"  {fence}text",
+                *[f"  {line}" for line in text.splitlines()],
+                f"  {fence}",
+                "",
+            ]
+    return lines
+
+
+def _provenance_line(runs: pd.DataFrame, provenance: str) -> str:
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    n_ok = int((runs["status"] == "ok").sum())
+    line = f"_Generated {when} by optbench {__version__} from {len(runs)} results ({n_ok} ok)._"
+    return f"{line} {provenance.strip()}" if provenance.strip() else line
+
+
+def _model_heading(model: str, model_runs: pd.DataFrame) -> str:
+    n_params = model_runs["n_params"].max()
+    return f"## {model} ({n_params / 1e6:.1f}M parameters)" if _finite(n_params) else f"## {model}"
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _optimizer_styles(labels) -> dict[str, dict]:
+    """{label: {color, marker}} from the sorted labels of the whole report, so every figure
+    agrees. Markers tell apart lines that coincide (same optimizer, another lr)."""
+    labels = sorted(set(labels))
+    cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
+    shapes = "osD^vPX*<>"
+    return {
+        label: {"color": cmap(i % cmap.N), "marker": shapes[i % len(shapes)]}
+        for i, label in enumerate(labels)
+    }
+
+
+def _thousands(axis) -> None:
+    axis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    # A bare Figure (no pyplot) renders with Agg, touches no global backend state and is
+    # garbage-collected like any object, so there is nothing to close.
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _optimizer_handles(labels: list[str], styles: dict[str, dict]) -> list[Line2D]:
+    return [Line2D([], [], color=styles[label]["color"], lw=2, label=label) for label in labels]
+
+
+def _loss_ylim(curves: pd.DataFrame) -> tuple[float, float] | None:
+    """Y range from runs that did not blow up, so one diverged curve can't flatten the rest."""
+    sane = curves.loc[curves["status"] != "diverged", "loss"]
+    if sane.empty:
+        return None
+    low, high = sane.min(), sane.max()
+    pad = 0.04 * (high - low) or 0.1
+    return low - pad, high + pad
+
+
+def _plot_loss_curve(ax, steps: pd.Series, loss: pd.Series, color, ok: bool) -> None:
+    """Smoothed line over a faint raw curve; dashed when the run did not finish ok."""
+    style = "-" if ok else "--"
+    window = max(1, len(loss) // 25)
+    if window == 1:
+        ax.plot(steps, loss, color=color, lw=1.6, ls=style)
+        return
+    smooth = loss.rolling(window, min_periods=1, center=True).mean()
+    ax.plot(steps, loss, color=color, lw=0.8, alpha=0.25)
+    ax.plot(steps, smooth, color=color, lw=1.6, ls=style)
+
+
+def _plot_loss(
+    model: str, model_runs: pd.DataFrame, curves: pd.DataFrame, styles, baseline: str, path: Path
+) -> Path | None:
+    if curves.empty:  # may even lack columns when nothing was ever logged
+        return None
+    data = curves.merge(model_runs[["run_id", "seq_len", "optimizer", "status"]], on="run_id")
+    data = data[np.isfinite(data["loss"].astype(float))]
+    if data.empty:
+        return None
+    seqs = sorted(data["seq_len"].unique())
+    fig = _new_figure(4.6 * len(seqs) + 2.0, 4.4)
+    axes = fig.subplots(1, len(seqs), sharey=True, squeeze=False)[0]
+    for ax, seq in zip(axes, seqs):
+        at_seq = data[data["seq_len"] == seq]
+        for label in _optimizer_order(at_seq["optimizer"], baseline):
+            curve = at_seq[at_seq["optimizer"] == label].sort_values("step")
+            ok = curve["status"].iloc[0] == "ok"
+            color = styles[label]["color"]
+            _plot_loss_curve(ax, curve["step"], curve["loss"].astype(float), color, ok)
+        ax.set_title(f"seq {seq}")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("training loss (nats/token)")
+    if (ylim := _loss_ylim(data)) is not None:
+        axes[0].set_ylim(*ylim)
+    handles = _optimizer_handles(_optimizer_order(data["optimizer"], baseline), styles)
+    if (data["status"] != "ok").any():
+        handles.append(Line2D([], [], color="gray", lw=1.6, ls="--", label="run not ok"))
+    # Centred on the right: top-aligned, it can run into a suptitle on a narrow figure.
+    fig.legend(handles=handles, loc="outside right center", title="optimizer")
+    fig.suptitle(f"{model}: training loss vs step")
+    return _save(fig, path)
+
+
+def _peak_parts_mib(group: pd.DataFrame) -> list[tuple[str, np.ndarray, str]]:
+    """(name, MiB per row, colour) for each stacked segment; unattributed only if any."""
+    parts = [(name, group[col].fillna(0).to_numpy() / MIB, c) for name, col, c in PEAK_PARTS]
+    tracked = sum(mib for _, mib, _ in parts)
+    rest = np.clip(group["peak_allocated_bytes"].to_numpy() / MIB - tracked, 0, None)
+    if (rest > 0.005 * tracked).any():  # ignore float noise on CPU, where parts == peak
+        parts.append((UNATTRIBUTED, rest, UNATTRIBUTED_COLOR))
+    return parts
+
+
+def _plot_memory_axis(ax, group: pd.DataFrame) -> tuple[float, set[str]]:
+    """Stacked horizontal bars for one seq_len; returns the largest total and segment names."""
+    y = np.arange(len(group))
+    left = np.zeros(len(group))
+    names = set()
+    for name, mib, color in _peak_parts_mib(group):
+        ax.barh(y, mib, left=left, height=0.62, color=color, edgecolor="white", lw=0.5)
+        left += mib
+        names.add(name)
+    for yi, total in zip(y, left):
+        ax.text(total, yi, f"  {total:,.1f} MiB", va="center", fontsize=9)
+    ax.set_yticks(y, group["optimizer"])
+    ax.invert_yaxis()  # baseline on top, as in the tables
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    return float(left.max()), names
+
+
+def _ok_with(model_runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return model_runs[(model_runs["status"] == "ok") & np.isfinite(model_runs[metric])]
+
+
+def _plot_memory(model: str, model_runs: pd.DataFrame, baseline: str, path: Path) -> Path | None:
+    ok = _ok_with(model_runs, "peak_allocated_bytes")
+    seqs = sorted(ok["seq_len"].unique())
+    if not seqs:
+        return None
+    groups = [_sorted_group(ok[ok["seq_len"] == seq], baseline) for seq in seqs]
+    fig = _new_figure(9.5, 1.3 + sum(0.45 * len(g) + 0.8 for g in groups))
+    ratios = [len(g) + 1 for g in groups]
+    axes = fig.subplots(len(seqs), 1, sharex=True, squeeze=False, height_ratios=ratios)[:, 0]
+    peak, names = 0.0, set()
+    for ax, seq, group in zip(axes, seqs, groups):
+        ax_peak, ax_names = _plot_memory_axis(ax, group)
+        peak, names = max(peak, ax_peak), names | ax_names
+        ax.set_title(f"seq {seq}", fontsize=10)
+    axes[0].set_xlim(0, peak * 1.22 or 1)  # room for the total labels right of the bars
+    axes[-1].set_xlabel("memory at the peak moment (MiB)")
+    _thousands(axes[-1].xaxis)
+    segments = [(n, c) for n, _, c in PEAK_PARTS] + [(UNATTRIBUTED, UNATTRIBUTED_COLOR)]
+    handles = [Patch(color=c, label=n) for n, c in segments if n in names]
+    # Below the axes: at the top it would collide with the suptitle.
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.suptitle(f"{model}: peak memory by component")
+    return _save(fig, path)
+
+
+def _compact(value: float) -> str:
+    return f"{value / 1000:.1f}k" if value >= 1000 else f"{value:.0f}"
+
+
+def _plot_throughput(
+    model: str, model_runs: pd.DataFrame, styles, baseline: str, path: Path
+) -> Path | None:
+    ok = _ok_with(model_runs, "tokens_per_s")
+    if ok.empty:
+        return None
+    seqs = sorted(model_runs["seq_len"].unique())
+    # Every label gets a slot, so a failed run shows as a labelled gap rather than vanishing.
+    labels = _optimizer_order(model_runs["optimizer"], baseline)
+    width = 0.8 / len(labels)
+    fig = _new_figure(max(6.0, 0.55 * len(seqs) * len(labels) + 3.5), 4.6)
+    ax = fig.subplots()
+    for i, label in enumerate(labels):
+        rows = model_runs[model_runs["optimizer"] == label]
+        x = np.array([seqs.index(s) - 0.4 + (i + 0.5) * width for s in rows["seq_len"]])
+        done = ((rows["status"] == "ok") & np.isfinite(rows["tokens_per_s"])).to_numpy()
+        values = rows["tokens_per_s"][done]
+        bars = ax.bar(x[done], values, width * 0.92, color=styles[label]["color"], label=label)
+        ax.bar_label(bars, [_compact(v) for v in values], padding=2, fontsize=8)
+        for xi, status in zip(x[~done], rows["status"][~done]):
+            ax.text(xi, 0, f" {status}", rotation=90, ha="center", va="bottom", size=8, c="gray")
+    ax.set_xticks(range(len(seqs)), [str(s) for s in seqs])
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel("throughput (tokens/s, median over timed steps)")
+    _thousands(ax.yaxis)
+    ax.set_ylim(0, ok["tokens_per_s"].max() * 1.15)  # headroom for the value labels
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    fig.legend(loc="outside right upper", title="optimizer")
+    # An axes title, unlike a suptitle, can't collide with the legend beside the axes.
+    ax.set_title(f"{model}: training throughput")
+    return _save(fig, path)
+
+
+def _plot_peak_vs_seq(
+    model: str, model_runs: pd.DataFrame, styles, baseline: str, path: Path
+) -> Path | None:
+    ok = _ok_with(model_runs, "peak_allocated_bytes")
+    seqs = sorted(ok["seq_len"].unique())
+    if len(seqs) < 2:
+        return None
+    fig = _new_figure(7.5, 4.6)
+    ax = fig.subplots()
+    for label in _optimizer_order(ok["optimizer"], baseline):
+        rows = ok[ok["optimizer"] == label].sort_values("seq_len")
+        mib = rows["peak_allocated_bytes"] / MIB
+        ax.plot(rows["seq_len"], mib, **styles[label], label=label, ms=8, mfc="none", mew=1.6)
+    ax.set_xscale("log", base=2)  # sequence lengths are usually powers of two
+    ax.set_xticks(seqs, [str(s) for s in seqs])
+    ax.minorticks_off()
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel("peak memory (MiB)")
+    _thousands(ax.yaxis)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", title="optimizer")
+    ax.set_title(f"{model}: peak memory vs sequence length")
+    return _save(fig, path)
+
+
+def _model_figures(
+    model: str, model_runs: pd.DataFrame, curves: pd.DataFrame, styles, baseline: str, out_dir: Path
+) -> list[tuple[str, Path]]:
+    """(alt text, path) of each figure written for one model; figures without data are skipped."""
+    name = _safe_name(model)
+    figures = [
+        ("training loss", _plot_loss(
+            model, model_runs, curves, styles, baseline, out_dir / f"loss_{name}.png")),
+        ("peak memory by component", _plot_memory(
+            model, model_runs, baseline, out_dir / f"memory_{name}.png")),
+        ("throughput", _plot_throughput(
+            model, model_runs, styles, baseline, out_dir / f"throughput_{name}.png")),
+        ("peak memory vs sequence length", _plot_peak_vs_seq(
+            model, model_runs, styles, baseline, out_dir / f"peak_vs_seq_{name}.png")),
+    ]  # fmt: skip
+    return [(f"{model}: {alt}", path) for alt, path in figures if path is not None]
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    out_dir: Path,
+    title: str,
+    description: str = "",
+    baseline: str = "adamw",
+    provenance: str = "",
+) -> list[Path]:
+    """Write out_dir/summary.md and its PNG figures; return the paths written (summary first)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = _prepare(runs)
+    styles = _optimizer_styles(runs["optimizer"])
+    lines = [f"# {title}", ""]
+    if description.strip():
+        lines += [description.strip(), ""]
+    lines += [_provenance_line(runs, provenance), "", *_legend_lines(baseline), ""]
+    if runs.empty:
+        lines += ["No results to report.", ""]
+    written: list[Path] = []
+    for model in _model_order(runs):
+        model_runs = runs[runs["model"] == model]
+        lines += [_model_heading(model, model_runs), ""]
+        for _, seq_len, group in _groups(model_runs, baseline):
+            setup = _setup_label(group)
+            lines += [f"### seq {seq_len}" + (f" · {setup}" if setup else ""), ""]
+            lines += [_markdown_table(_group_frame(group, baseline)), ""]
+        for alt, path in _model_figures(model, model_runs, curves, styles, baseline, out_dir):
+            lines += [f"![{alt}]({path.name})", ""]
+            written.append(path)
+    if (runs["status"] != "ok").any():
+        lines += ["## Failures", "", *_failure_lines(runs, baseline)]
+    summary = out_dir / "summary.md"
+    summary.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return [summary, *written]
