@@ -162,9 +162,10 @@ def _tokens_per_s(cell: Cell, step_ms: list[float]) -> float | None:
 def _evaluate(cell: Cell, model, tokens, device) -> dict[str, float]:
     model.eval()
     batches = tokens.eval_batches(cell.seq_len, cell.defaults.batch_size, cell.defaults.eval_batches)
-    losses = [lm_loss(model, b.to(device)).item() for b in batches]
+    # The last held-out batch may be short: weight each batch's mean loss by its rows.
+    total = sum(lm_loss(model, b.to(device)).item() * len(b) for b in batches)
     model.train()
-    eval_loss = sum(losses) / len(losses)
+    eval_loss = total / sum(len(b) for b in batches)
     return {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 700.0))}
 
 
