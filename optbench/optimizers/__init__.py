@@ -1,0 +1,24 @@
+"""Optimizer registry and the in-house optimizers. Importing this registers every entry."""
+
+from optbench.optimizers.registry import (
+    OptimizerSpec,
+    build_optimizer,
+    get_spec,
+    list_specs,
+    register,
+    resolve_hparams,
+)
+from optbench.optimizers.scale import Scale, build_scale, scale_param_groups, scale_roles
+
+__all__ = [
+    "OptimizerSpec",
+    "Scale",
+    "build_optimizer",
+    "build_scale",
+    "get_spec",
+    "list_specs",
+    "register",
+    "resolve_hparams",
+    "scale_param_groups",
+    "scale_roles",
+]

@@ -1,0 +1,164 @@
+"""Optimizer registry: name -> how to build it, where it comes from, what state it keeps.
+
+Each entry states its exact optimizer-state size as a function of the model, so a run can
+check the measured bytes against the formula instead of trusting either alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from optbench.errors import OptbenchError, did_you_mean
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    factory: Callable[[nn.Module, dict], torch.optim.Optimizer]  # (model, resolved hparams)
+    source: str
+    paper: str
+    policy: str  # which parameters get which treatment, for humans
+    default_hparams: dict  # every accepted hparam with its default
+    state_formula: str
+    expected_state_bytes: Callable[[nn.Module], int]  # exact bytes after the first step
+    version: str = "1"  # bump when the update rule or state changes: fingerprints include it
+    aliases: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ("cpu", "cuda")
+
+
+_SPECS: dict[str, OptimizerSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(spec: OptimizerSpec) -> None:
+    for key in (spec.name, *spec.aliases):
+        if key in _SPECS or key in _ALIASES:
+            raise ValueError(f"optimizer name or alias '{key}' is already registered")
+    _SPECS[spec.name] = spec
+    _ALIASES.update({alias: spec.name for alias in spec.aliases})
+
+
+def get_spec(name: str) -> OptimizerSpec:
+    spec = _SPECS.get(_ALIASES.get(name, name))
+    if spec is None:
+        hint = did_you_mean(name, list(_SPECS))  # suggest canonical names only
+        raise OptbenchError(f"unknown optimizer '{name}'{hint}; known: {', '.join(sorted(_SPECS))}")
+    return spec
+
+
+def list_specs() -> list[OptimizerSpec]:
+    return list(_SPECS.values())
+
+
+def resolve_hparams(name: str, overrides: dict) -> dict:
+    """The spec's defaults updated by `overrides`, each value checked against its default's type."""
+    spec = get_spec(name)
+    accepted = spec.default_hparams
+    resolved = dict(accepted)
+    for key, value in overrides.items():
+        if key not in accepted:
+            hint = did_you_mean(str(key), list(accepted))
+            raise OptbenchError(
+                f"optimizer '{spec.name}' has no hparam '{key}'{hint}; "
+                f"accepted: {', '.join(sorted(accepted))}"
+            )
+        resolved[key] = _coerce(spec.name, key, value, accepted[key])
+    return resolved
+
+
+def build_optimizer(name: str, model: nn.Module, **hparams: Any) -> torch.optim.Optimizer:
+    return get_spec(name).factory(model, resolve_hparams(name, hparams))
+
+
+def _coerce(optimizer: str, key: str, value: Any, default: Any) -> Any:
+    """Accept what YAML gives (lists for tuples, '1e-3' strings for floats); reject the rest."""
+    where = f"optimizer '{optimizer}' hparam '{key}'"
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise OptbenchError(
+                f"{where}: expected a list of {len(default)} numbers, got {value!r}"
+            )
+        return tuple(_coerce(optimizer, key, v, d) for v, d in zip(value, default))
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise OptbenchError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise OptbenchError(f"{where}: expected a number, got {value!r}") from None
+    if default is None and not (value is None or isinstance(value, bool)):
+        raise OptbenchError(f"{where}: expected true, false or null, got {value!r}")
+    return value
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters an optimizer is handed (frozen ones would never get state)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _tensor_bytes(p: torch.Tensor) -> int:
+    return p.numel() * p.element_size()
+
+
+# --- torch.optim entries ------------------------------------------------------------
+
+
+def _build_adamw(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(_trainable(model), **hp)
+
+
+def _adamw_state_bytes(model: nn.Module) -> int:
+    # AdamW's per-parameter `step` is a 0-d tensor of torch's scalar dtype: float32 unless
+    # the default dtype is float64 (fused always uses float32; optbench never sets float64).
+    step_bytes = 8 if torch.get_default_dtype() == torch.float64 else 4
+    return sum(2 * _tensor_bytes(p) + step_bytes for p in _trainable(model))
+
+
+def _build_sgd(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
+    return torch.optim.SGD(_trainable(model), **hp)
+
+
+register(
+    OptimizerSpec(
+        name="adamw",
+        aliases=("adam",),
+        factory=_build_adamw,
+        source="torch.optim.AdamW",
+        paper=(
+            "Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019, "
+            "arXiv:1711.05101"
+        ),
+        policy="every trainable parameter in one group: AdamW with the same lr and weight decay",
+        default_hparams={
+            "lr": 1e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "foreach": None,  # None: torch picks the implementation for the device
+            "fused": None,
+        },
+        state_formula=(
+            "2 × params × bytes/elem (exp_avg, exp_avg_sq, param dtype) "
+            "+ 4 B float32 `step` per param tensor"
+        ),
+        expected_state_bytes=_adamw_state_bytes,
+    )
+)
+
+register(
+    OptimizerSpec(
+        name="sgd",
+        factory=_build_sgd,
+        source="torch.optim.SGD",
+        paper="Robbins & Monro, A Stochastic Approximation Method, Ann. Math. Statist. 1951",
+        policy="every trainable parameter in one group: plain SGD, no momentum",
+        # No momentum hparam: with momentum 0 torch.optim.SGD keeps no state at all.
+        default_hparams={"lr": 1e-2, "weight_decay": 0.0},
+        state_formula="0 B (momentum 0 stores no momentum_buffer)",
+        expected_state_bytes=lambda model: 0,
+    )
+)
