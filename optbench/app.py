@@ -42,7 +42,7 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: finished cells are stored in {db}; run again to resume")
         return 130
-    _write_report(suite, cells, store, reports_dir, console)
+    _write_report(suite, cells, store, reports_dir, console, f"optbench run {suite_path}")
     failed = [r for r in results if r.status != "ok"]
     if failed:
         console.print(f"[yellow]{len(failed)} of {len(results)} cells did not finish ok[/] (see the report)")
@@ -53,11 +53,12 @@ def report_suite(suite_path: Path, db: Path, reports_dir: Path, console: Console
     if not Path(db).exists():
         raise OptbenchError(f"{db}: no results store here; run the suite first (optbench run SUITE --db {db})")
     suite = load_suite(suite_path)
-    _write_report(suite, list(expand(suite)), ResultStore(db), reports_dir, console)
+    _write_report(suite, list(expand(suite)), ResultStore(db), reports_dir, console,
+                  f"optbench report {suite_path}")
 
 
 def _write_report(suite: Suite, cells: list[Cell], store: ResultStore, reports_dir: Path,
-                  console: Console) -> None:
+                  console: Console, command: str) -> None:
     from optbench import report
 
     runs = store.latest_runs(c.fingerprint for c in cells)
@@ -68,7 +69,7 @@ def _write_report(suite: Suite, cells: list[Cell], store: ResultStore, reports_d
     for table in report.rich_tables(runs):
         console.print(table)
     out = Path(reports_dir) / suite.name
-    provenance = f"Rendered by `optbench report {suite.name}` from `{store.path}`."
+    provenance = f"Command: `{command}`; results store `{store.path}`."
     paths = report.write_report(runs, curves, out, title=f"optbench · {suite.name}",
                                 description=suite.description, provenance=provenance)
     console.print(f"report: {out / 'summary.md'} (+{len(paths) - 1} plots)", highlight=False)
