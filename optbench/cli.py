@@ -107,9 +107,23 @@ def report(
     report_suite(suite_path, db, reports, console=console)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main() -> None:
+    """Console entry point: click's usage errors, too, become one line and exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:  # Ctrl-C outside a suite run
+        code = 130
+    except Exception as exc:
+        # Usage errors are click's ClickException, which newer Typer versions vendor under a
+        # private module: recognise them by their interface rather than by import path.
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err_console.print(f"[bold red]error:[/] {exc.format_message()}{where}", highlight=False)
+        code = exc.exit_code
+    sys.exit(code or 0)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":
+    main()

@@ -32,15 +32,21 @@ PARTS = ("params", "grads", "optimizer_state", "activations")
 
 
 def tracked_peak(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_step: Callable[[], Any]
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    run_step: Callable[[Callable[[], None]], Any],
 ) -> dict[str, int]:
-    """Run `run_step()` under MemTracker; the peak total and its parts, in bytes."""
+    """Run `run_step(next_micro_batch)` under MemTracker; the peak total and its parts, in bytes.
+
+    `run_step` must call `next_micro_batch()` before each forward after the first: MemTracker
+    refuses a second forward of the root module unless its per-module stats are cleared
+    (the peak it has seen is kept).
+    """
     from torch.distributed._tools.mem_tracker import MemTracker
 
     tracker = MemTracker()
     tracker.track_external(model, optimizer)
     with tracker:
-        run_step()
+        run_step(tracker.reset_mod_stats)
     snapshots = tracker.get_tracker_snapshot("peak")
     out = {f"peak_{part}_bytes": 0 for part in PARTS}
     for snapshot in snapshots.values():

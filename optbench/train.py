@@ -105,9 +105,11 @@ def _one_step(cell, model, optimizer, scheduler, batches, device, step, burst) -
     d = cell.defaults
     windows = [next(batches).to(device, non_blocking=True) for _ in range(d.grad_accum)]
 
-    def fwd_bwd() -> float:
+    def fwd_bwd(next_micro_batch: Callable[[], None] = lambda: None) -> float:
         total = 0.0
-        for window in windows:
+        for i, window in enumerate(windows):
+            if i:
+                next_micro_batch()
             with torch.autocast(device.type, torch.bfloat16, enabled=d.autocast):
                 loss = lm_loss(model, window) / d.grad_accum
             loss.backward()
@@ -119,8 +121,8 @@ def _one_step(cell, model, optimizer, scheduler, batches, device, step, burst) -
             torch.nn.utils.clip_grad_norm_(model.parameters(), d.grad_clip)
         optimizer.step()
 
-    def full_step() -> float:
-        loss = fwd_bwd()
+    def full_step(next_micro_batch: Callable[[], None]) -> float:
+        loss = fwd_bwd(next_micro_batch)
         opt_step()
         optimizer.zero_grad(set_to_none=True)
         return loss
@@ -128,7 +130,7 @@ def _one_step(cell, model, optimizer, scheduler, batches, device, step, burst) -
     burst.lrs.append(optimizer.param_groups[0]["lr"])
     if step == TRACKED_STEP:
         holder: list[float] = []
-        burst.metrics.update(measure.tracked_peak(model, optimizer, lambda: holder.append(full_step())))
+        burst.metrics.update(measure.tracked_peak(model, optimizer, lambda nxt: holder.append(full_step(nxt))))
         loss = holder[0]
     else:
         fb, op, total = [], [], []

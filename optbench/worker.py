@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -25,7 +26,20 @@ def emit(event: dict) -> None:
     sys.stdout.flush()
 
 
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """Die when the runner dies (e.g. it was killed), instead of training on as an orphan."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(cell_path: str, result_path: str) -> int:
+    exit_with_parent()
     started = time.time()
     cell = pickle.loads(Path(cell_path).read_bytes())
     result = run_guarded(cell)
@@ -46,13 +60,23 @@ def run_guarded(cell) -> dict:
     env = environment(torch.device(cell.defaults.device))
     try:
         result = train_cell(cell, emit)
-    except torch.OutOfMemoryError as exc:
-        result = {"status": "oom", "error": _one_line(exc)}
     except Exception as exc:  # the message is the result: keep it, and the traceback
-        result = {"status": "error", "error": f"{type(exc).__name__}: {_one_line(exc)}",
-                  "traceback": traceback.format_exc()}
+        if _is_oom(exc):
+            result = {"status": "oom", "error": _one_line(exc)}
+        else:
+            result = {"status": "error", "error": f"{type(exc).__name__}: {_one_line(exc)}",
+                      "traceback": traceback.format_exc()}
     result["env"] = env
     return result
+
+
+def _is_oom(exc: Exception) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    # The CPU allocator raises a plain RuntimeError; its message is the only signal.
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -96,3 +96,20 @@ def test_failing_cell_is_recorded_and_the_rest_finish(write_suite, tmp_path):
     summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
     assert "Invalid learning rate" in summary  # the error text is kept and shown
     assert "| adamw | ok |" in summary
+
+
+@pytest.mark.parametrize("args,words", [
+    (["list", "foo"], ["'foo' is not one of", "models"]),
+    (["run"], ["Missing argument 'SUITE'"]),
+    (["run", "x.yaml", "--bogus"], ["No such option: --bogus"]),
+    (["estimat"], ["No such command"]),
+])
+def test_usage_errors_through_the_console_entry_point_are_one_line(args, words):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "optbench.cli", *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for word in words:
+        assert word in proc.stderr
