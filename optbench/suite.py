@@ -27,16 +27,16 @@ from optbench.optimizers import get_spec, resolve_hparams
 MEASUREMENT_VERSION = "1"
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("fp32", "bf16")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "linear", "rex", "constant")
 
 
 @dataclass(frozen=True)
 class LRSchedule:
     """Learning-rate schedule applied as a factor on every param group's lr."""
 
-    kind: str = "cosine"  # cosine (with linear warm-up) | constant
+    kind: str = "cosine"  # cosine | linear | rex | constant, each after a linear warm-up
     warmup_steps: int = 10  # linear warm-up from lr/warmup_steps to lr
-    min_ratio: float = 0.1  # cosine floor, as a fraction of the peak lr
+    min_ratio: float = 0.1  # floor of the decay, as a fraction of the peak lr
 
 
 @dataclass(frozen=True)

@@ -47,17 +47,27 @@ class Burst:
 def lr_factor(schedule: LRSchedule, steps: int) -> Callable[[int], float]:
     """Multiplier on the peak lr at 0-based step `i`: linear warm-up, then cosine or constant."""
 
+    decay = DECAYS[schedule.kind]
+
     def factor(i: int) -> float:
         if i < schedule.warmup_steps:
             return (i + 1) / schedule.warmup_steps
-        if schedule.kind == "constant":
-            return 1.0
         span = max(1, steps - schedule.warmup_steps)
         progress = min(1.0, (i - schedule.warmup_steps) / span)
-        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return schedule.min_ratio + (1.0 - schedule.min_ratio) * cosine
+        return schedule.min_ratio + (1.0 - schedule.min_ratio) * decay(progress)
 
     return factor
+
+
+# Decay shapes after warm-up: progress z in [0, 1] -> factor from 1 down to 0 (the floor
+# min_ratio is applied on top). REX is Chen et al., "REX: Revisiting Budgeted Training with
+# an Improved Schedule" (MLSys 2022, arXiv:2107.04197): (1 - z) / (1/2 + (1 - z)/2).
+DECAYS: dict[str, Callable[[float], float]] = {
+    "cosine": lambda z: 0.5 * (1.0 + math.cos(math.pi * z)),
+    "linear": lambda z: 1.0 - z,
+    "rex": lambda z: (1.0 - z) / (0.5 + 0.5 * (1.0 - z)),
+    "constant": lambda z: 1.0,
+}
 
 
 def lm_loss(model: torch.nn.Module, window: torch.Tensor) -> torch.Tensor:

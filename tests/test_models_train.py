@@ -43,6 +43,11 @@ def test_cosine_schedule_with_warmup():
     assert f(4) == pytest.approx(1.0)
     assert f(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+    linear = lr_factor(LRSchedule(kind="linear", warmup_steps=0, min_ratio=0.0), steps=10)
+    assert [linear(i) for i in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+    # REX at z = 1/2: (1 - 1/2) / (1/2 + 1/4) = 2/3, above linear's 1/2 (it decays late)
+    rex = lr_factor(LRSchedule(kind="rex", warmup_steps=0, min_ratio=0.0), steps=10)
+    assert [rex(i) for i in (0, 5, 10)] == pytest.approx([1.0, 2 / 3, 0.0])
     constant = lr_factor(LRSchedule(kind="constant", warmup_steps=0), steps=10)
     assert [constant(i) for i in (0, 5, 9)] == [1.0, 1.0, 1.0]
 
