@@ -115,6 +115,8 @@ class Cell:
                 "label": self.optimizer.display,
                 "hparams": _jsonable(self.optimizer.hparams),
                 "version": spec.version,
+                "source": spec.source,
+                "policy": spec.policy,  # which params get which treatment: part of fairness
             },
             "seq_len": self.seq_len,
             "defaults": dataclasses.asdict(self.defaults),
