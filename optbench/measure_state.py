@@ -31,7 +31,11 @@ def _storage_key(tensor: torch.Tensor) -> StorageKey:
 
 
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    """Tensors inside nested dicts, lists and tuples (optimizer state is plain containers)."""
+    """Tensors inside nested dicts, lists, tuples and plain objects' attributes.
+
+    Optimizer state is mostly plain containers, but some optimizers keep helper objects there
+    (pytorch_optimizer's GaLoreProjector holds its projection matrix as an attribute).
+    """
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, dict):
@@ -40,3 +44,5 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
     elif isinstance(obj, (list, tuple)):
         for value in obj:
             yield from _tensors(value)
+    elif hasattr(obj, "__dict__"):
+        yield from _tensors(vars(obj))

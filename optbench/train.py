@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from optbench import measure
 from optbench.data import load_tokens
 from optbench.models import build_model, get_model_size
-from optbench.optimizers import build_optimizer
+from optbench.optimizers import build_optimizer, get_spec
 from optbench.suite import Cell, LRSchedule
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -113,6 +113,7 @@ def train_cell(cell: Cell, emit: Emit) -> dict[str, Any]:
 
 def _one_step(cell, model, optimizer, scheduler, batches, device, step, burst) -> None:
     d = cell.defaults
+    create_graph = get_spec(cell.optimizer.name).needs_create_graph
     windows = [next(batches).to(device, non_blocking=True) for _ in range(d.grad_accum)]
 
     def fwd_bwd(next_micro_batch: Callable[[], None] = lambda: None) -> float:
@@ -122,7 +123,7 @@ def _one_step(cell, model, optimizer, scheduler, batches, device, step, burst) -
                 next_micro_batch()
             with torch.autocast(device.type, torch.bfloat16, enabled=d.autocast):
                 loss = lm_loss(model, window) / d.grad_accum
-            loss.backward()
+            loss.backward(create_graph=create_graph)
             total += loss.item()
         return total
 

@@ -26,7 +26,8 @@ from optbench.optimizers.scale import _column_norm_cpu
 
 
 def test_registry_names_and_alias():
-    assert [s.name for s in list_specs()] == ["adamw", "sgd", "scale"]
+    # The in-house entries come first; other modules (and their tests) register more after them.
+    assert [s.name for s in list_specs()][:3] == ["adamw", "sgd", "scale"]
     assert get_spec("adam") is get_spec("adamw")
     assert isinstance(build_optimizer("adam", build_model("llama_tiny")), torch.optim.AdamW)
 
@@ -34,17 +35,18 @@ def test_registry_names_and_alias():
 def test_unknown_optimizer_suggests_and_lists():
     with pytest.raises(OptbenchError) as err:
         get_spec("adamm")
-    assert str(err.value) == (
-        "unknown optimizer 'adamm' (did you mean 'adamw'?); known: adamw, scale, sgd"
-    )
+    known = ", ".join(sorted(s.name for s in list_specs()))
+    assert str(err.value) == f"unknown optimizer 'adamm' (did you mean 'adamw'?); known: {known}"
+    assert {"adamw", "scale", "sgd"} <= set(known.split(", "))  # canonical names, sorted
 
 
 def test_register_rejects_duplicate_name_or_alias():
+    names = [s.name for s in list_specs()]
     spec = get_spec("sgd")
     for clash in ({"name": "sgd"}, {"name": "adam"}, {"name": "new", "aliases": ("scale",)}):
         with pytest.raises(ValueError, match="already registered"):
             register(dataclasses.replace(spec, **clash))
-    assert [s.name for s in list_specs()] == ["adamw", "sgd", "scale"]
+    assert [s.name for s in list_specs()] == names
 
 
 def test_resolve_hparams_defaults_overrides_and_yaml_values():
@@ -252,7 +254,7 @@ def test_default_hparams_lower_the_loss_on_a_fixed_batch(name):
     losses = []
     for _ in range(20):
         loss = model(input_ids=ids, labels=ids).loss  # transformers shifts labels internally
-        loss.backward()
+        loss.backward(create_graph=get_spec(name).needs_create_graph)  # Hessian-vector products
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())

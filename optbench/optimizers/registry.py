@@ -28,6 +28,8 @@ class OptimizerSpec:
     version: str = "1"  # bump when the update rule or state changes: fingerprints include it
     aliases: tuple[str, ...] = ()
     devices: tuple[str, ...] = ("cpu", "cuda")
+    # step() differentiates p.grad again (Hessian-vector products): backward(create_graph=True)
+    needs_create_graph: bool = False
 
 
 _SPECS: dict[str, OptimizerSpec] = {}
