@@ -22,3 +22,6 @@ __all__ = [
     "scale_param_groups",
     "scale_roles",
 ]
+from optbench.optimizers import library  # noqa: E402,F401  (registers entries)
+from optbench.optimizers import lowrank  # noqa: E402,F401  (registers entries)
+from optbench.optimizers import matrix  # noqa: E402,F401  (registers entries)

@@ -1,0 +1,360 @@
+"""Gradient-projection optimizers from pytorch_optimizer: GaLore, Fira, APOLLO(-Mini), Conda.
+
+Policy, as the papers' training scripts run it: the projection applies to the attention and MLP
+weights only (role hidden_matrix); embedding, lm_head and norm weights get plain AdamW in the
+same optimizer, with the same lr. In pytorch_optimizer's GaLore, Fira and APOLLO a group is
+projected iff it has a "rank" key, so the AdamW params simply go in a group without one.
+Conda projects every 2-D parameter of every group, so `PolicyConda` restricts it to the groups
+marked "projected" (the official Conda code projects only its attn/mlp group).
+
+Rank: r = min(rank, rows, cols) per matrix, so small models (llama_tiny is 64 wide) work; the
+library would otherwise build an [r, n] random projector larger than the matrix for APOLLO.
+Matrices with different capped ranks go in separate groups.
+
+State after the first step (projectors are created then). For a projected [m, n] weight, with
+`std` projection (the smaller side is projected):
+- projector: [r, n] if m >= n else [m, r], i.e. r × min(m, n) elements, in the param dtype
+  (GaLore/Fira: SVD in float32, cast back; APOLLO: Gaussian / sqrt(r) drawn in the param dtype);
+  it lives in a GaLoreProjector object under state["projector"];
+- exp_avg, exp_avg_sq of the projected gradient: [m, r] or [r, n], i.e. r × max(m, n) each;
+- Fira and APOLLO: "scaling_grad", the 0-d norm kept by the norm-growth limiter (param dtype).
+Conda keeps full-size moments and a full SVD basis (see `conda_state_bytes`). Steps are Python
+ints in the param groups (0 B).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from pytorch_optimizer import APOLLO, Fira, GaLore
+from pytorch_optimizer.optimizer.conda import Conda
+from pytorch_optimizer.optimizer.utils.galore import update_unprojected_foreach
+from torch import nn
+
+from optbench.optimizers.policy import NamedParams, Policy
+from optbench.optimizers.registry import OptimizerSpec, register
+
+DEFAULT_RANK = 128  # the papers' 60M rank; per-model-size defaults are not handled here
+
+
+def _policy(treatment: str) -> Policy:
+    return Policy.of(embedding="adamw", lm_head="adamw", hidden_matrix=treatment, vector="adamw")
+
+
+def _group(pairs: NamedParams, **options: Any) -> dict:
+    return {"param_names": [n for n, _ in pairs], "params": [p for _, p in pairs], **options}
+
+
+def _capped_rank(rank: int, p: torch.Tensor) -> int:
+    return min(rank, *p.shape)
+
+
+def _split(model: nn.Module, treatment: str) -> tuple[NamedParams, NamedParams]:
+    """(AdamW params, projected hidden matrices), in model order."""
+    groups = _policy(treatment).groups(model)
+    return groups.get("adamw", []), groups.get(treatment, [])
+
+
+def lowrank_param_groups(model: nn.Module, treatment: str, rank: int, **projection: Any) -> list:
+    """One AdamW group (no "rank" key), then one projected group per capped rank."""
+    adamw, hidden = _split(model, treatment)
+    by_rank: dict[int, NamedParams] = {}
+    for name, p in hidden:
+        by_rank.setdefault(_capped_rank(rank, p), []).append((name, p))
+    plain = [_group(adamw)] if adamw else []
+    return plain + [_group(pairs, rank=r, **projection) for r, pairs in by_rank.items()]
+
+
+# --- state bytes ------------------------------------------------------------------------
+
+
+def _bytes(numel: int, p: torch.Tensor) -> int:
+    return numel * p.element_size()
+
+
+def _adamw_bytes(params: NamedParams) -> int:
+    return sum(_bytes(2 * p.numel(), p) for _, p in params)
+
+
+def _projected_bytes(p: torch.Tensor, rank: int, limiter: bool) -> int:
+    r, small, large = _capped_rank(rank, p), min(p.shape), max(p.shape)
+    return _bytes(r * small + 2 * r * large + int(limiter), p)
+
+
+def _lowrank_state_bytes(treatment: str, rank: int, limiter: bool) -> Callable[[nn.Module], int]:
+    def state_bytes(model: nn.Module) -> int:
+        adamw, hidden = _split(model, treatment)
+        return _adamw_bytes(adamw) + sum(_projected_bytes(p, rank, limiter) for _, p in hidden)
+
+    return state_bytes
+
+
+def conda_state_bytes(model: nn.Module) -> int:
+    # Full-rank SVD basis (rank None): Vh [n, n] if m >= n else U [m, m]; exp_avg and
+    # exp_avg_sq stay [m, n] under `std` (the rotation keeps the shape).
+    adamw, hidden = _split(model, "conda projection")
+    projected = sum(_bytes(min(p.shape) ** 2 + 2 * p.numel(), p) for _, p in hidden)
+    return _adamw_bytes(adamw) + projected
+
+
+# --- factories --------------------------------------------------------------------------
+
+
+def _adam_options(hp: dict) -> dict:
+    return {k: hp[k] for k in ("lr", "betas", "eps", "weight_decay")}
+
+
+def _projection(hp: dict) -> dict:
+    return {"update_proj_gap": hp["update_proj_gap"], "scale": hp["scale"]}
+
+
+def build_galore(model: nn.Module, hp: dict) -> GaLore:
+    groups = lowrank_param_groups(
+        model, "galore projection", hp["rank"], projection_type=hp["proj_type"], **_projection(hp)
+    )
+    return GaLore(groups, **_adam_options(hp))
+
+
+def build_fira(model: nn.Module, hp: dict) -> Fira:
+    groups = lowrank_param_groups(
+        model, "fira projection", hp["rank"], projection_type=hp["proj_type"], **_projection(hp)
+    )
+    return Fira(groups, **_adam_options(hp))
+
+
+def build_apollo(model: nn.Module, hp: dict) -> APOLLO:
+    # APOLLO always draws random projectors; "std" only picks the smaller side.
+    groups = lowrank_param_groups(
+        model, "apollo projection", hp["rank"], projection_type="std", **_projection(hp)
+    )
+    return APOLLO(groups, scale_type=hp["scale_type"], **_adam_options(hp))
+
+
+class PolicyConda(Conda):
+    """Conda projecting only groups with group["projected"]; the others get the library's AdamW.
+
+    The AdamW path is the one Conda itself runs for its 1-D params (`update_unprojected_foreach`).
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        all_groups = self.param_groups
+        # Conda.step walks self.param_groups and projects every 2-D param it finds there.
+        self.param_groups = [g for g in all_groups if g["projected"]]
+        try:
+            super().step()
+        finally:
+            self.param_groups = all_groups
+        for group in all_groups:
+            if not group["projected"]:
+                self._adamw_step(group)
+        return loss
+
+    def _adamw_step(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
+            if not state:
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+        group["step"] = group.get("step", 0) + 1
+        beta1, beta2 = group["betas"]
+        step_size = (
+            group["lr"]
+            * math.sqrt(self.debias(beta2, group["step"]))
+            / self.debias(beta1, group["step"])
+        )
+        update_unprojected_foreach(
+            group,
+            params,
+            [p.grad for p in params],
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            step_size,
+            group["lr"],
+            self.maximize,
+        )
+
+
+def conda_param_groups(model: nn.Module) -> list[dict]:
+    adamw, hidden = _split(model, "conda projection")
+    groups = [_group(adamw, projected=False), _group(hidden, projected=True)]
+    return [g for g in groups if g["params"]]
+
+
+def build_conda(model: nn.Module, hp: dict) -> PolicyConda:
+    return PolicyConda(
+        conda_param_groups(model),
+        projection_type=hp["proj_type"],
+        **_projection(hp),
+        **_adam_options(hp),
+    )
+
+
+# --- registry entries ---------------------------------------------------------------------
+
+_ADAMW_TERM = (
+    "AdamW params (embedding, lm_head, norms): 2 × numel × bytes/elem (exp_avg, exp_avg_sq)"
+)
+_STEP_TERM = "steps are Python ints in the param groups (0 B); exact at the default hparams"
+_COMMON_DEVIATIONS = (
+    "Projector refresh on group steps 1, gap, 2·gap, ... "
+    "(official: before updates 1, gap+1, 2·gap+1, ...). "
+)
+
+
+def _lowrank_formula(rank: int, limiter: bool) -> str:
+    limiter_term = " + 1 (0-d `scaling_grad` norm of the norm-growth limiter)" if limiter else ""
+    return (
+        f"{_ADAMW_TERM}; each hidden [m, n] matrix, r = min({rank}, m, n): "
+        f"(r × min(m, n) projector + 2 × r × max(m, n) low-rank exp_avg, exp_avg_sq"
+        f"{limiter_term}) "
+        f"× bytes/elem, all in the param dtype; {_STEP_TERM}"
+    )
+
+
+def _galore_hparams(**overrides: Any) -> dict:
+    hp = {
+        "lr": 0.01,
+        "betas": (0.9, 0.999),
+        "eps": 1e-6,
+        "weight_decay": 0.0,
+        "rank": DEFAULT_RANK,
+        "update_proj_gap": 200,
+        "scale": 0.25,
+        "proj_type": "std",
+    }
+    return {**hp, **overrides}
+
+
+def _apollo_hparams(**overrides: Any) -> dict:
+    hp = _galore_hparams(scale=1.0, scale_type="channel")
+    del hp["proj_type"]  # APOLLO's projector is always random, on the smaller side
+    return {**hp, **overrides}
+
+
+def _conda_hparams() -> dict:
+    hp = _galore_hparams(betas=(0.9, 0.99), eps=1e-8, update_proj_gap=2000)
+    del hp["rank"]  # Conda rotates into the full SVD basis of its momentum: no rank
+    return hp
+
+
+_APOLLO_SOURCE = (
+    "pytorch_optimizer.APOLLO 4.1.0 (groups with 'rank': random Gaussian/sqrt(r) projection), "
+    "compared with the official apollo_torch/apollo.py and random_projector.py "
+    "(github.com/zhuhanqing/APOLLO, read through a fork and a copy). Deviations: "
+    "(1) the official update is the FULL gradient times the channel/tensor scaling factor "
+    "(p.grad * s); the library multiplies the PROJECTED gradient by s and projects it back, so "
+    "its update has rank r; (2) the library applies `scale` twice: sqrt(scale) as officially "
+    "and again as the projector's back-projection scale (APOLLO-Mini: 128·sqrt(128) instead of "
+    "sqrt(128)); (3) projectors are drawn from the global torch RNG in the param dtype, not from "
+    "a per-param seed in float32; (4) weight decay uses the bias-corrected step size. "
+    + _COMMON_DEVIATIONS
+)
+
+register(
+    OptimizerSpec(
+        name="galore",
+        factory=build_galore,
+        source=(
+            "pytorch_optimizer.GaLore 4.1.0 (groups with 'rank' are projected), compared with "
+            "github.com/jiaweizzhao/GaLore galore_torch/adamw.py and torchrun_main.py. "
+            "Deviations: in float32 the official projector keeps a view of the whole SVD factor "
+            "(min(m, n)² elements), the library clones the r columns/rows (r × min(m, n)). "
+            + _COMMON_DEVIATIONS
+        ),
+        paper=(
+            "Zhao, Zhang, Chen, Wang, Anandkumar, Tian, GaLore: Memory-Efficient LLM Training by "
+            "Gradient Low-Rank Projection, ICML 2024, arXiv:2403.03507"
+        ),
+        policy=_policy("galore projection").describe(),
+        default_hparams=_galore_hparams(),
+        state_formula=_lowrank_formula(DEFAULT_RANK, limiter=False),
+        expected_state_bytes=_lowrank_state_bytes("galore projection", DEFAULT_RANK, False),
+    )
+)
+
+register(
+    OptimizerSpec(
+        name="fira",
+        factory=build_fira,
+        source=(
+            "pytorch_optimizer.Fira 4.1.0 (groups with 'rank' are projected), compared with "
+            "github.com/xichen-fy/Fira optimizer_torch/fira_adamw.py: same update (scale = the "
+            "official alpha; norm-based scaling of the residual, norm-growth limiter 1.01). "
+            + _COMMON_DEVIATIONS
+        ),
+        paper=(
+            "Chen et al., Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank "
+            "Constraint?, 2024, arXiv:2410.01623"
+        ),
+        policy=_policy("fira projection").describe(),
+        default_hparams=_galore_hparams(),
+        state_formula=_lowrank_formula(DEFAULT_RANK, limiter=True),
+        expected_state_bytes=_lowrank_state_bytes("fira projection", DEFAULT_RANK, True),
+    )
+)
+
+_APOLLO_PAPER = (
+    "Zhu et al., APOLLO: SGD-like Memory, AdamW-level Performance, MLSys 2025, arXiv:2412.05270"
+)
+
+register(
+    OptimizerSpec(
+        name="apollo",
+        factory=build_apollo,
+        source=_APOLLO_SOURCE,
+        paper=_APOLLO_PAPER,
+        policy=_policy("apollo projection").describe() + " (channel-wise scaling)",
+        default_hparams=_apollo_hparams(),
+        state_formula=_lowrank_formula(DEFAULT_RANK, limiter=True),
+        expected_state_bytes=_lowrank_state_bytes("apollo projection", DEFAULT_RANK, True),
+    )
+)
+
+register(
+    OptimizerSpec(
+        name="apollo_mini",
+        factory=build_apollo,
+        source=_APOLLO_SOURCE,
+        paper=_APOLLO_PAPER + " (APOLLO-Mini: rank 1, tensor-wise scaling)",
+        policy=_policy("apollo projection").describe() + " (rank 1, tensor-wise scaling)",
+        default_hparams=_apollo_hparams(rank=1, scale=128.0, scale_type="tensor"),
+        state_formula=_lowrank_formula(1, limiter=True),
+        expected_state_bytes=_lowrank_state_bytes("apollo projection", 1, True),
+    )
+)
+
+register(
+    OptimizerSpec(
+        name="conda",
+        factory=build_conda,
+        source=(
+            "pytorch_optimizer Conda 4.1.0 via PolicyConda (projects only the 'projected' group), "
+            "compared with github.com/jie040109/Conda conda_torch/conda.py and the LLaMA-60M "
+            "script (lr 0.01, betas 0.9/0.99, conda_scale 0.25, gap 2000). Deviations: the library "
+            "projects every 2-D param of every group (PolicyConda restores the official attn/mlp "
+            "group); the official projector.py was not available to compare. "
+            + _COMMON_DEVIATIONS
+        ),
+        paper=(
+            "Conda: Column-Normalized Adam for Training Large Language Models Faster, 2025, "
+            "arXiv:2509.24218"
+        ),
+        policy=_policy("conda projection").describe(),
+        default_hparams=_conda_hparams(),
+        state_formula=(
+            f"{_ADAMW_TERM}; each hidden [m, n] matrix: (min(m, n)² full SVD basis of exp_avg + "
+            f"2 × m × n exp_avg, exp_avg_sq) × bytes/elem, all in the param dtype; {_STEP_TERM}"
+        ),
+        expected_state_bytes=conda_state_bytes,
+    )
+)

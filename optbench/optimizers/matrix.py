@@ -1,0 +1,602 @@
+"""Matrix optimizers: a special update on 2-D weights, an Adam-type optimizer on the rest.
+
+Every entry here is a `Policy` (role -> treatment) plus one torch optimizer per treatment,
+stepped together by `Composite`. Entries:
+
+- muon: torch.optim.Muon on hidden matrices, torch AdamW elsewhere.
+- swan, sinkgd, root: in-house updates (`MatrixSGD`) on hidden matrices, AdamW elsewhere.
+- SCALE ablations (colnorm_sgd, rownorm_sgd, signsgd, nsnorm_sgd, sgd_lastlayer_momentum):
+  `MatrixSGD` on every matrix incl. embedding and lm_head, SCALE's own Adam on vectors.
+
+In-house updates, on a gradient G of shape [out, in] = [m, n] (torch layout), p <- p*(1-lr*wd)
+then p <- p - lr*D(G):
+
+- swan (Ma et al., arXiv:2412.13148): GradNorm G~ = (G - mean_row) / std_row (per output row,
+  over the n inputs); GradWhitening D = (G~ G~^T)^{-1/2} G~ by the coupled Newton-Schulz
+  iteration Y0 = X X^T, Z0 = I, T = (3I - Z Y)/2, Y <- Y T, Z <- T Z (X = G~/||G~||_F, so
+  Z X -> (G~ G~^T)^{-1/2} G~); then D <- sqrt(mn) D / ||D||_F (the paper's update rescaling).
+  Tall matrices whiten the [n, n] side: G~(G~^T G~)^{-1/2} is the same matrix, full rank.
+- sinkgd (Scetbon et al., arXiv:2502.06742, SR-Sinkhorn, Alg. 3): L times,
+  X <- sqrt(n) X / ||row||, then X <- sqrt(m) X / ||column||.
+- root (He et al., arXiv:2511.20626, and the authors' example code): M <- mu*M + G,
+  U = G + mu*M (Nesterov); B = U - T_eps(U), T the soft-threshold at eps = the 0.9-quantile
+  of |U| (so B is U clipped to [-eps, eps]); D = 0.2*sqrt(max(m, n)) * NS5(B). The paper's
+  AdaNewton coefficients are tabulated only for 2048-wide shapes; others (all of ours) use
+  Muon's, as the authors' code falls back to.
+- colnorm: SCALE's normalization, g / rms over the input dim (vocab for the embedding).
+- rownorm: the other axis. sign: sign(g). newton_schulz: Muon's quintic iteration on g.
+- sgd, and sgd with EMA momentum m <- beta*m + (1-beta)*g (lm_head only).
+
+Transforms run in float32 at least (float64 stays float64) and batch same-shape matrices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from optbench.optimizers.policy import Policy, param_roles
+from optbench.optimizers.registry import OptimizerSpec, register
+from optbench.optimizers.scale import PAPER as SCALE_PAPER
+from optbench.optimizers.scale import Scale, _scaled_inverse_rms
+
+Groups = list[dict]
+Maker = Callable[[Groups, dict], torch.optim.Optimizer]  # (param groups, hparams) -> optimizer
+
+MUON_NS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton-Schulz coefficients (a, b, c)
+_BATCH_ELEMS = 1 << 26  # gradient elements per batched transform (256 MB as float32)
+
+
+# --- Composite: several optimizers stepped as one ------------------------------------
+
+
+class Composite(torch.optim.Optimizer):
+    """One optimizer per treatment, each on its own parameters, stepped as one.
+
+    The composite's param_groups are the parts' own group dicts and its state is one table the
+    parts share, so an LR scheduler scales every part, zero_grad reaches every parameter, and
+    optimizer_state_bytes / state_dict see every part's state. The parts' own state_dict()
+    is not usable (the shared table holds other parts' parameters): save the composite's.
+    """
+
+    def __init__(self, parts: dict[str, torch.optim.Optimizer]) -> None:
+        self.parts = parts
+        super().__init__([g for part in parts.values() for g in part.param_groups], {})
+        for part in parts.values():
+            self.state.update(part.state)
+        self._share()
+
+    def _share(self) -> None:
+        """Point the parts at the composite's groups (in order) and its state table."""
+        groups = iter(self.param_groups)
+        for part in self.parts.values():
+            part.param_groups = [next(groups) for _ in part.param_groups]
+            part.state = self.state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)  # builds new group dicts and a new state table
+        self._share()
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for part in self.parts.values():
+            part.step()
+        return loss
+
+
+def split_by_treatment(model: nn.Module, policy: Policy) -> dict[str, Groups]:
+    """treatment -> one param group per role; the hidden matrices' treatment first.
+
+    First because training logs param_groups[0]["lr"] as the run's lr.
+    """
+    roles = param_roles(model)
+    order = ("hidden_matrix", "embedding", "lm_head", "vector")
+    out: dict[str, Groups] = {}
+    for role in (r for r in order if r in roles):
+        pairs = roles[role]
+        names, params = [n for n, _ in pairs], [p for _, p in pairs]
+        group = {"role": role, "param_names": names, "params": params}
+        out.setdefault(policy.treatment(role), []).append(group)
+    return out
+
+
+def build_composite(
+    model: nn.Module, policy: Policy, makers: dict[str, Maker], hp: dict
+) -> Composite:
+    groups = split_by_treatment(model, policy)
+    return Composite({t: makers[t](g, hp) for t, g in groups.items()})
+
+
+# --- MatrixSGD: in-house matrix updates ---------------------------------------------
+
+
+class MatrixSGD(torch.optim.Optimizer):
+    """p <- p*(1 - lr*wd) - lr*D(g) with D = DIRECTIONS[group["direction"]].
+
+    A group with momentum mu > 0 keeps one buffer per parameter (its only state) and feeds D,
+    by momentum_form: "ema" m = mu*m + (1-mu)*g (SCALE's last-layer momentum); "sum"
+    M = mu*M + g; "nesterov" g + mu*M with that M (Keller Jordan's Muon form, ROOT's).
+    Direction options (eps, ns_steps, ...) live in the group: printed and saved with it.
+    """
+
+    def __init__(
+        self,
+        param_groups: Groups,
+        direction: str,
+        lr: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        momentum_form: str = "ema",
+        **options: Any,
+    ) -> None:
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}; known: {sorted(DIRECTIONS)}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if momentum_form not in ("ema", "sum", "nesterov"):
+            raise ValueError(f"momentum_form must be ema, sum or nesterov, got {momentum_form!r}")
+        defaults = dict(
+            direction=direction, lr=lr, weight_decay=weight_decay, momentum=momentum,
+            momentum_form=momentum_form, **options,
+        )
+        super().__init__(param_groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if group["weight_decay"] != 0:
+                torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
+            grads = [p.grad for p in params]
+            if group["momentum"] > 0:
+                grads = self._momentum(group, params, grads)
+            DIRECTIONS[group["direction"]](group, params, grads)
+        return loss
+
+    def _momentum(self, group: dict, params: list, grads: list) -> list[torch.Tensor]:
+        mu, form = group["momentum"], group["momentum_form"]
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            bufs.append(state["momentum_buffer"])
+        if form == "ema":
+            torch._foreach_lerp_(bufs, grads, 1.0 - mu)
+            return bufs
+        torch._foreach_mul_(bufs, mu)
+        torch._foreach_add_(bufs, grads)
+        return torch._foreach_add(grads, bufs, alpha=mu) if form == "nesterov" else bufs
+
+
+def _input_dim(group: dict) -> int:
+    """The dim indexing a matrix's inputs: [out, in]; the embedding is [vocab=in, hidden]."""
+    return 0 if group["role"] == "embedding" else 1
+
+
+def _colnorm(group: dict, params: list, grads: list) -> None:
+    # SCALE's own kernel: [out,1] / [1,in] scales broadcast, no normalized copy of g.
+    scales = _scaled_inverse_rms(grads, _input_dim(group), group["eps"], -group["lr"])
+    torch._foreach_addcmul_(params, grads, scales)
+
+
+def _rownorm(group: dict, params: list, grads: list) -> None:
+    scales = _scaled_inverse_rms(grads, 1 - _input_dim(group), group["eps"], -group["lr"])
+    torch._foreach_addcmul_(params, grads, scales)
+
+
+def _sign(group: dict, params: list, grads: list) -> None:
+    torch._foreach_add_(params, torch._foreach_sign(grads), alpha=-group["lr"])
+
+
+def _plain(group: dict, params: list, grads: list) -> None:
+    torch._foreach_add_(params, grads, alpha=-group["lr"])
+
+
+def _batched(transform: Callable[[torch.Tensor, dict], torch.Tensor]) -> Callable:
+    """A [b, m, n] -> [b, m, n] transform applied to same-shape matrices in batches.
+
+    A batch holds at most _BATCH_ELEMS gradient elements: its float32 copies are transient
+    memory the benchmark measures, so they stay bounded (~1 GB) whatever the model size.
+    """
+
+    def apply(group: dict, params: list, grads: list) -> None:
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i, g in enumerate(grads):
+            by_shape[(tuple(g.shape), g.dtype)].append(i)
+        for (_, dtype), same in by_shape.items():
+            acc = torch.promote_types(dtype, torch.float32)
+            per = max(1, _BATCH_ELEMS // grads[same[0]].numel())
+            for idx in (same[i : i + per] for i in range(0, len(same), per)):
+                d = transform(torch.stack([grads[i] for i in idx]).to(acc), group).to(dtype)
+                torch._foreach_add_([params[i] for i in idx], list(d.unbind()), alpha=-group["lr"])
+
+    return apply
+
+
+def _tall_to_wide(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Work on the side with fewer rows: X X^T is then the smaller Gram matrix."""
+    tall = x.shape[-2] > x.shape[-1]
+    return (x.mT if tall else x), tall
+
+
+def _frobenius_norm(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+
+
+def _frobenius_normalized(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x / _frobenius_norm(x).clamp_min(eps)
+
+
+def newton_schulz(x: torch.Tensor, steps: int, eps: float, coeffs=MUON_NS) -> torch.Tensor:
+    """Muon's quintic iteration X <- aX + (bA + cA^2)X, A = XX^T, from X0 = G/(||G||_F + eps).
+
+    "+ eps" as in Keller Jordan's Muon and ROOT's code (torch.optim.Muon clamps instead).
+    """
+    a, b, c = coeffs
+    x, tall = _tall_to_wide(x)
+    x = x / (_frobenius_norm(x) + eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if tall else x
+
+
+def whiten(x: torch.Tensor, steps: int, eps: float) -> torch.Tensor:
+    """(X X^T)^{-1/2} X by the coupled Newton-Schulz iteration for the inverse square root.
+
+    With X scaled to ||X||_F = 1, Y = XX^T has eigenvalues in [0, 1], inside the iteration's
+    convergence region (0, 3); the scale cancels in Z X.
+    """
+    x, tall = _tall_to_wide(x)
+    x = _frobenius_normalized(x, eps)
+    y = x @ x.mT
+    eye = torch.eye(y.shape[-1], dtype=y.dtype, device=y.device).expand_as(y)
+    z = eye
+    for _ in range(steps):
+        t = 0.5 * (3.0 * eye - z @ y)
+        y, z = y @ t, t @ z
+    out = z @ x
+    return out.mT if tall else out
+
+
+def _swan(x: torch.Tensor, group: dict) -> torch.Tensor:
+    eps = group["eps"]
+    centered = x - x.mean(dim=-1, keepdim=True)
+    std = centered.square().mean(dim=-1, keepdim=True).sqrt()
+    d = whiten(centered / std.clamp_min(eps), group["ns_steps"], eps)
+    m, n = x.shape[-2:]
+    return math.sqrt(m * n) * _frobenius_normalized(d, eps)
+
+
+def _sinkhorn(x: torch.Tensor, group: dict) -> torch.Tensor:
+    eps = group["eps"]
+    m, n = x.shape[-2:]
+    for _ in range(group["sinkhorn_iters"]):
+        x = x * (math.sqrt(n) / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps))
+        x = x * (math.sqrt(m) / torch.linalg.vector_norm(x, dim=-2, keepdim=True).clamp_min(eps))
+    return x
+
+
+def _ns(x: torch.Tensor, group: dict) -> torch.Tensor:
+    return newton_schulz(x, group["ns_steps"], group["eps"])
+
+
+def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row q-quantile of [b, N], linear interpolation (torch.quantile caps N at 2^24)."""
+    pos = q * (x.shape[-1] - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    low = torch.kthvalue(x, lo + 1, dim=-1).values
+    return torch.lerp(low, torch.kthvalue(x, hi + 1, dim=-1).values, pos - lo)
+
+
+def _root(x: torch.Tensor, group: dict) -> torch.Tensor:
+    """ROOT: B = U - T_eps(U) with soft-threshold T at eps = 0.9-quantile of |U|, which is U
+    clipped to [-eps, eps]; then Newton-Schulz, times Moonlight's 0.2*sqrt(max(m, n))."""
+    t = _quantile(x.abs().flatten(-2), group["threshold_quantile"]) + 1e-9
+    t = t[:, None, None]
+    clipped = torch.minimum(torch.maximum(x, -t), t)
+    m, n = x.shape[-2:]
+    return 0.2 * math.sqrt(max(m, n)) * newton_schulz(clipped, group["ns_steps"], group["eps"])
+
+
+DIRECTIONS: dict[str, Callable[[dict, list, list], None]] = {
+    "colnorm": _colnorm,
+    "rownorm": _rownorm,
+    "sign": _sign,
+    "sgd": _plain,
+    "newton_schulz": _batched(_ns),
+    "swan": _batched(_swan),
+    "sinkgd": _batched(_sinkhorn),
+    "root": _batched(_root),
+}
+
+
+# --- state bytes ------------------------------------------------------------------------
+
+
+def _role_bytes(model: nn.Module, *roles: str, per_elem: int = 1) -> int:
+    found = param_roles(model)
+    return sum(per_elem * p.numel() * p.element_size() for r in roles for _, p in found.get(r, []))
+
+
+def _role_tensors(model: nn.Module, *roles: str) -> int:
+    found = param_roles(model)
+    return sum(len(found.get(r, [])) for r in roles)
+
+
+def _torch_step_bytes() -> int:
+    # torch AdamW's per-parameter `step`: a 0-d tensor of torch's scalar dtype (registry.py).
+    return 8 if torch.get_default_dtype() == torch.float64 else 4
+
+
+def _adamw_bytes(model: nn.Module, *roles: str) -> int:
+    return _role_bytes(model, *roles, per_elem=2) + _torch_step_bytes() * _role_tensors(
+        model, *roles
+    )
+
+
+NON_MATRIX = ("embedding", "lm_head", "vector")
+ADAMW_FORMULA = (
+    "2 × (embedding + lm_head + 1-D) params × bytes/elem (AdamW exp_avg, exp_avg_sq) "
+    "+ 4 B float32 `step` per such tensor"
+)
+
+
+# --- makers and hparams ---------------------------------------------------------------
+
+ADAMW_HPARAMS = {
+    "adamw_lr": 1e-3,
+    "adamw_betas": (0.9, 0.999),
+    "adamw_eps": 1e-8,
+    "adamw_weight_decay": 0.0,
+}
+
+
+def _adamw(groups: Groups, hp: dict) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        groups,
+        lr=hp["adamw_lr"],
+        betas=hp["adamw_betas"],
+        eps=hp["adamw_eps"],
+        weight_decay=hp["adamw_weight_decay"],
+    )
+
+
+def _muon(groups: Groups, hp: dict) -> torch.optim.Optimizer:
+    keys = ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps",
+            "adjust_lr_fn")
+    return torch.optim.Muon(groups, **{k: hp[k] for k in keys})
+
+
+def _matrix_sgd(direction: str, *option_keys: str, momentum_key: str | None = None) -> Maker:
+    def make(groups: Groups, hp: dict) -> torch.optim.Optimizer:
+        momentum = hp[momentum_key] if momentum_key else 0.0
+        options = {k: hp[k] for k in option_keys}
+        return MatrixSGD(groups, direction, hp["lr"], hp["weight_decay"], momentum, **options)
+
+    return make
+
+
+def _root_maker(groups: Groups, hp: dict) -> torch.optim.Optimizer:
+    form = "nesterov" if hp["nesterov"] else "sum"
+    options = {k: hp[k] for k in ("eps", "ns_steps", "threshold_quantile")}
+    return MatrixSGD(
+        groups, "root", hp["lr"], hp["weight_decay"], hp["momentum"], form, **options
+    )
+
+
+def _scale_adam(groups: Groups, hp: dict) -> torch.optim.Optimizer:
+    """SCALE's own Adam form (eps before bias correction, int step) for the ablations' vectors."""
+    adam_groups = [{**g, "role": "adam"} for g in groups]
+    return Scale(
+        adam_groups,
+        adam_lr=hp["adam_lr"],
+        adam_betas=hp["adam_betas"],
+        adam_eps=hp["adam_eps"],
+        weight_decay=hp["weight_decay"],
+    )
+
+
+def _spec(
+    name: str,
+    source: str,
+    paper: str,
+    policy: Policy,
+    makers: dict[str, Maker],
+    hparams: dict,
+    state_formula: str,
+    state_bytes: Callable[[nn.Module], int],
+) -> OptimizerSpec:
+    return OptimizerSpec(
+        name=name,
+        factory=lambda model, hp: build_composite(model, policy, makers, hp),
+        source=source,
+        paper=paper,
+        policy=policy.describe(),
+        default_hparams=hparams,
+        state_formula=state_formula,
+        expected_state_bytes=state_bytes,
+        version="1",
+        devices=("cpu", "cuda"),
+    )
+
+
+# --- entries: matrix update on hidden matrices, AdamW elsewhere ---------------------
+
+POLICIES = {
+    t: Policy.of(hidden_matrix=t, embedding="adamw", lm_head="adamw", vector="adamw")
+    for t in ("muon", "swan", "sinkgd", "root")
+}
+
+register(
+    _spec(
+        "muon",
+        source="torch.optim.Muon on hidden matrices + torch.optim.AdamW (optbench Composite)",
+        paper=(
+            "Jordan et al., Muon: An optimizer for hidden layers in neural networks, 2024 "
+            "(kellerjordan.github.io/posts/muon); Liu et al., Muon is Scalable for LLM "
+            "Training, arXiv:2502.16982"
+        ),
+        policy=POLICIES["muon"],
+        makers={"muon": _muon, "adamw": _adamw},
+        hparams={
+            "lr": 0.02,
+            "weight_decay": 0.0,
+            "momentum": 0.95,
+            "nesterov": True,
+            "ns_coefficients": MUON_NS,
+            "eps": 1e-7,
+            "ns_steps": 5,
+            "adjust_lr_fn": "original",  # a string: the registry's null type accepts no names
+            **ADAMW_HPARAMS,
+        },
+        state_formula="hidden-matrix params × bytes/elem (momentum_buffer) + " + ADAMW_FORMULA,
+        state_bytes=lambda m: _role_bytes(m, "hidden_matrix") + _adamw_bytes(m, *NON_MATRIX),
+    )
+)
+
+register(
+    _spec(
+        "swan",
+        source="in-house (optbench.optimizers.matrix, MatrixSGD 'swan') + torch.optim.AdamW",
+        paper=(
+            "Ma, Gong, Scetbon, Meeds, SWAN: SGD with Normalization and Whitening Enables "
+            "Stateless LLM Training, ICML 2025, arXiv:2412.13148"
+        ),
+        policy=POLICIES["swan"],
+        makers={"swan": _matrix_sgd("swan", "eps", "ns_steps"), "adamw": _adamw},
+        hparams={"lr": 1e-3, "weight_decay": 0.0, "eps": 1e-8, "ns_steps": 10, **ADAMW_HPARAMS},
+        state_formula="0 B on hidden matrices (stateless) + " + ADAMW_FORMULA,
+        state_bytes=lambda m: _adamw_bytes(m, *NON_MATRIX),
+    )
+)
+
+register(
+    _spec(
+        "sinkgd",
+        source="in-house (optbench.optimizers.matrix, MatrixSGD 'sinkgd') + torch.optim.AdamW",
+        paper=(
+            "Scetbon, Ma, Gong, Meeds, Gradient Multi-Normalization for Stateless and Scalable "
+            "LLM Training (SinkGD), arXiv:2502.06742"
+        ),
+        policy=POLICIES["sinkgd"],
+        makers={"sinkgd": _matrix_sgd("sinkgd", "eps", "sinkhorn_iters"), "adamw": _adamw},
+        hparams={
+            "lr": 1e-3, "weight_decay": 0.0, "eps": 1e-8, "sinkhorn_iters": 5, **ADAMW_HPARAMS
+        },
+        state_formula="0 B on hidden matrices (stateless) + " + ADAMW_FORMULA,
+        state_bytes=lambda m: _adamw_bytes(m, *NON_MATRIX),
+    )
+)
+
+
+register(
+    _spec(
+        "root",
+        source=(
+            "in-house (optbench.optimizers.matrix, MatrixSGD 'root'), after the authors' "
+            "example code (huawei-noah Efficient-Computing/Optimization/ROOT) + torch.optim.AdamW"
+        ),
+        paper=(
+            "He, Han, Zhou, Chen, Liu, Chen, Wang, ROOT: Robust Orthogonalized Optimizer for "
+            "Neural Network Training, arXiv:2511.20626"
+        ),
+        policy=POLICIES["root"],
+        makers={"root": _root_maker, "adamw": _adamw},
+        hparams={
+            "lr": 1e-3,
+            "weight_decay": 0.0,
+            "momentum": 0.95,
+            "nesterov": True,
+            "threshold_quantile": 0.9,
+            "eps": 1e-7,
+            "ns_steps": 5,
+            **ADAMW_HPARAMS,
+        },
+        state_formula="hidden-matrix params × bytes/elem (momentum_buffer) + " + ADAMW_FORMULA,
+        state_bytes=lambda m: _role_bytes(m, "hidden_matrix") + _adamw_bytes(m, *NON_MATRIX),
+    )
+)
+
+
+# --- entries: SCALE ablations (arXiv:2506.16659), every matrix in-house, SCALE's Adam on 1-D
+
+SCALE_ADAM_HPARAMS = {"adam_lr": 1e-3, "adam_betas": (0.9, 0.999), "adam_eps": 1e-8}
+SCALE_ADAM_FORMULA = (
+    "2 × 1-D params × bytes/elem (SCALE's Adam exp_avg, exp_avg_sq; int step, 0 B)"
+)
+
+
+def _every_matrix(treatment: str) -> Policy:
+    return Policy.of(
+        hidden_matrix=treatment, embedding=treatment, lm_head=treatment, vector="scale_adam"
+    )
+
+
+def _ablation(name: str, what: str, policy: Policy, makers: dict, hparams: dict,
+              formula: str, state_bytes: Callable[[nn.Module], int]) -> OptimizerSpec:
+    return _spec(
+        name,
+        source=f"in-house (optbench.optimizers.matrix): SCALE ablation, {what}",
+        paper=SCALE_PAPER + " (ablation)",
+        policy=policy,
+        makers={**makers, "scale_adam": _scale_adam},
+        hparams={**hparams, "weight_decay": 0.0, **SCALE_ADAM_HPARAMS},
+        state_formula=formula,
+        state_bytes=state_bytes,
+    )
+
+
+def _vector_adam_bytes(model: nn.Module) -> int:
+    return _role_bytes(model, "vector", per_elem=2)
+
+
+for _name, _direction, _what, _options in [
+    ("colnorm_sgd", "colnorm", "g / rms over each matrix's input dim, no momentum",
+     {"lr": 1e-3, "eps": 1e-8}),
+    ("rownorm_sgd", "rownorm", "g / rms over each matrix's output dim, no momentum",
+     {"lr": 1e-3, "eps": 1e-8}),
+    ("signsgd", "sign", "sign(g) on every matrix, no momentum", {"lr": 1e-3}),
+    ("nsnorm_sgd", "newton_schulz", "Muon's Newton-Schulz orthogonalization of g, no momentum",
+     {"lr": 0.02, "eps": 1e-7, "ns_steps": 5}),
+]:
+    _keys = tuple(k for k in _options if k != "lr")
+    register(
+        _ablation(
+            _name,
+            _what,
+            _every_matrix(_direction),
+            {_direction: _matrix_sgd(_direction, *_keys)},
+            _options,
+            "0 B on matrices (stateless) + " + SCALE_ADAM_FORMULA,
+            _vector_adam_bytes,
+        )
+    )
+
+register(
+    _ablation(
+        "sgd_lastlayer_momentum",
+        "plain SGD on every matrix, EMA momentum on lm_head only",
+        Policy.of(
+            hidden_matrix="sgd", embedding="sgd", lm_head="sgd_momentum", vector="scale_adam"
+        ),
+        {"sgd": _matrix_sgd("sgd"), "sgd_momentum": _matrix_sgd("sgd", momentum_key="momentum")},
+        {"lr": 0.1, "momentum": 0.9},
+        "lm_head params × bytes/elem (momentum_buffer) + " + SCALE_ADAM_FORMULA,
+        lambda m: _role_bytes(m, "lm_head") + _vector_adam_bytes(m),
+    )
+)

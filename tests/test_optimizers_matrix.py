@@ -1,0 +1,331 @@
+"""Matrix optimizers (optbench.optimizers.matrix): float64 references, state bytes, Composite."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from optbench.measure_state import optimizer_state_bytes
+from optbench.models import build_model
+from optbench.optimizers import build_optimizer, get_spec
+from optbench.optimizers import matrix
+from optbench.optimizers.matrix import Composite, newton_schulz, whiten
+
+SCALE_ABLATIONS = [
+    "colnorm_sgd", "rownorm_sgd", "signsgd", "nsnorm_sgd", "sgd_lastlayer_momentum"
+]  # SCALE's policy: every matrix in-house, SCALE's Adam on vectors
+IN_HOUSE = ["swan", "sinkgd", "root", *SCALE_ABLATIONS]
+NAMES = ["muon", *IN_HOUSE]
+SCALE_POLICY = set(SCALE_ABLATIONS)
+
+# Non-default values, so a wrongly wired hparam shows up in the reference comparison.
+HP = {
+    "swan": {"lr": 0.003, "weight_decay": 0.1, "ns_steps": 7},
+    "sinkgd": {"lr": 0.003, "weight_decay": 0.1, "sinkhorn_iters": 3},
+    "root": {"lr": 0.003, "weight_decay": 0.1, "momentum": 0.9, "threshold_quantile": 0.8,
+             "ns_steps": 4},
+    "colnorm_sgd": {"lr": 0.02},
+    "rownorm_sgd": {"lr": 0.02},
+    "signsgd": {"lr": 0.002},
+    "nsnorm_sgd": {"lr": 0.03, "ns_steps": 4},
+    "sgd_lastlayer_momentum": {"lr": 0.2, "momentum": 0.8},
+}
+ADAMW_HP = {"adamw_lr": 0.004, "adamw_betas": (0.8, 0.95), "adamw_eps": 1e-6,
+            "adamw_weight_decay": 0.05}
+SCALE_ADAM_HP = {"adam_lr": 0.004, "adam_betas": (0.8, 0.95), "adam_eps": 1e-6,
+                 "weight_decay": 0.1}
+
+
+def _hparams(name: str) -> dict:
+    return {**HP[name], **(SCALE_ADAM_HP if name in SCALE_POLICY else ADAMW_HP)}
+
+
+def _role(name: str, p: torch.Tensor) -> str:
+    if name == "model.embed_tokens.weight":
+        return "embedding"
+    if name == "lm_head.weight":
+        return "lm_head"
+    return "hidden_matrix" if p.ndim == 2 else "vector"
+
+
+def _grads(model: torch.nn.Module) -> dict:
+    """Rows 1e3 apart in scale, one zero row: normalizations and their eps matter."""
+    grads = {}
+    for name, p in model.named_parameters():
+        g = torch.randn_like(p)
+        if p.ndim == 2:
+            rows = torch.logspace(-2, 1, p.shape[0], dtype=p.dtype)[torch.randperm(p.shape[0])]
+            g *= rows[:, None]
+            g[3] = 0
+        grads[name] = g
+    return grads
+
+
+# ---------------------------------------------------------------- float64 references
+
+
+def _swan(g: torch.Tensor, hp: dict) -> torch.Tensor:
+    """SWAN: GradNorm, then GradWhitening (G G^T)^{-1/2} G by Newton-Schulz, then rescale."""
+    m, n = g.shape
+    mean = g.mean(dim=1, keepdim=True)
+    std = ((g - mean) ** 2).mean(dim=1, keepdim=True).sqrt()
+    gn = (g - mean) / std.clamp_min(1e-8)
+    x = gn if m <= n else gn.T  # whiten the smaller Gram matrix
+    x = x / x.norm()
+    y, z, eye = x @ x.T, torch.eye(x.shape[0], dtype=g.dtype), torch.eye(x.shape[0], dtype=g.dtype)
+    for _ in range(hp["ns_steps"]):
+        t = (3 * eye - z @ y) / 2
+        y, z = y @ t, t @ z
+    d = z @ x if m <= n else (z @ x).T
+    return math.sqrt(m * n) * d / d.norm()
+
+
+def _sinkgd(g: torch.Tensor, hp: dict) -> torch.Tensor:
+    """SR-Sinkhorn: rows to l2 norm sqrt(n), then columns to sqrt(m), L times."""
+    m, n = g.shape
+    x = g
+    for _ in range(hp["sinkhorn_iters"]):
+        x = math.sqrt(n) * x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        x = math.sqrt(m) * x / x.norm(dim=0, keepdim=True).clamp_min(1e-8)
+    return x
+
+
+def _muon_ns(g: torch.Tensor, hp: dict) -> torch.Tensor:
+    """Muon's quintic Newton-Schulz: X <- aX + b(XX^T)X + c(XX^T)^2 X from X = G/(||G||_F+eps)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g if g.shape[0] <= g.shape[1] else g.T
+    x = x / (x.norm() + 1e-7)
+    for _ in range(hp["ns_steps"]):
+        gram = x @ x.T
+        x = a * x + b * gram @ x + c * gram @ gram @ x
+    return x if g.shape[0] <= g.shape[1] else x.T
+
+
+def _root(u: torch.Tensor, hp: dict) -> torch.Tensor:
+    """ROOT: O = soft-threshold of U at its quantile, B = U - O, AdaNewton(B), Moonlight scale.
+
+    AdaNewton's per-shape coefficients exist only for 2048-wide shapes: Muon's here.
+    """
+    eps = torch.quantile(u.abs().flatten(), hp["threshold_quantile"]) + 1e-9
+    outliers = u.sign() * torch.relu(u.abs() - eps)
+    return 0.2 * math.sqrt(max(u.shape)) * _muon_ns(u - outliers, hp)
+
+
+def _rms_normalized(g: torch.Tensor, dim: int) -> torch.Tensor:
+    return g / g.square().mean(dim=dim, keepdim=True).sqrt().clamp_min(1e-8)
+
+
+def _input_dim(role: str) -> int:
+    return 0 if role == "embedding" else 1  # the embedding is [vocab=input, hidden]
+
+
+def _matrix_direction(name: str, role: str, g: torch.Tensor, hp: dict) -> torch.Tensor:
+    if name == "swan":
+        return _swan(g, hp)
+    if name == "sinkgd":
+        return _sinkgd(g, hp)
+    if name == "colnorm_sgd":
+        return _rms_normalized(g, _input_dim(role))
+    if name == "rownorm_sgd":
+        return _rms_normalized(g, 1 - _input_dim(role))
+    if name == "signsgd":
+        return g.sign()
+    if name == "nsnorm_sgd":
+        return _muon_ns(g, hp)
+    if name == "root":
+        return _root(g, hp)
+    return g  # sgd_lastlayer_momentum: g, or the lm_head's EMA (applied by the caller)
+
+
+def _reference_step(name: str, params: dict, grads: dict, state: dict, t: int) -> None:
+    hp = _hparams(name)
+    scale_policy = name in SCALE_POLICY
+    for key, p in params.items():
+        g, role = grads[key], _role(key, p)
+        if role == "vector" or (role != "hidden_matrix" and not scale_policy):
+            _adam_reference(p, g, state, key, t, hp, scale_form=scale_policy)
+            continue
+        p.mul_(1 - hp["lr"] * hp.get("weight_decay", 0.0))
+        if name == "sgd_lastlayer_momentum" and role == "lm_head":
+            g = state[key] = hp["momentum"] * state.get(key, 0) + (1 - hp["momentum"]) * g
+        if name == "root":  # M = mu*M + G, Nesterov: U = G + mu*M
+            state[key] = hp["momentum"] * state.get(key, 0) + g
+            g = g + hp["momentum"] * state[key]
+        p.sub_(hp["lr"] * _matrix_direction(name, role, g, hp))
+
+
+def _adam_reference(p, g, state, key, t, hp, scale_form: bool) -> None:
+    """torch AdamW, or SCALE's Adam form (eps added before the bias correction)."""
+    prefix = "adam" if scale_form else "adamw"
+    lr, (b1, b2), eps = hp[prefix + "_lr"], hp[prefix + "_betas"], hp[prefix + "_eps"]
+    p.mul_(1 - lr * hp["weight_decay" if scale_form else "adamw_weight_decay"])
+    m = state[key + ".m"] = b1 * state.get(key + ".m", 0) + (1 - b1) * g
+    v = state[key + ".v"] = b2 * state.get(key + ".v", 0) + (1 - b2) * g * g
+    if scale_form:
+        p.sub_(lr * math.sqrt(1 - b2**t) / (1 - b1**t) * m / (v.sqrt() + eps))
+    else:
+        p.sub_(lr / (1 - b1**t) * m / (v.sqrt() / math.sqrt(1 - b2**t) + eps))
+
+
+@pytest.mark.parametrize("name", IN_HOUSE)
+def test_two_steps_match_float64_reference(name):
+    _assert_two_steps_match_reference(name)
+
+
+def test_one_matrix_per_batch_matches_the_reference(monkeypatch):
+    monkeypatch.setattr(matrix, "_BATCH_ELEMS", 1)
+    _assert_two_steps_match_reference("root")
+
+
+def _assert_two_steps_match_reference(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model("llama_tiny", torch.float64)
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = build_optimizer(name, model, **_hparams(name))
+    state: dict = {}
+    for t in (1, 2):
+        grads = _grads(model)
+        for key, p in model.named_parameters():
+            p.grad = grads[key].clone()
+        opt.step()
+        _reference_step(name, reference, grads, state, t)
+    for key, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), reference[key], rtol=1e-10, atol=1e-13, msg=key)
+
+
+def _polar(x: torch.Tensor) -> torch.Tensor:
+    """U V^T over the nonzero singular values: (X X^T)^{-1/2} X, pseudo-inverse where singular."""
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    keep = s > 1e-10 * s.max()
+    return u[..., keep] @ vh[..., keep, :]
+
+
+@pytest.mark.parametrize("shape", [(3, 40, 90), (2, 90, 40)], ids=["wide", "tall"])
+def test_whitening_converges_to_the_polar_factor(shape):
+    x = torch.randn(*shape, dtype=torch.float64)
+    x = x - x.mean(dim=-1, keepdim=True)  # GradNorm's centering: the tall Gram is singular
+    expected = torch.stack([_polar(m) for m in x])
+    torch.testing.assert_close(whiten(x, steps=40, eps=1e-12), expected, rtol=0, atol=1e-8)
+
+
+def test_muon_newton_schulz_lands_near_the_polar_factor():
+    x = torch.randn(4, 64, 172, dtype=torch.float64)
+    s = torch.linalg.svdvals(newton_schulz(x, steps=5, eps=1e-7))
+    assert s.min() > 0.5 and s.max() < 1.3  # Muon's quintic: S' ~ U(0.5, 1.5), not exactly 1
+
+
+# ---------------------------------------------------------------- per entry on llama_tiny
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", NAMES)
+def test_state_bytes_match_formula(name, dtype):
+    torch.manual_seed(0)
+    model = build_model("llama_tiny", dtype)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt = build_optimizer(name, model)
+    opt.step()
+    assert optimizer_state_bytes(opt) == get_spec(name).expected_state_bytes(model) > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_hparams_lower_the_loss(name):
+    torch.manual_seed(0)
+    model = build_model("llama_tiny")
+    ids = torch.randint(0, model.config.vocab_size, (4, 32))
+    opt = build_optimizer(name, model)
+    losses = []
+    for _ in range(15):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_policy_puts_exactly_the_hidden_matrices_in_the_matrix_treatment(name):
+    model = build_model("llama_tiny")
+    opt = build_optimizer(name, model)
+    parts = [[n for g in p.param_groups for n in g["param_names"]] for p in opt.parts.values()]
+    hidden = [n for n, p in model.named_parameters() if p.ndim == 2 and n.endswith("proj.weight")]
+    vectors = [n for n, p in model.named_parameters() if p.ndim == 1]
+    assert len(hidden) == 2 * 7
+    if name in SCALE_POLICY:  # SCALE's policy: embedding and lm_head are in-house matrices too
+        assert set(hidden) <= set(parts[0]) and parts[-1] == vectors
+        matrices = [n for n, p in model.named_parameters() if p.ndim == 2]
+        assert sorted(sum(parts[:-1], [])) == sorted(matrices)
+    else:  # listed first: its lr is the one training logs
+        assert parts == [hidden, ["model.embed_tokens.weight", "lm_head.weight", *vectors]]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lambdalr_scales_every_group_of_every_part(name):
+    opt = build_optimizer(name, build_model("llama_tiny"))
+    assert isinstance(opt, Composite) and len(opt.parts) >= 2
+    initial = [g["lr"] for g in opt.param_groups]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+    opt.step()
+    scheduler.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([lr / 2 for lr in initial])
+    part_lrs = [g["lr"] for part in opt.parts.values() for g in part.param_groups]
+    assert part_lrs == pytest.approx([lr / 2 for lr in initial])
+
+
+def _muon_alone(model: torch.nn.Module) -> list[torch.optim.Optimizer]:
+    """The muon entry's defaults, as two plain torch optimizers."""
+    hp = get_spec("muon").default_hparams
+    hidden = [p for n, p in model.named_parameters() if n.endswith("proj.weight")]
+    rest = [p for n, p in model.named_parameters() if not n.endswith("proj.weight")]
+    return [
+        torch.optim.Muon(hidden, lr=hp["lr"], weight_decay=0.0, momentum=hp["momentum"]),
+        torch.optim.AdamW(rest, lr=hp["adamw_lr"], betas=hp["adamw_betas"], weight_decay=0.0),
+    ]
+
+
+def test_composite_steps_like_its_parts_alone_under_a_scheduler():
+    torch.manual_seed(0)
+    model = build_model("llama_tiny")
+    twin = copy.deepcopy(model)
+    opt = build_optimizer("muon", model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+    alone = _muon_alone(twin)
+    for _ in range(2):
+        for a, b in zip(model.parameters(), twin.parameters()):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        opt.step()
+        scheduler.step()
+        for part in alone:
+            part.step()
+            for group in part.param_groups:
+                group["lr"] /= 2  # what the scheduler must have done to the composite's parts
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["muon", "sgd_lastlayer_momentum"])
+def test_state_dict_round_trip(name):
+    torch.manual_seed(0)
+    model = build_model("llama_tiny")
+    opt = build_optimizer(name, model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    clone = build_optimizer(name, model)
+    clone.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert optimizer_state_bytes(clone) == optimizer_state_bytes(opt)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(before[n])
+    clone.step()  # the loaded state is what the parts use
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), after[n], rtol=0, atol=0, msg=n)
