@@ -231,7 +231,8 @@ def _validate_grid(grid: Grid, where: str) -> None:
     for i, choice in enumerate(grid.optimizers):
         key = f"{where}: grid.optimizers[{i}]"
         _named(lambda: get_spec(choice.name), key)
-        _named(lambda: resolve_hparams(choice.name, choice.hparams), f"{key}.hparams")
+        for model in grid.models:
+            _named(lambda: resolve_hparams(choice.name, choice.hparams, model), f"{key}.hparams")
     labels = [c.display for c in grid.optimizers]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
@@ -283,6 +284,6 @@ def expand(suite: Suite) -> Iterator[Cell]:
     for model in suite.grid.models:
         for seq_len in suite.grid.seq_lens:
             for choice in suite.grid.optimizers:
-                hparams = resolve_hparams(choice.name, choice.hparams)
+                hparams = resolve_hparams(choice.name, choice.hparams, model)
                 resolved = dataclasses.replace(choice, hparams=hparams)
                 yield Cell(suite.name, model, resolved, seq_len, defaults, suite.data)

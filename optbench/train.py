@@ -82,6 +82,10 @@ def train_cell(cell: Cell, emit: Emit) -> dict[str, Any]:
     device = torch.device(d.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return {"status": "skipped", "error": "CUDA requested but not available on this machine"}
+    spec = get_spec(cell.optimizer.name)
+    if device.type not in spec.devices:
+        return {"status": "skipped",
+                "error": f"{spec.name} runs only on {', '.join(spec.devices)}, not {device.type}"}
     torch.manual_seed(d.seed)
     size = get_model_size(cell.model)
     tokens = load_tokens(cell.data, size.vocab_size)
@@ -94,6 +98,9 @@ def train_cell(cell: Cell, emit: Emit) -> dict[str, Any]:
     burst = Burst()
     burst.metrics["n_params"] = sum(p.numel() for p in model.parameters())
     burst.metrics["param_bytes"] = measure.param_bytes(model)
+    # The registry's formula beside the measurement: a mismatch in a report is a red flag.
+    burst.metrics["expected_optimizer_state_bytes"] = spec.expected_state_bytes(
+        model, cell.optimizer.hparams)
     status, error = "ok", None
     try:
         for step in range(1, d.steps + 1):

@@ -13,6 +13,7 @@ from optbench.errors import OptbenchError
 from optbench.measure_state import optimizer_state_bytes
 from optbench.models import build_model
 from optbench.optimizers import (
+    expected_state_bytes,
     build_optimizer,
     get_spec,
     list_specs,
@@ -97,7 +98,7 @@ def _step_once(name: str, dtype: torch.dtype, **hparams) -> tuple[int, int]:
         p.grad = torch.randn_like(p)
     opt = build_optimizer(name, model, **hparams)
     opt.step()
-    return optimizer_state_bytes(opt), get_spec(name).expected_state_bytes(model)
+    return optimizer_state_bytes(opt), expected_state_bytes(name, model)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -3,6 +3,7 @@
 from optbench.optimizers.registry import (
     OptimizerSpec,
     build_optimizer,
+    expected_state_bytes,
     get_spec,
     list_specs,
     register,
@@ -15,6 +16,7 @@ __all__ = [
     "Scale",
     "build_optimizer",
     "build_scale",
+    "expected_state_bytes",
     "get_spec",
     "list_specs",
     "register",

@@ -42,8 +42,8 @@ def _every_param(treatment: str) -> str:
     return Policy.of(**{role: treatment for role in ROLES}).describe()
 
 
-def _per_param(bytes_of: Callable[[nn.Parameter], int]) -> Callable[[nn.Module], int]:
-    return lambda model: sum(bytes_of(p) for p in _trainable(model))
+def _per_param(bytes_of: Callable[[nn.Parameter], int]) -> Callable[[nn.Module, dict], int]:
+    return lambda model, hp: sum(bytes_of(p) for p in _trainable(model))
 
 
 def _po_factory(cls: str, fixed: dict | None = None) -> Factory:
@@ -88,7 +88,7 @@ def _build_adamw8bit(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
     return bitsandbytes.optim.AdamW8bit(_trainable(model), **hp)
 
 
-def _adamw8bit_bytes(model: nn.Module) -> int:
+def _adamw8bit_bytes(model: nn.Module, hp: dict) -> int:
     params = _trainable(model)
     total = 0
     for p in params:
@@ -123,7 +123,7 @@ def _build_adam_mini(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
     )
 
 
-def _adam_mini_bytes(model: nn.Module) -> int:
+def _adam_mini_bytes(model: nn.Module, hp: dict) -> int:
     """All state is float32 (m is allocated as float32 even for bf16 params)."""
     config = model.config
     per_head = config.hidden_size * config.hidden_size // config.num_attention_heads

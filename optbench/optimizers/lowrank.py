@@ -36,7 +36,7 @@ from torch import nn
 from optbench.optimizers.policy import NamedParams, Policy
 from optbench.optimizers.registry import OptimizerSpec, register
 
-DEFAULT_RANK = 128  # the papers' 60M rank; per-model-size defaults are not handled here
+DEFAULT_RANK = 128  # the papers' 60M rank; other paper sizes get theirs via defaults_by_model
 
 
 def _policy(treatment: str) -> Policy:
@@ -83,15 +83,15 @@ def _projected_bytes(p: torch.Tensor, rank: int, limiter: bool) -> int:
     return _bytes(r * small + 2 * r * large + int(limiter), p)
 
 
-def _lowrank_state_bytes(treatment: str, rank: int, limiter: bool) -> Callable[[nn.Module], int]:
-    def state_bytes(model: nn.Module) -> int:
+def _lowrank_state_bytes(treatment: str, limiter: bool) -> Callable[[nn.Module, dict], int]:
+    def state_bytes(model: nn.Module, hp: dict) -> int:
         adamw, hidden = _split(model, treatment)
-        return _adamw_bytes(adamw) + sum(_projected_bytes(p, rank, limiter) for _, p in hidden)
+        return _adamw_bytes(adamw) + sum(_projected_bytes(p, hp["rank"], limiter) for _, p in hidden)
 
     return state_bytes
 
 
-def conda_state_bytes(model: nn.Module) -> int:
+def conda_state_bytes(model: nn.Module, hp: dict) -> int:
     # Full-rank SVD basis (rank None): Vh [n, n] if m >= n else U [m, m]; exp_avg and
     # exp_avg_sq stay [m, n] under `std` (the rotation keeps the shape).
     adamw, hidden = _split(model, "conda projection")
@@ -214,7 +214,8 @@ _COMMON_DEVIATIONS = (
 def _lowrank_formula(rank: int, limiter: bool) -> str:
     limiter_term = " + 1 (0-d `scaling_grad` norm of the norm-growth limiter)" if limiter else ""
     return (
-        f"{_ADAMW_TERM}; each hidden [m, n] matrix, r = min({rank}, m, n): "
+        f"{_ADAMW_TERM}; each hidden [m, n] matrix, r = min(rank, m, n), rank hparam "
+        f"(default {rank}; the paper's rank per model size): "
         f"(r × min(m, n) projector + 2 × r × max(m, n) low-rank exp_avg, exp_avg_sq"
         f"{limiter_term}) "
         f"× bytes/elem, all in the param dtype; {_STEP_TERM}"
@@ -260,6 +261,22 @@ _APOLLO_SOURCE = (
     + _COMMON_DEVIATIONS
 )
 
+# Per-size ranks the papers trained with (GaLore Table 2 and its 7B run; APOLLO Table 2).
+GALORE_RANKS = {"llama_60m": 128, "llama_130m": 256, "llama_350m": 256, "llama_1b": 512,
+                "llama_7b": 1024}
+APOLLO_RANKS = {"llama_60m": 128, "llama_130m": 192, "llama_350m": 256, "llama_1b": 256,
+                "llama_7b": 256}
+
+
+def _by_model(**per_hparam: dict[str, object]) -> dict[str, dict]:
+    """{hparam: {model: value}} -> {model: {hparam: value}}."""
+    out: dict[str, dict] = {}
+    for hparam, by_model in per_hparam.items():
+        for model, value in by_model.items():
+            out.setdefault(model, {})[hparam] = value
+    return out
+
+
 register(
     OptimizerSpec(
         name="galore",
@@ -278,7 +295,8 @@ register(
         policy=_policy("galore projection").describe(),
         default_hparams=_galore_hparams(),
         state_formula=_lowrank_formula(DEFAULT_RANK, limiter=False),
-        expected_state_bytes=_lowrank_state_bytes("galore projection", DEFAULT_RANK, False),
+        expected_state_bytes=_lowrank_state_bytes("galore projection", False),
+        defaults_by_model=_by_model(rank=GALORE_RANKS),
     )
 )
 
@@ -299,7 +317,8 @@ register(
         policy=_policy("fira projection").describe(),
         default_hparams=_galore_hparams(),
         state_formula=_lowrank_formula(DEFAULT_RANK, limiter=True),
-        expected_state_bytes=_lowrank_state_bytes("fira projection", DEFAULT_RANK, True),
+        expected_state_bytes=_lowrank_state_bytes("fira projection", True),
+        defaults_by_model=_by_model(rank=GALORE_RANKS),
     )
 )
 
@@ -316,7 +335,8 @@ register(
         policy=_policy("apollo projection").describe() + " (channel-wise scaling)",
         default_hparams=_apollo_hparams(),
         state_formula=_lowrank_formula(DEFAULT_RANK, limiter=True),
-        expected_state_bytes=_lowrank_state_bytes("apollo projection", DEFAULT_RANK, True),
+        expected_state_bytes=_lowrank_state_bytes("apollo projection", True),
+        defaults_by_model=_by_model(rank=APOLLO_RANKS),
     )
 )
 
@@ -329,7 +349,8 @@ register(
         policy=_policy("apollo projection").describe() + " (rank 1, tensor-wise scaling)",
         default_hparams=_apollo_hparams(rank=1, scale=128.0, scale_type="tensor"),
         state_formula=_lowrank_formula(1, limiter=True),
-        expected_state_bytes=_lowrank_state_bytes("apollo projection", 1, True),
+        expected_state_bytes=_lowrank_state_bytes("apollo projection", True),
+        defaults_by_model={"llama_130m": {"scale": 192.0}},  # APOLLO-Mini's 130M setting
     )
 )
 

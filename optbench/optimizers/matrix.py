@@ -429,7 +429,7 @@ def _spec(
         policy=policy.describe(),
         default_hparams=hparams,
         state_formula=state_formula,
-        expected_state_bytes=state_bytes,
+        expected_state_bytes=lambda model, hp: state_bytes(model),
         version="1",
         devices=("cpu", "cuda"),
     )

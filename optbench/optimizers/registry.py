@@ -6,7 +6,7 @@ check the measured bytes against the formula instead of trusting either alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -24,10 +24,13 @@ class OptimizerSpec:
     policy: str  # which parameters get which treatment, for humans
     default_hparams: dict  # every accepted hparam with its default
     state_formula: str
-    expected_state_bytes: Callable[[nn.Module], int]  # exact bytes after the first step
+    expected_state_bytes: Callable[[nn.Module, dict], int]  # (model, resolved hparams) -> exact bytes after step 1
     version: str = "1"  # bump when the update rule or state changes: fingerprints include it
     aliases: tuple[str, ...] = ()
     devices: tuple[str, ...] = ("cpu", "cuda")
+    # Paper defaults that differ by model size: {model name: {hparam: value}}, applied over
+    # default_hparams and under a suite's own overrides.
+    defaults_by_model: dict[str, dict] = field(default_factory=dict)
     # step() differentiates p.grad again (Hessian-vector products): backward(create_graph=True)
     needs_create_graph: bool = False
 
@@ -56,12 +59,15 @@ def list_specs() -> list[OptimizerSpec]:
     return list(_SPECS.values())
 
 
-def resolve_hparams(name: str, overrides: dict) -> dict:
-    """The spec's defaults updated by `overrides`, each value checked against its default's type."""
+def resolve_hparams(name: str, overrides: dict, model: str | None = None) -> dict:
+    """Defaults, then the paper's defaults for `model` (a size name), then `overrides`.
+
+    Every value is checked against its default's type; an unknown key is an error.
+    """
     spec = get_spec(name)
     accepted = spec.default_hparams
     resolved = dict(accepted)
-    for key, value in overrides.items():
+    for key, value in {**spec.defaults_by_model.get(model or "", {}), **overrides}.items():
         if key not in accepted:
             hint = did_you_mean(str(key), list(accepted))
             raise OptbenchError(
@@ -74,6 +80,11 @@ def resolve_hparams(name: str, overrides: dict) -> dict:
 
 def build_optimizer(name: str, model: nn.Module, **hparams: Any) -> torch.optim.Optimizer:
     return get_spec(name).factory(model, resolve_hparams(name, hparams))
+
+
+def expected_state_bytes(name: str, model: nn.Module, **hparams: Any) -> int:
+    """The spec's exact state-size formula for this model and these hparams."""
+    return get_spec(name).expected_state_bytes(model, resolve_hparams(name, hparams))
 
 
 def _coerce(optimizer: str, key: str, value: Any, default: Any) -> Any:
@@ -113,7 +124,7 @@ def _build_adamw(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
     return torch.optim.AdamW(_trainable(model), **hp)
 
 
-def _adamw_state_bytes(model: nn.Module) -> int:
+def _adamw_state_bytes(model: nn.Module, hp: dict) -> int:
     # AdamW's per-parameter `step` is a 0-d tensor of torch's scalar dtype: float32 unless
     # the default dtype is float64 (fused always uses float32; optbench never sets float64).
     step_bytes = 8 if torch.get_default_dtype() == torch.float64 else 4
@@ -161,6 +172,6 @@ register(
         # No momentum hparam: with momentum 0 torch.optim.SGD keeps no state at all.
         default_hparams={"lr": 1e-2, "weight_decay": 0.0},
         state_formula="0 B (momentum 0 stores no momentum_buffer)",
-        expected_state_bytes=lambda model: 0,
+        expected_state_bytes=lambda model, hp: 0,
     )
 )

@@ -234,7 +234,7 @@ def build_scale(model: nn.Module, hparams: dict) -> Scale:
     return Scale(scale_param_groups(model), **hparams)
 
 
-def scale_state_bytes(model: nn.Module) -> int:
+def scale_state_bytes(model: nn.Module, hp: dict) -> int:
     roles = scale_roles(model)
     head = sum(p.numel() * p.element_size() for _, p in roles.get("lm_head", []))
     norms = sum(2 * p.numel() * p.element_size() for _, p in roles.get("adam", []))
@@ -267,5 +267,12 @@ register(
             "(exp_avg, exp_avg_sq); step is a Python int (0 B)"
         ),
         expected_state_bytes=scale_state_bytes,
+        # The SCALE paper's settings: lr 1e-3 up to 350M, 2e-4 at 1B, 1e-4 at 7B; the norms'
+        # AdamW lr 2e-2 up to 350M, 1e-3 at 1B and 7B.
+        defaults_by_model={
+            **{m: {"lr": 1e-3, "adam_lr": 2e-2} for m in ("llama_60m", "llama_130m", "llama_350m")},
+            "llama_1b": {"lr": 2e-4, "adam_lr": 1e-3},
+            "llama_7b": {"lr": 1e-4, "adam_lr": 1e-3},
+        },
     )
 )

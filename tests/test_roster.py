@@ -1,0 +1,72 @@
+"""Roster-wide rules: per-model paper defaults, hparam-aware state formulas, device skips."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from optbench.measure_state import optimizer_state_bytes
+from optbench.models import build_model
+from optbench.optimizers import build_optimizer, expected_state_bytes, get_spec, list_specs, registry
+from optbench.suite import expand, load_suite
+from optbench.train import train_cell
+from tests.conftest import TINY_SUITE
+
+
+def test_paper_defaults_per_model_size_and_suite_overrides_win(write_suite):
+    text = """
+name: paper
+defaults: {device: cpu}
+grid:
+  models: [llama_60m, llama_1b]
+  seq_lens: [256]
+  optimizers: [galore, scale, {name: apollo, hparams: {rank: 64}}]
+"""
+    cells = {c.id: c.optimizer.hparams for c in expand(load_suite(write_suite(text)))}
+    assert cells["llama_60m/galore/seq256"]["rank"] == 128
+    assert cells["llama_1b/galore/seq256"]["rank"] == 512
+    assert cells["llama_1b/scale/seq256"]["lr"] == 2e-4 and cells["llama_1b/scale/seq256"]["adam_lr"] == 1e-3
+    assert cells["llama_60m/scale/seq256"]["adam_lr"] == 2e-2
+    assert cells["llama_1b/apollo/seq256"]["rank"] == 64  # the suite's own value beats the paper's
+
+
+def test_every_per_model_default_is_a_known_hparam_and_model():
+    from optbench.models import MODEL_SIZES
+
+    for spec in list_specs():
+        for model, overrides in spec.defaults_by_model.items():
+            assert model in MODEL_SIZES, (spec.name, model)
+            assert set(overrides) <= set(spec.default_hparams), (spec.name, overrides)
+
+
+@pytest.mark.parametrize("name,rank", [("galore", 8), ("apollo", 4), ("fira", 16)])
+def test_state_formula_follows_a_rank_override(name, rank):
+    torch.manual_seed(0)
+    model = build_model("llama_tiny")
+    opt = build_optimizer(name, model, rank=rank)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert optimizer_state_bytes(opt) == expected_state_bytes(name, model, rank=rank)
+    assert expected_state_bytes(name, model, rank=rank) < expected_state_bytes(name, model)
+
+
+def test_optimizer_that_cannot_run_here_is_skipped_with_the_reason(write_suite, monkeypatch):
+    spec = get_spec("sgd")
+    monkeypatch.setitem(registry._SPECS, "sgd", dataclasses.replace(spec, devices=("cuda",)))
+    text = TINY_SUITE.replace("[adamw, sgd, scale]", "[sgd]")
+    (cell,) = expand(load_suite(write_suite(text)))
+    result = train_cell(cell, emit=lambda e: None)
+    assert result["status"] == "skipped"
+    assert "sgd runs only on cuda, not cpu" in result["error"]
+
+
+def test_run_records_the_formula_beside_the_measurement(write_suite):
+    text = TINY_SUITE.replace("[adamw, sgd, scale]", "[galore]")
+    (cell,) = expand(load_suite(write_suite(text)))
+    result = train_cell(cell, emit=lambda e: None)
+    m = result["metrics"]
+    assert result["status"] == "ok"
+    assert m["optimizer_state_bytes"] == m["expected_optimizer_state_bytes"] > 0
