@@ -41,9 +41,7 @@ def tracked_peak(
     refuses a second forward of the root module unless its per-module stats are cleared
     (the peak it has seen is kept).
     """
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    tracker = MemTracker()
+    tracker = _state_aware_tracker()
     tracker.track_external(model, optimizer)
     with tracker:
         run_step(tracker.reset_mod_stats)
@@ -56,6 +54,27 @@ def tracked_peak(
                 out[f"peak_{part}_bytes"] += int(nbytes)
     out["tracked_peak_bytes"] = sum(out[f"peak_{p}_bytes"] for p in PARTS)
     return out
+
+
+def _state_aware_tracker():
+    """A MemTracker whose optimizer walk sees all the state optbench counts.
+
+    MemTracker's own walk only looks at the top-level values of each per-parameter state
+    dict: it misses tensors in nested containers and helper objects (the low-rank methods'
+    projectors), which would then be left out of the peak, and it crashes on optimizers that
+    keep a non-dict entry in `optimizer.state` (SPAM). Overriding its one walk method keeps
+    the rest of the tracker as torch ships it.
+    """
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from optbench.measure_state import state_tensors
+
+    class StateAwareMemTracker(MemTracker):
+        def _track_optimizer_states(self, reftype, optimizer) -> None:
+            for tensor in state_tensors(optimizer):
+                self._update_and_maybe_create_winfos(tensor, reftype)
+
+    return StateAwareMemTracker()
 
 
 def param_bytes(model: torch.nn.Module) -> int:

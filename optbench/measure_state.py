@@ -16,33 +16,43 @@ StorageKey = tuple[torch.device, int]
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every distinct storage reachable from `optimizer.state`, parameters excluded."""
+    return sum(t.untyped_storage().nbytes() for t in state_tensors(optimizer))
+
+
+def state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """One tensor per distinct storage reachable from `optimizer.state`, parameters excluded."""
     seen = {_storage_key(p) for group in optimizer.param_groups for p in group["params"]}
-    total = 0
-    for tensor in _tensors(list(optimizer.state.values())):
+    out = []
+    for tensor in _tensors(list(optimizer.state.values()), visited=set()):
         key = _storage_key(tensor)
         if key not in seen:
             seen.add(key)
-            total += tensor.untyped_storage().nbytes()
-    return total
+            out.append(tensor)
+    return out
 
 
 def _storage_key(tensor: torch.Tensor) -> StorageKey:
     return tensor.device, tensor.untyped_storage().data_ptr()
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+def _tensors(obj: Any, visited: set[int]) -> Iterator[torch.Tensor]:
     """Tensors inside nested dicts, lists, tuples and plain objects' attributes.
 
     Optimizer state is mostly plain containers, but some optimizers keep helper objects there
     (pytorch_optimizer's GaLoreProjector holds its projection matrix as an attribute).
+    `visited` guards against objects that refer back to each other.
     """
     if isinstance(obj, torch.Tensor):
         yield obj
-    elif isinstance(obj, dict):
+        return
+    if id(obj) in visited:
+        return
+    visited.add(id(obj))
+    if isinstance(obj, dict):
         for value in obj.values():
-            yield from _tensors(value)
+            yield from _tensors(value, visited)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
-            yield from _tensors(value)
+            yield from _tensors(value, visited)
     elif hasattr(obj, "__dict__"):
-        yield from _tensors(vars(obj))
+        yield from _tensors(vars(obj), visited)

@@ -267,8 +267,9 @@ def _legend_lines(baseline: str) -> list[str]:
         "- **Peak (MiB)** — peak memory over a training step: `torch.cuda.max_memory_allocated`"
         " on CUDA, the tensor tracker's peak of live tensors on CPU.",
         "- **Params / Grads / Opt state / Activations (MiB)** — what the live tensors were at the"
-        " peak moment; activations include temporaries and inputs. They sum to Peak on CPU; on"
-        " CUDA the allocator's Peak can be a little larger.",
+        " peak moment; activations include temporaries and inputs, and when the peak falls inside"
+        " `optimizer.step()` the optimizer part includes that step's temporaries. They sum to Peak"
+        " on CPU; on CUDA the allocator's Peak can be a little larger.",
         f"- **Peak vs {baseline}** — this row's Peak divided by the {baseline} row's Peak at the"
         f" same model and sequence length (`—` when {baseline} is missing or not ok).",
         f"- **State vs {baseline}** — the same ratio for optimizer state.",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -73,16 +75,149 @@ def test_galore_state_is_low_rank(rank):
         assert torch.linalg.matrix_rank(projector.float()) == r
 
 
-def test_apollo_update_has_the_projection_rank():
-    """Pins the deviation in the spec's source: the library projects APOLLO's update back from
-    rank r (the official code scales the full gradient). A library change should fail here."""
-    model = _model_with_grads()
+@pytest.mark.parametrize("name", ["apollo", "apollo_mini"])
+def test_apollo_update_is_the_full_gradient_times_the_scaling_factor(name):
+    """The official APOLLO update is the FULL-rank gradient times a per-channel (apollo) or
+    per-tensor (apollo_mini) factor, not a rank-r back-projection (pytorch_optimizer's)."""
+    model = _model_with_grads(torch.float64)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = build_optimizer("apollo", model, rank=8)
+    opt = build_optimizer(name, model, rank=8 if name == "apollo" else 1)
     opt.step()
     for n, p in model.named_parameters():
-        if "proj" in n:
-            assert torch.linalg.matrix_rank(p.detach() - before[n]) == 8, n
+        if not n.endswith("proj.weight"):
+            continue
+        delta, grad = p.detach() - before[n], p.grad
+        m, k = delta.shape
+        assert torch.linalg.matrix_rank(delta) == min(m, k), n
+        ratio = delta / grad  # -step_size * sqrt(scale) * s, s broadcast over the full matrix
+        if name == "apollo_mini":
+            expected = ratio.mean().expand_as(ratio)
+        elif m >= k:  # right projector [r, k]: one factor per row
+            expected = ratio.mean(dim=1, keepdim=True).expand_as(ratio)
+        else:  # left projector [m, r]: one factor per column
+            expected = ratio.mean(dim=0, keepdim=True).expand_as(ratio)
+        torch.testing.assert_close(ratio, expected, msg=n)
+        assert (ratio < 0).all(), n
+
+
+# --- float64 reference of the official APOLLO update ------------------------------------
+# Written from github.com/zhuhanqing/APOLLO apollo_torch/apollo.py (AdamW.__init__ seeds,
+# AdamW.step) and apollo_torch/random_projector.py (stable_randn, next_seed,
+# GradientProjector.project / get_orthogonal_matrix), at the defaults proj="random",
+# proj_type="std", scale_front=False, disable_nl=False, correct_bias=True.
+
+
+def _official_randn(shape, seed):
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32)
+
+
+def _official_next_seed(seed, adv=0xF):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, torch.iinfo(torch.int64).max, (adv,), generator=generator).tolist()[-1]
+
+
+class _OfficialApollo:
+    """One state dict per parameter, in the official script's group order: the regular params
+    (model order), then the attn/mlp weights (model order); seeds are 1-based indices."""
+
+    def __init__(self, model, hp, projected_names):
+        named = list(model.named_parameters())
+        regular = [(n, p) for n, p in named if n not in projected_names]
+        lowrank = [(n, p) for n, p in named if n in projected_names]
+        self.order = regular + lowrank
+        self.projected = set(projected_names)
+        self.params = {n: p.detach().clone() for n, p in named}
+        self.state = {n: {"seed": i + 1} for i, (n, _) in enumerate(self.order)}
+        self.hp = hp
+        self.limited = []  # names whose norm-growth limiter fired (> 1), per step
+
+    def step(self, grads):
+        hp = self.hp
+        beta1, beta2 = hp["betas"]
+        for name, _ in self.order:
+            p, full_grad, state = self.params[name], grads[name], self.state[name]
+            grad = full_grad
+            state.setdefault("step", 0)
+            if name in self.projected:  # Step 1 (random_projector.GradientProjector, std)
+                m, n = full_grad.shape
+                r = min(hp["rank"], m, n)
+                if "projector" not in state or state["step"] % hp["update_proj_gap"] == 0:
+                    shape = (r, n) if m >= n else (m, r)  # "right" if m >= n else "left"
+                    proj = _official_randn(shape, state["seed"]) / math.sqrt(r)  # float32
+                    state["projector"] = proj.to(full_grad.dtype)
+                    state["seed"] = _official_next_seed(state["seed"])
+                proj = state["projector"]
+                grad = full_grad @ proj.t() if m >= n else proj.t() @ full_grad
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(grad)
+                state["exp_avg_sq"] = torch.zeros_like(grad)
+            state["step"] += 1
+            t = state["step"]
+            # Step 2: low-rank AdamW
+            state["exp_avg"] = beta1 * state["exp_avg"] + (1 - beta1) * grad
+            state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
+            denom = state["exp_avg_sq"].sqrt() + hp["eps"]
+            step_size = hp["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+            norm_grad = state["exp_avg"] / denom
+            if name in self.projected:
+                # Step 3: channel-wise / tensor-wise scaling factor
+                if hp["scale_type"] == "channel":
+                    norm_dim = 0 if norm_grad.shape[0] < norm_grad.shape[1] else 1
+                    factor = torch.norm(norm_grad, dim=norm_dim) / (
+                        torch.norm(grad, dim=norm_dim) + 1e-8
+                    )
+                    if norm_dim == 1:
+                        factor = factor.unsqueeze(1)
+                else:
+                    factor = torch.norm(norm_grad) / (torch.norm(grad) + 1e-8)
+                # Step 4: the raw full-rank gradient, scaled; Fira's norm-growth limiter
+                scaled_grad = full_grad * factor
+                if "scaled_grad" in state:
+                    scaled_norm = torch.norm(scaled_grad)
+                    limiter = max(scaled_norm / (state["scaled_grad"] + 1e-8), 1.01) / 1.01
+                    scaled_grad = scaled_grad / limiter
+                    state["scaled_grad"] = scaled_norm / limiter
+                    if float(limiter) > 1.0:
+                        self.limited.append(name)
+                else:
+                    state["scaled_grad"] = torch.norm(scaled_grad)
+                norm_grad = scaled_grad * math.sqrt(hp["scale"])
+            p = p - step_size * norm_grad
+            if hp["weight_decay"] > 0.0:
+                p = p - hp["lr"] * hp["weight_decay"] * p
+            self.params[name] = p
+
+
+@pytest.mark.parametrize("name", ["apollo", "apollo_mini"])
+def test_apollo_matches_the_official_update_in_float64(name):
+    """Two steps on llama_tiny with random gradients, a projector refresh before each (gap 1),
+    the norm-growth limiter firing on the second (larger gradients), weight decay on."""
+    torch.manual_seed(0)
+    model = build_model("llama_tiny", torch.float64)
+    overrides = {"update_proj_gap": 1, "weight_decay": 0.1, "lr": 0.01}
+    if name == "apollo":
+        overrides["rank"] = 8
+    hp = {**get_spec(name).default_hparams, **overrides}
+    assert hp["scale_type"] == ("channel" if name == "apollo" else "tensor")
+    projected = [n for n, p in model.named_parameters() if n.endswith("proj.weight")]
+    reference = _OfficialApollo(model, hp, projected)
+    opt = build_optimizer(name, model, **overrides)
+    params = dict(model.named_parameters())
+    for step, grad_scale in enumerate([1.0, 3.0]):
+        grads = {n: grad_scale * torch.randn_like(p) for n, p in params.items()}
+        for n, p in params.items():
+            p.grad = grads[n].clone()
+        opt.step()
+        reference.step(grads)
+        for n, p in params.items():
+            torch.testing.assert_close(p.detach(), reference.params[n], msg=f"step {step + 1}: {n}")
+            state, ref_state = opt.state[p], reference.state[n]
+            assert state["step"] == ref_state["step"] and state["seed"] == ref_state["seed"], n
+            if n in reference.projected:
+                torch.testing.assert_close(state["projector"], ref_state["projector"], msg=n)
+                torch.testing.assert_close(state["scaled_grad"], ref_state["scaled_grad"], msg=n)
+    assert set(reference.limited) == set(projected)  # the limiter was exercised everywhere
 
 
 def test_conda_unprojected_groups_take_an_adamw_step():

@@ -1,25 +1,30 @@
-"""Gradient-projection optimizers from pytorch_optimizer: GaLore, Fira, APOLLO(-Mini), Conda.
+"""Gradient-projection optimizers: GaLore, Fira, Conda from pytorch_optimizer; APOLLO(-Mini)
+in-house (`optbench.optimizers.apollo`, the official update).
 
 Policy, as the papers' training scripts run it: the projection applies to the attention and MLP
 weights only (role hidden_matrix); embedding, lm_head and norm weights get plain AdamW in the
-same optimizer, with the same lr. In pytorch_optimizer's GaLore, Fira and APOLLO a group is
-projected iff it has a "rank" key, so the AdamW params simply go in a group without one.
+same optimizer, with the same lr. In pytorch_optimizer's GaLore and Fira, and in the in-house
+APOLLO, a group is projected iff it has a "rank" key, so the AdamW params simply go in a group
+without one.
 Conda projects every 2-D parameter of every group, so `PolicyConda` restricts it to the groups
 marked "projected" (the official Conda code projects only its attn/mlp group).
 
 Rank: r = min(rank, rows, cols) per matrix, so small models (llama_tiny is 64 wide) work; the
-library would otherwise build an [r, n] random projector larger than the matrix for APOLLO.
+official APOLLO code would otherwise draw an [r, n] random "projection" to a dimension larger
+than the matrix (it does not cap; at the paper sizes and ranks the cap never binds).
 Matrices with different capped ranks go in separate groups.
 
 State after the first step (projectors are created then). For a projected [m, n] weight, with
 `std` projection (the smaller side is projected):
 - projector: [r, n] if m >= n else [m, r], i.e. r × min(m, n) elements, in the param dtype
-  (GaLore/Fira: SVD in float32, cast back; APOLLO: Gaussian / sqrt(r) drawn in the param dtype);
-  it lives in a GaLoreProjector object under state["projector"];
+  (GaLore/Fira: SVD in float32, cast back, in a GaLoreProjector object under state["projector"];
+  APOLLO: Gaussian / sqrt(r) drawn in float32 from a per-param seed, cast back, the tensor itself
+  under state["projector"]);
 - exp_avg, exp_avg_sq of the projected gradient: [m, r] or [r, n], i.e. r × max(m, n) each;
-- Fira and APOLLO: "scaling_grad", the 0-d norm kept by the norm-growth limiter (param dtype).
+- Fira: "scaling_grad", APOLLO: "scaled_grad", the 0-d norm kept by the norm-growth limiter
+  (param dtype).
 Conda keeps full-size moments and a full SVD basis (see `conda_state_bytes`). Steps are Python
-ints in the param groups (0 B).
+ints in the param groups (APOLLO: per param, with the projector seed), 0 B.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ import math
 from typing import Any, Callable
 
 import torch
-from pytorch_optimizer import APOLLO, Fira, GaLore
+from pytorch_optimizer import Fira, GaLore
 from pytorch_optimizer.optimizer.conda import Conda
 from pytorch_optimizer.optimizer.utils.galore import update_unprojected_foreach
 from torch import nn
 
+from optbench.optimizers.apollo import Apollo
 from optbench.optimizers.policy import NamedParams, Policy
 from optbench.optimizers.registry import OptimizerSpec, register
 
@@ -124,12 +130,14 @@ def build_fira(model: nn.Module, hp: dict) -> Fira:
     return Fira(groups, **_adam_options(hp))
 
 
-def build_apollo(model: nn.Module, hp: dict) -> APOLLO:
-    # APOLLO always draws random projectors; "std" only picks the smaller side.
+def build_apollo(model: nn.Module, hp: dict) -> Apollo:
+    # The official defaults: random projector (proj "random"), on the smaller side (proj_type
+    # "std"). The AdamW group comes first, as in the official training script, so the
+    # per-param projector seeds (1-based index over all groups) are the official ones.
     groups = lowrank_param_groups(
-        model, "apollo projection", hp["rank"], projection_type="std", **_projection(hp)
+        model, "apollo projection", hp["rank"], scale_type=hp["scale_type"], **_projection(hp)
     )
-    return APOLLO(groups, scale_type=hp["scale_type"], **_adam_options(hp))
+    return Apollo(groups, **_adam_options(hp))
 
 
 class PolicyConda(Conda):
@@ -222,6 +230,16 @@ def _lowrank_formula(rank: int, limiter: bool) -> str:
     )
 
 
+def _apollo_formula(rank: int) -> str:
+    return (
+        f"{_ADAMW_TERM}; each hidden [m, n] matrix, r = min(rank, m, n), rank hparam "
+        f"(default {rank}; the paper's rank per model size): (r × min(m, n) random projector + "
+        f"2 × r × max(m, n) low-rank exp_avg, exp_avg_sq + 1 (0-d `scaled_grad` norm of the "
+        f"norm-growth limiter)) × bytes/elem, all in the param dtype; per-param `step` and "
+        f"projector `seed` are Python ints (0 B); exact at the default hparams"
+    )
+
+
 def _galore_hparams(**overrides: Any) -> dict:
     hp = {
         "lr": 0.01,
@@ -238,7 +256,7 @@ def _galore_hparams(**overrides: Any) -> dict:
 
 def _apollo_hparams(**overrides: Any) -> dict:
     hp = _galore_hparams(scale=1.0, scale_type="channel")
-    del hp["proj_type"]  # APOLLO's projector is always random, on the smaller side
+    del hp["proj_type"]  # the official proj "random", proj_type "std": the smaller side
     return {**hp, **overrides}
 
 
@@ -249,16 +267,23 @@ def _conda_hparams() -> dict:
 
 
 _APOLLO_SOURCE = (
-    "pytorch_optimizer.APOLLO 4.1.0 (groups with 'rank': random Gaussian/sqrt(r) projection), "
-    "compared with the official apollo_torch/apollo.py and random_projector.py "
-    "(github.com/zhuhanqing/APOLLO, read through a fork and a copy). Deviations: "
-    "(1) the official update is the FULL gradient times the channel/tensor scaling factor "
-    "(p.grad * s); the library multiplies the PROJECTED gradient by s and projects it back, so "
-    "its update has rank r; (2) the library applies `scale` twice: sqrt(scale) as officially "
-    "and again as the projector's back-projection scale (APOLLO-Mini: 128·sqrt(128) instead of "
-    "sqrt(128)); (3) projectors are drawn from the global torch RNG in the param dtype, not from "
-    "a per-param seed in float32; (4) weight decay uses the bias-corrected step size. "
-    + _COMMON_DEVIATIONS
+    "In-house optbench.optimizers.apollo.Apollo, written from the official "
+    "apollo_torch/apollo.py (AdamW.step) and apollo_torch/random_projector.py "
+    "(GradientProjector, stable_randn, next_seed) of github.com/zhuhanqing/APOLLO, read through "
+    "the fork yao-matrix/APOLLO and copies, at the official defaults (proj random, proj_type std, "
+    "scale_front False, norm-growth limiter on, correct_bias True): the low-rank AdamW moments of "
+    "R = G Pᵀ (or Pᵀ G) give the channel-wise (or tensor-wise) factor s = ‖M/(√V+eps)‖ / "
+    "(‖R‖ + 1e-8); the update is the FULL gradient G ⊙ s, through Fira's norm-growth limiter "
+    "(1.01), times sqrt(scale) (APOLLO-Mini: sqrt(128)), at lr·sqrt(1-β2^t)/(1-β1^t); weight "
+    "decay p -= lr·wd·p after the update; per-param step counts; the projector is Gaussian/sqrt(r) "
+    "drawn in float32 from a per-param seed (its 1-based index over all groups, then next_seed "
+    "at each refresh), refreshed before updates 1, gap+1, 2·gap+1, .... The AdamW params get the "
+    "official code's un-projected path. Replaces pytorch_optimizer.APOLLO 4.1.0, which projects "
+    "the scaled gradient back (a rank-r update), applies `scale` twice, draws projectors from the "
+    "global RNG and decays with the bias-corrected step size. Deviations left: the rank is capped "
+    "at min(m, n) per matrix (the official code would draw an r > min(m, n) projector; never binds "
+    "at the paper sizes and ranks), and hidden matrices with different capped ranks go in "
+    "separate groups, which can reorder the per-param seeds (never at the paper sizes)."
 )
 
 # Per-size ranks the papers trained with (GaLore Table 2 and its 7B run; APOLLO Table 2).
@@ -334,8 +359,9 @@ register(
         paper=_APOLLO_PAPER,
         policy=_policy("apollo projection").describe() + " (channel-wise scaling)",
         default_hparams=_apollo_hparams(),
-        state_formula=_lowrank_formula(DEFAULT_RANK, limiter=True),
+        state_formula=_apollo_formula(DEFAULT_RANK),
         expected_state_bytes=_lowrank_state_bytes("apollo projection", True),
+        version="2",
         defaults_by_model=_by_model(rank=APOLLO_RANKS),
     )
 )
@@ -348,8 +374,9 @@ register(
         paper=_APOLLO_PAPER + " (APOLLO-Mini: rank 1, tensor-wise scaling)",
         policy=_policy("apollo projection").describe() + " (rank 1, tensor-wise scaling)",
         default_hparams=_apollo_hparams(rank=1, scale=128.0, scale_type="tensor"),
-        state_formula=_lowrank_formula(1, limiter=True),
+        state_formula=_apollo_formula(1),
         expected_state_bytes=_lowrank_state_bytes("apollo projection", True),
+        version="2",
         defaults_by_model={"llama_130m": {"scale": 192.0}},  # APOLLO-Mini's 130M setting
     )
 )
