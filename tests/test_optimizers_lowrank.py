@@ -130,7 +130,7 @@ class _OfficialApollo:
         self.params = {n: p.detach().clone() for n, p in named}
         self.state = {n: {"seed": i + 1} for i, (n, _) in enumerate(self.order)}
         self.hp = hp
-        self.limited = []  # names whose norm-growth limiter fired (> 1), per step
+        self.limited = []  # names whose norm-growth limiter fired (> 1)
 
     def step(self, grads):
         hp = self.hp
@@ -191,11 +191,13 @@ class _OfficialApollo:
 
 @pytest.mark.parametrize("name", ["apollo", "apollo_mini"])
 def test_apollo_matches_the_official_update_in_float64(name):
-    """Two steps on llama_tiny with random gradients, a projector refresh before each (gap 1),
-    the norm-growth limiter firing on the second (larger gradients), weight decay on."""
+    """Three steps on llama_tiny with random gradients, checked after each: gap 2, so the
+    official refresh schedule (before updates 1 and 3, keeping the projector for update 2, the
+    next seed for update 3) is pinned; the norm-growth limiter fires for some matrices and not
+    for others; weight decay on."""
     torch.manual_seed(0)
     model = build_model("llama_tiny", torch.float64)
-    overrides = {"update_proj_gap": 1, "weight_decay": 0.1, "lr": 0.01}
+    overrides = {"update_proj_gap": 2, "weight_decay": 0.1, "lr": 0.01}
     if name == "apollo":
         overrides["rank"] = 8
     hp = {**get_spec(name).default_hparams, **overrides}
@@ -204,7 +206,7 @@ def test_apollo_matches_the_official_update_in_float64(name):
     reference = _OfficialApollo(model, hp, projected)
     opt = build_optimizer(name, model, **overrides)
     params = dict(model.named_parameters())
-    for step, grad_scale in enumerate([1.0, 3.0]):
+    for step, grad_scale in enumerate([1.0, 3.0, 0.5]):
         grads = {n: grad_scale * torch.randn_like(p) for n, p in params.items()}
         for n, p in params.items():
             p.grad = grads[n].clone()
@@ -217,7 +219,8 @@ def test_apollo_matches_the_official_update_in_float64(name):
             if n in reference.projected:
                 torch.testing.assert_close(state["projector"], ref_state["projector"], msg=n)
                 torch.testing.assert_close(state["scaled_grad"], ref_state["scaled_grad"], msg=n)
-    assert set(reference.limited) == set(projected)  # the limiter was exercised everywhere
+    # Both branches of the limiter's max(ratio, 1.01) were taken.
+    assert 0 < len(set(reference.limited)) < len(projected), reference.limited
 
 
 def test_conda_unprojected_groups_take_an_adamw_step():

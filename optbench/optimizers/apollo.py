@@ -14,14 +14,16 @@ Projected group (has a "rank" key; 2-D [m, n] gradient G, rank r):
              index over all param groups (the official __init__).
   R = G Pᵀ ([m, r]) if m >= n else Pᵀ G ([r, n])
   M = β1 M + (1-β1) R;  V = β2 V + (1-β2) R²;  N = M / (sqrt(V) + eps)
-  channel-wise: d = 0 if R.shape[0] < R.shape[1] else 1; s = ‖N‖_d / (‖R‖_d + 1e-8), unsqueezed
-                to [m, 1] when d = 1 (one factor per row, m >= n), [n] when d = 0 (per column)
+  channel-wise: d = 0 if R.shape[0] < R.shape[1] else 1; s = ‖N‖_d / (‖R‖_d + 1e-8),
+                unsqueezed to [m, 1] when d = 1 (one factor per row, m >= n), [n] when d = 0
+                (one per column)
   tensor-wise:  s = ‖N‖_F / (‖R‖_F + 1e-8)
   U = G ⊙ s   (the FULL-rank gradient, scaled)
   norm-growth limiter from the second update on: ℓ = max(‖U‖ / (u_prev + 1e-8), 1.01) / 1.01,
              U <- U / ℓ, u_prev <- ‖U_before‖ / ℓ (first update: u_prev <- ‖U‖)
   p <- p - lr·sqrt(1-β2^t)/(1-β1^t) · sqrt(scale) · U
-Other groups: the same AdamW without projection: p <- p - lr·sqrt(1-β2^t)/(1-β1^t) · M/(sqrt(V)+eps).
+Other groups: the same AdamW without projection:
+  p <- p - lr·sqrt(1-β2^t)/(1-β1^t) · M / (sqrt(V) + eps).
 Every group, after its update: p <- p - lr·weight_decay·p (the plain lr, not bias-corrected).
 
 State per projected param: "projector" (param dtype), "exp_avg", "exp_avg_sq" (low-rank shape,
@@ -55,7 +57,7 @@ def next_seed(seed: int) -> int:
 
 
 def random_projector(grad: torch.Tensor, rank: int, seed: int) -> torch.Tensor:
-    """[rank, n] if m >= n else [m, rank]: Gaussian / sqrt(rank) drawn in float32, in grad's dtype."""
+    """[rank, n] if m >= n else [m, rank]: Gaussian / sqrt(rank) in float32, in grad's dtype."""
     m, n = grad.shape
     shape = (rank, n) if m >= n else (m, rank)
     return (stable_randn(shape, seed, grad.device) / math.sqrt(rank)).to(grad.dtype)
@@ -74,7 +76,7 @@ class Apollo(torch.optim.Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         if lr < 0.0 or eps < 0.0 or weight_decay < 0.0:
-            raise ValueError(f"APOLLO needs lr, eps, weight_decay >= 0: {lr}, {eps}, {weight_decay}")
+            raise ValueError(f"APOLLO lr, eps, weight_decay must be >= 0: {lr, eps, weight_decay}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"APOLLO betas must be in [0, 1): {betas}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
