@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
-from optbench.report import rich_tables, summary_frame, write_report
+from optbench.report import _optimizer_styles, rich_tables, summary_frame, write_report
 
 MIB = 2**20
 LONG_ERROR = (
@@ -53,6 +54,11 @@ def _failed(run_id, model, opt, seq, status, error):
 
 @pytest.fixture
 def runs() -> pd.DataFrame:
+    return canned_runs()
+
+
+def canned_runs() -> pd.DataFrame:
+    """Three optimizers, two models, two seq lens, with a crash and an error."""
     small, big = dict(n_params=9e6), dict(n_params=20e6)
     rows = [
         # llama_20m first, so ordering by size (not by appearance) is exercised.
@@ -224,3 +230,64 @@ def test_rich_tables_one_per_model_and_seq(runs):
     assert all(t.row_count == 3 for t in tables)
     assert tables[0].columns[0].header == "Optimizer"
     assert list(tables[0].columns[0].cells) == ["adamw", "scale", "sgd"]
+
+
+# ----------------------------------------------------------------------------- many optimizers
+
+
+def _many_runs(n_opt: int, seqs: tuple[int, ...]) -> pd.DataFrame:
+    """n_opt optimizers (adamw plus opt_01..) at each seq len, with a crash and an oom."""
+    names = ["adamw"] + [f"opt_{i:02d}" for i in range(1, n_opt)]
+    rows, run_id = [], 0
+    for seq in seqs:
+        for i, name in enumerate(names):
+            run_id += 1
+            if i == 3 and seq == seqs[-1]:
+                rows.append(_failed(run_id, "llama_9m", name, seq, "crashed", CRASH_TRACEBACK))
+            elif i == 5:
+                rows.append(_failed(run_id, "llama_9m", name, seq, "oom", "CUDA out of memory"))
+            else:
+                rows.append(_ok(run_id, "llama_9m", name, seq, n_params=9e6, params=20, grads=20,
+                                state=i, acts=seq / 4, tps=1000.0 + 37 * i))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _curves_for(runs: pd.DataFrame) -> pd.DataFrame:
+    rows = [
+        dict(run_id=run.run_id, cell_id=run.cell_id, step=step, lr=1e-3,
+             loss=9.0 * np.exp(-step / (10 + run.run_id % 17)) + 3.0)
+        for run in runs.itertuples()
+        for step in range(1, {"ok": 30, "crashed": 5}.get(run.status, 0) + 1)
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seqs", [(128,), (128, 256)])
+def test_report_with_30_optimizers_writes_every_figure(tmp_path, seqs):
+    runs = _many_runs(30, seqs)
+    paths = write_report(runs, _curves_for(runs), tmp_path, "Roster")
+    names = {p.name for p in paths}
+    kinds = ("loss", "memory", "throughput") + (("peak_vs_seq",) if len(seqs) > 1 else ())
+    assert names == {"summary.md"} | {f"{kind}_llama_9m.png" for kind in kinds}
+    for path in paths[1:]:
+        with Image.open(path) as image:
+            width, height = image.size
+        # Figures grow to fit their legends and rows, but stay within a screen or two.
+        assert 500 <= width <= 2600 and 300 <= height <= 2600, (path.name, image.size)
+    text = (tmp_path / "summary.md").read_text()
+    assert all(f"| opt_{i:02d} |" in text for i in range(1, 30))
+
+
+@pytest.mark.parametrize("n", [1, 3, 10, 11, 20, 30, 40])
+def test_optimizer_styles_are_distinct(n):
+    labels = [f"opt_{i:02d}" for i in range(n)]
+    styles = _optimizer_styles(reversed(labels))  # independent of input order
+    assert set(styles) == set(labels)
+    colors = [tuple(s["color"]) for s in styles.values()]
+    color_ls = {(tuple(s["color"]), s["linestyle"]) for s in styles.values()}
+    color_marker = {(tuple(s["color"]), s["marker"]) for s in styles.values()}
+    assert len(color_ls) == n and len(color_marker) == n
+    if n <= 10:  # a few optimizers: distinct colours and plain lines, as before
+        assert len(set(colors)) == n and {s["linestyle"] for s in styles.values()} == {"-"}
+    assert styles == _optimizer_styles(labels)
+
