@@ -42,11 +42,13 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: finished cells are stored in {db}; run again to resume")
         return 130
-    _write_report(suite, cells, store, reports_dir, console, f"optbench run {suite_path}")
+    # The report covers the whole suite, not just the cells this --only run touched.
+    _write_report(suite, list(expand(suite)), store, reports_dir, console, f"optbench run {suite_path}")
     failed = [r for r in results if r.status != "ok"]
     if failed:
         console.print(f"[yellow]{len(failed)} of {len(results)} cells did not finish ok[/] (see the report)")
-    return 0
+    # Exit 1 when a cell failed, so scripts and CI notice; a device skip is not a failure.
+    return 1 if any(r.status not in ("ok", "skipped") for r in results) else 0
 
 
 def report_suite(suite_path: Path, db: Path, reports_dir: Path, console: Console) -> None:
@@ -62,6 +64,10 @@ def _write_report(suite: Suite, cells: list[Cell], store: ResultStore, reports_d
     from optbench import report
 
     runs = store.latest_runs(c.fingerprint for c in cells)
+    if not runs.empty:  # show each result under the suite's current cell id and label
+        by_fp = {c.fingerprint: c for c in cells}
+        runs["cell_id"] = runs["fingerprint"].map(lambda fp: by_fp[fp].id)
+        runs["optimizer"] = runs["fingerprint"].map(lambda fp: by_fp[fp].optimizer.display)
     if runs.empty:
         console.print("no stored results for this suite yet; nothing to report")
         return

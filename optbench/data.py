@@ -273,7 +273,7 @@ def _load_hf(cfg: DataConfig):
     return ds
 
 
-def _corpus_key(cfg: DataConfig) -> str:
+def corpus_key(cfg: DataConfig) -> str:
     """Hash of everything that decides the corpus text: file bytes and relative names, no mtimes."""
     params = {"jsonl": [cfg.text_key],
               "hf": [cfg.text_key, cfg.hf_split, cfg.hf_config, None if cfg.path else cfg.hf_name]}
@@ -498,13 +498,13 @@ def load_tokens(cfg: DataConfig, vocab_size: int, cache_dir: Path | None = None)
     """The corpus as a cached token stream split into train and held-out eval parts."""
     validate_data_config(cfg, "DataConfig")
     root = cache_root(cache_dir)
-    corpus_key = _corpus_key(cfg)
-    identity = _tokenizer_identity(cfg, vocab_size, corpus_key)
-    key = hashlib.sha256(json.dumps([_FORMAT, corpus_key, identity, vocab_size,
+    corpus = corpus_key(cfg)
+    identity = _tokenizer_identity(cfg, vocab_size, corpus)
+    key = hashlib.sha256(json.dumps([_FORMAT, corpus, identity, vocab_size,
                                      cfg.max_tokens]).encode()).hexdigest()[:20]
     path = root / "tokens" / f"{cfg.source}-{key}.npy"
     if not path.exists():
-        enc = _open_encoder(cfg, vocab_size, corpus_key, root)
+        enc = _open_encoder(cfg, vocab_size, corpus, root)
         stream = _encode_stream(_pieces(cfg), enc, vocab_size, cfg.max_tokens)
         if len(stream) == 0:
             raise _empty_corpus(cfg)

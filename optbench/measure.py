@@ -119,8 +119,7 @@ def nvml_used_bytes(device: torch.device) -> int | None:
 
         pynvml.nvmlInit()
         try:
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            handle = _nvml_handle(pynvml, device)
             for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
                 if proc.pid == os.getpid() and proc.usedGpuMemory:
                     return int(proc.usedGpuMemory)
@@ -130,6 +129,17 @@ def nvml_used_bytes(device: torch.device) -> int | None:
             pynvml.nvmlShutdown()
     except Exception:  # no driver, no NVML, not NVIDIA: the metric is simply absent
         return None
+
+
+def _nvml_handle(pynvml, device: torch.device):
+    """NVML's handle for this CUDA device, found by UUID: NVML numbers the physical GPUs and
+    ignores CUDA_VISIBLE_DEVICES, so CUDA index 0 may be another NVML index."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = str(torch.cuda.get_device_properties(index).uuid)
+    try:
+        return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    except pynvml.NVMLError:
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -150,7 +160,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "device_name": platform.processor() or platform.machine(),
     }
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(device)
         env["driver"] = _nvml_driver()
     try:

@@ -78,6 +78,15 @@ def _model_order(runs: pd.DataFrame) -> list[str]:
     )
 
 
+def resolve_baseline(runs: pd.DataFrame, baseline: str) -> str:
+    """The label to compare against: `baseline` itself if a row has that label, else the first
+    label whose registry name is `baseline` (a suite may say `adam` or label its AdamW)."""
+    if runs.empty or (runs["optimizer"] == baseline).any() or "optimizer_name" not in runs:
+        return baseline
+    named = runs.loc[runs["optimizer_name"] == baseline, "optimizer"]
+    return str(named.iloc[0]) if len(named) else baseline
+
+
 def _optimizer_order(labels, baseline: str) -> list[str]:
     """Baseline first so every table and legend reads as 'reference, then the rest'."""
     return sorted(set(labels), key=lambda label: (label != baseline, label))
@@ -208,6 +217,7 @@ def summary_frame(runs: pd.DataFrame, baseline: str = "adamw") -> pd.DataFrame:
     Sorted by model size, then seq_len, then optimizer with `baseline` first. Memory is in
     MiB (2**20 bytes); ratios are against the `baseline` row of the same model and seq_len.
     """
+    baseline = resolve_baseline(runs, baseline)
     columns = ["Model", "Seq len", *_columns(baseline)]
     frames = []
     for model, seq_len, group in _groups(_prepare(runs), baseline):
@@ -223,6 +233,7 @@ def summary_frame(runs: pd.DataFrame, baseline: str = "adamw") -> pd.DataFrame:
 def rich_tables(runs: pd.DataFrame, baseline: str = "adamw") -> list[Table]:
     """The summary for the terminal: one table per (model, seq_len)."""
     tables = []
+    baseline = resolve_baseline(runs, baseline)
     for model, seq_len, group in _groups(_prepare(runs), baseline):
         full = _group_frame(group, baseline)
         # The terminal gets the headline columns; the breakdown lives in summary.md.
@@ -264,8 +275,9 @@ def _legend_lines(baseline: str) -> list[str]:
         " the start of its error (full text under Failures) and no metrics.",
         "- **State (MiB)** — bytes of optimizer state, measured after the first optimizer step"
         " (state is allocated lazily).",
-        "- **Peak (MiB)** — peak memory over a training step: `torch.cuda.max_memory_allocated`"
-        " on CUDA, the tensor tracker's peak of live tensors on CPU.",
+        "- **Peak (MiB)** — peak memory of training: on CUDA `torch.cuda.max_memory_allocated`"
+        " over the whole run; on CPU the tensor tracker's peak of live tensors over steps 1 and 2"
+        " (state allocation and first-time work, then a step with the state held).",
         "- **Params / Grads / Opt state / Activations (MiB)** — what the live tensors were at the"
         " peak moment; activations include temporaries and inputs, and when the peak falls inside"
         " `optimizer.step()` the optimizer part includes that step's temporaries. They sum to Peak"
@@ -764,6 +776,7 @@ def write_report(
     """Write out_dir/summary.md and its PNG figures; return the paths written (summary first)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    baseline = resolve_baseline(runs, baseline)
     runs = _prepare(runs)
     styles = _optimizer_styles(runs["optimizer"])
     lines = [f"# {title}", ""]

@@ -71,21 +71,28 @@ def _child_env() -> dict[str, str]:
 
 
 def _pump_events(proc: subprocess.Popen, cell: Cell, hooks: Hooks, timeout_s: float | None) -> bool:
-    """Forward progress events until the child exits; True if it was killed for time."""
+    """Forward progress events until the child exits; True if it was killed for time.
+
+    The time limit starts at the worker's "start" event, so a first-time tokenization or a
+    slow model build does not count against the training loop's limit.
+    """
     timer = None
     timed_out = threading.Event()
-    if timeout_s:
-        def expire() -> None:
-            timed_out.set()
-            _kill(proc)
 
-        timer = threading.Timer(timeout_s, expire)
-        timer.daemon = True
-        timer.start()
+    def expire() -> None:
+        timed_out.set()
+        _kill(proc)
+
     try:
         for line in proc.stdout:
-            if line.startswith(EVENT_PREFIX):
-                hooks.on_event(cell, json.loads(line[len(EVENT_PREFIX):]))
+            if not line.startswith(EVENT_PREFIX):
+                continue
+            event = json.loads(line[len(EVENT_PREFIX):])
+            if event.get("event") == "start" and timeout_s and timer is None:
+                timer = threading.Timer(timeout_s, expire)
+                timer.daemon = True
+                timer.start()
+            hooks.on_event(cell, event)
         proc.wait()
     finally:
         if timer:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import yaml
 
 from optbench import typed
-from optbench.data import DataConfig, validate_data_config
+from optbench.data import DataConfig, corpus_key, validate_data_config
 from optbench.errors import OptbenchError
 from optbench.models import get_model_size
 from optbench.optimizers import get_spec, resolve_hparams
@@ -54,7 +54,7 @@ class Defaults:
     lr_schedule: LRSchedule = field(default_factory=LRSchedule)
     grad_clip: float | None = 1.0  # max global grad norm; null disables clipping
     eval_batches: int = 4  # held-out batches for eval loss / perplexity
-    timeout_s: float | None = None  # wall-clock limit per cell; past it the cell is 'crashed'
+    timeout_s: float | None = None  # limit on a cell's training loop (after data and model load); past it 'crashed'
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ class Cell:
     seq_len: int
     defaults: Defaults
     data: DataConfig
+    corpus: str = ""  # content hash of the data (data.corpus_key), computed once per expand
 
     @property
     def id(self) -> str:
@@ -126,8 +127,23 @@ class Cell:
 
     @property
     def fingerprint(self) -> str:
-        blob = json.dumps(self.config(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return _fingerprint(self.config(), self.corpus)
+
+
+# Settings that bound a run but do not change what it measures stay out of the hash.
+_NOT_FINGERPRINTED = ("timeout_s",)
+
+
+def _fingerprint(config: dict[str, Any], corpus: str) -> str:
+    """Hash of the resolved config, with the data named by its content, not its path."""
+    view = json.loads(json.dumps(config, default=str))
+    for key in _NOT_FINGERPRINTED:
+        view["defaults"].pop(key, None)
+    view["data"].pop("path", None)
+    view["optimizer"].pop("label", None)  # a display name: relabelling is not a new experiment
+    view["data"]["corpus"] = corpus
+    blob = json.dumps(view, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _jsonable(value: Any) -> Any:
@@ -152,8 +168,36 @@ def load_suite(path: str | Path) -> Suite:
     if isinstance(grid_raw, dict) and "optimizers" in grid_raw:
         grid_raw["optimizers"] = _normalize_optimizers(grid_raw["optimizers"], where)
     suite = typed.build(Suite, raw, where)
+    suite = dataclasses.replace(suite, data=_relative_to(suite.data, path.parent))
     _validate(suite, where)
+    _reject_duplicate_cells(suite, where)
     return suite
+
+
+def _relative_to(data: DataConfig, suite_dir: Path) -> DataConfig:
+    """Relative data paths are relative to the suite file, like `include:`, not to the cwd."""
+    changes = {}
+    if data.path and not Path(data.path).expanduser().is_absolute():
+        changes["path"] = str((suite_dir / data.path).resolve())
+    tokenizer = Path(data.tokenizer)
+    if data.tokenizer != "bpe" and not tokenizer.is_absolute() and (suite_dir / tokenizer).exists():
+        changes["tokenizer"] = str((suite_dir / tokenizer).resolve())
+    return dataclasses.replace(data, **changes) if changes else data
+
+
+def _reject_duplicate_cells(suite: Suite, where: str) -> None:
+    for key in ("models", "seq_lens"):
+        values = list(getattr(suite.grid, key))
+        dupes = sorted({str(v) for v in values if values.count(v) > 1})
+        if dupes:
+            raise OptbenchError(f"{where}: grid.{key}: '{dupes[0]}' is listed twice")
+    seen: dict[str, str] = {}
+    for cell in expand(suite):
+        other = seen.setdefault(cell.fingerprint, cell.id)
+        if other != cell.id:
+            raise OptbenchError(
+                f"{where}: grid.optimizers: cells {other} and {cell.id} are the same configuration"
+            )
 
 
 def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -162,7 +206,11 @@ def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise OptbenchError(f"{path}: include cycle ({' -> '.join(str(p) for p in seen)})")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as exc:
+        raise OptbenchError(f"{path}: not UTF-8 text (byte {exc.start}); save the suite as UTF-8") from None
+    except OSError as exc:
+        raise OptbenchError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -178,6 +226,20 @@ def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     base = _read_with_includes(path.parent / include, seen + (path.resolve(),))
     base.pop("name", None)  # the including suite has its own identity
     return _deep_merge(base, raw)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -205,10 +267,13 @@ def _validate(suite: Suite, where: str) -> None:
     _one_of(d.lr_schedule.kind, SCHEDULES, f"{where}: defaults.lr_schedule.kind")
     for key in ("steps", "batch_size", "grad_accum", "eval_batches"):
         _positive(getattr(d, key), f"{where}: defaults.{key}")
-    if d.warmup < 0 or d.warmup >= d.steps - 1:
+    if not 0 <= d.seed < 2**63:
+        raise OptbenchError(f"{where}: defaults.seed: {d.seed} is out of range; accepted 0 <= seed < 2^63")
+    # Steps 1-2 run under the memory tracker and the first `warmup` are untimed.
+    if d.warmup < 0 or d.steps <= max(d.warmup, 2):
         raise OptbenchError(
-            f"{where}: defaults.warmup: {d.warmup} leaves no timed step; "
-            f"accepted: 0 <= warmup <= steps - 2 (steps is {d.steps})"
+            f"{where}: defaults.warmup: {d.warmup} with steps {d.steps} leaves no timed step; "
+            f"accepted: 0 <= warmup and steps > max(warmup, 2)"
         )
     if d.lr_schedule.warmup_steps < 0:
         raise OptbenchError(f"{where}: defaults.lr_schedule.warmup_steps: must be >= 0")
@@ -281,9 +346,12 @@ def resolve_device(requested: str) -> str:
 def expand(suite: Suite) -> Iterator[Cell]:
     """Cells in grid order (model, then seq_len, then optimizer), hparams and device resolved."""
     defaults = dataclasses.replace(suite.defaults, device=resolve_device(suite.defaults.device))
+    corpus = corpus_key(suite.data)
     for model in suite.grid.models:
         for seq_len in suite.grid.seq_lens:
             for choice in suite.grid.optimizers:
                 hparams = resolve_hparams(choice.name, choice.hparams, model)
-                resolved = dataclasses.replace(choice, hparams=hparams)
-                yield Cell(suite.name, model, resolved, seq_len, defaults, suite.data)
+                # Store the registry's name (an alias like `adam` stays visible as the label).
+                resolved = dataclasses.replace(choice, name=get_spec(choice.name).name,
+                                               hparams=hparams, label=choice.display)
+                yield Cell(suite.name, model, resolved, seq_len, defaults, suite.data, corpus)

@@ -21,8 +21,9 @@ from optbench.optimizers import build_optimizer, get_spec
 from optbench.suite import Cell, LRSchedule
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# Step 2 is the first step that runs with the optimizer state already allocated.
-TRACKED_STEP = 2
+# Step 1 allocates the optimizer state and does first-time work (projectors, a first Hessian
+# estimate); step 2 is the first to run with that state held. The peak is the larger of the two.
+TRACKED_STEPS = (1, 2)
 FINAL_LOSS_WINDOW = 5  # final train loss = mean of the last steps, a less noisy number
 
 Emit = Callable[[dict[str, Any]], None]
@@ -102,6 +103,7 @@ def train_cell(cell: Cell, emit: Emit) -> dict[str, Any]:
     burst.metrics["expected_optimizer_state_bytes"] = spec.expected_state_bytes(
         model, cell.optimizer.hparams)
     status, error = "ok", None
+    emit({"event": "start"})  # data and model are ready: the cell's time limit starts here
     try:
         for step in range(1, d.steps + 1):
             _one_step(cell, model, optimizer, scheduler, batches, device, step, burst)
@@ -146,9 +148,11 @@ def _one_step(cell, model, optimizer, scheduler, batches, device, step, burst) -
         return loss
 
     burst.lrs.append(optimizer.param_groups[0]["lr"])
-    if step == TRACKED_STEP:
+    if step in TRACKED_STEPS:
         holder: list[float] = []
-        burst.metrics.update(measure.tracked_peak(model, optimizer, lambda nxt: holder.append(full_step(nxt))))
+        peak = measure.tracked_peak(model, optimizer, lambda nxt: holder.append(full_step(nxt)))
+        if peak["tracked_peak_bytes"] > burst.metrics.get("tracked_peak_bytes", -1):
+            burst.metrics.update(peak, tracked_peak_step=step)
         loss = holder[0]
     else:
         fb, op, total = [], [], []

@@ -7,6 +7,7 @@ an unknown key or a value of the wrong type is rejected here, before anything ru
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -71,19 +72,28 @@ def _scalar(tp: Any, raw: Any, where: str) -> Any:
         if isinstance(raw, int) and not isinstance(raw, bool):
             return raw
     elif tp is float:
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return float(raw)
-        if isinstance(raw, str):  # YAML 1.1 reads '1e-3' as a string
-            try:
-                return float(raw)
-            except ValueError:
-                pass
+        number = _as_float(raw)
+        if number is not None and math.isfinite(number):
+            return number
+        if number is not None:
+            raise OptbenchError(f"{where}: expected a finite number, got {raw!r}")
     elif tp is str:
         if isinstance(raw, str):
             return raw
     else:
         return raw
     raise OptbenchError(f"{where}: expected {_type_name(tp)}, got {_kind(raw)}")
+
+
+def _as_float(raw: Any) -> float | None:
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, str):  # YAML 1.1 reads '1e-3' as a string
+        try:
+            return float(raw)
+        except ValueError:
+            return None
+    return None
 
 
 def _type_name(tp: Any) -> str:

@@ -91,7 +91,7 @@ def test_failing_cell_is_recorded_and_the_rest_finish(write_suite, tmp_path):
     text = TINY_SUITE.replace("[adamw, sgd, scale]", "[adamw, {name: sgd, hparams: {lr: -1.0}, label: broken}]")
     suite = write_suite(text, "faulty.yaml")
     result = invoke("run", suite, "--db", tmp_path / "r.sqlite", "--reports", tmp_path / "reports")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the suite finished, but not every cell did
     assert "1 of 2 cells did not finish ok" in result.output
     summary = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
     assert "Invalid learning rate" in summary  # the error text is kept and shown
@@ -113,3 +113,25 @@ def test_usage_errors_through_the_console_entry_point_are_one_line(args, words):
     assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     for word in words:
         assert word in proc.stderr
+
+
+def test_cuda_suite_on_a_cpu_machine_is_skipped_not_crashed(write_suite, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    from tests.conftest import TINY_SUITE
+
+    suite = write_suite(TINY_SUITE.replace("device: cpu", "device: cuda").replace(
+        "[adamw, sgd, scale]", "[adamw]"), "cuda.yaml")
+    result = invoke("run", suite, "--db", tmp_path / "r.sqlite", "--reports", tmp_path / "reports")
+    assert result.exit_code == 0, result.output  # skipped for the device is not a failure
+    assert "skipped" in result.output and "CUDA requested but not available" in result.output
+
+
+def test_only_keeps_the_whole_suite_in_the_report(finished_run, tmp_path):
+    root, suite, db, reports, _ = finished_run
+    result = invoke("run", suite, "--db", db, "--reports", reports, "--only", "*/sgd/*", "--rerun")
+    assert result.exit_code == 0, result.output
+    summary = (reports / "tiny" / "summary.md").read_text()
+    assert "| adamw | ok |" in summary and "| scale | ok |" in summary

@@ -291,3 +291,14 @@ def test_optimizer_styles_are_distinct(n):
         assert len(set(colors)) == n and {s["linestyle"] for s in styles.values()} == {"-"}
     assert styles == _optimizer_styles(labels)
 
+
+
+def test_baseline_is_found_by_registry_name_when_labelled_otherwise():
+    from optbench.report import resolve_baseline, summary_frame
+
+    frame = canned_runs()
+    relabelled = frame.assign(optimizer=frame["optimizer"].replace({"adamw": "adam"}))
+    assert resolve_baseline(relabelled, "adamw") == "adam"
+    table = summary_frame(relabelled)
+    assert "Peak vs adam" in table.columns
+    assert (table["Peak vs adam"] != "—").any()

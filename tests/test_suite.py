@@ -116,3 +116,48 @@ def test_missing_file_and_include_cycle(write_suite, tmp_path):
 def test_missing_grid_is_named(write_suite):
     with pytest.raises(OptbenchError, match="missing required key 'grid'"):
         load_suite(write_suite("name: x\n"))
+
+
+MORE_BAD_CASES = [
+    ("eval_batches: 1", "eval_batches: 1\n  grad_clip: .nan", ["defaults.grad_clip", "finite"]),
+    ("steps: 6", "steps: 6\n  timeout_s: .inf", ["defaults.timeout_s", "finite"]),
+    ("steps: 6", "steps: 6\n  seed: 18446744073709551616", ["defaults.seed", "2^63"]),
+    ("[adamw, sgd, scale]", "[{name: galore, hparams: {rank: abc}}]", ["rank", "expected an integer"]),
+    ("[adamw, sgd, scale]", "[{name: galore, hparams: {rank: 2.5}}]", ["rank", "expected an integer"]),
+    ("[adamw, sgd, scale]", "[{name: muon, hparams: {nesterov: maybe}}]", ["nesterov", "true or false"]),
+    ("models: [llama_tiny]", "models: [llama_tiny, llama_tiny]", ["grid.models", "listed twice"]),
+    ("[adamw, sgd, scale]", "[adamw, {name: adamw, label: again}]", ["same configuration"]),
+    ("[adamw, sgd, scale]", "[adamw, adam]", ["same configuration"]),
+    ("steps: 6", "steps: 6\n  steps: 7", ["duplicate key 'steps'", "line"]),
+]
+
+
+@pytest.mark.parametrize("old,new,words", MORE_BAD_CASES, ids=[c[1][-24:] for c in MORE_BAD_CASES])
+def test_more_bad_values_are_one_clear_line(write_suite, old, new, words):
+    test_bad_suite_is_one_clear_line(write_suite, old, new, words)
+
+
+def test_non_utf8_suite_is_one_clear_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(OptbenchError, match="not UTF-8"):
+        load_suite(path)
+
+
+def test_fingerprint_follows_data_content_not_path_or_timeout(tmp_path):
+    corpus = tmp_path / "data" / "corpus.txt"
+    corpus.parent.mkdir()
+    corpus.write_text("In the beginning was the word. " * 200)
+    text = TINY_SUITE.replace("source: kjv\n  max_tokens: 60000", "source: text\n  path: data/corpus.txt")
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text(text)
+    first = next(expand(load_suite(suite_file))).fingerprint
+    suite_file.write_text(text.replace("steps: 6", "steps: 6\n  timeout_s: 60"))
+    assert next(expand(load_suite(suite_file))).fingerprint == first  # a limit is not a config
+    corpus.write_text("Another text entirely. " * 200)
+    assert next(expand(load_suite(suite_file))).fingerprint != first  # new data, new results
+
+
+def test_alias_is_resolved_and_kept_as_label(write_suite):
+    (cell,) = expand(load_suite(write_suite(TINY_SUITE.replace("[adamw, sgd, scale]", "[adam]"))))
+    assert cell.optimizer.name == "adamw" and cell.id == "llama_tiny/adam/seq32"

@@ -6,6 +6,7 @@ check the measured bytes against the formula instead of trusting either alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -97,12 +98,23 @@ def _coerce(optimizer: str, key: str, value: Any, default: Any) -> Any:
             )
         return tuple(_coerce(optimizer, key, v, d) for v, d in zip(value, default))
     if isinstance(default, float):
-        if isinstance(value, bool):
-            raise OptbenchError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value) if not isinstance(value, bool) else math.nan
         except (TypeError, ValueError):
-            raise OptbenchError(f"{where}: expected a number, got {value!r}") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise OptbenchError(f"{where}: expected a finite number, got {value!r}")
+        return number
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise OptbenchError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise OptbenchError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise OptbenchError(f"{where}: expected a string, got {value!r}")
     if default is None and not (value is None or isinstance(value, bool)):
         raise OptbenchError(f"{where}: expected true, false or null, got {value!r}")
     return value
