@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from optbench.errors import OptbenchError
+from optbench.optimizers.policy import param_roles
 from optbench.optimizers.registry import OptimizerSpec, register
 
 ROLES = ("matrix", "embedding", "lm_head", "adam")
@@ -192,34 +193,17 @@ def _column_norm_cpu(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return sumsq.sqrt_()
 
 
+# The shared policy roles (optbench.optimizers.policy) under the names SCALE's groups use.
+_SCALE_ROLE = {"embedding": "embedding", "lm_head": "lm_head", "hidden_matrix": "matrix",
+               "vector": "adam"}
+
+
 def scale_roles(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """Trainable (name, param) pairs by SCALE role, in model order; empty roles omitted."""
-    embedding = _embedding_weight(model, "get_input_embeddings")
-    head = _embedding_weight(model, "get_output_embeddings")
-    if embedding is not None and embedding is head:
+    embedding = model.get_input_embeddings().weight
+    if embedding is model.get_output_embeddings().weight:
         raise OptbenchError("SCALE needs untied embeddings (tie_word_embeddings=False)")
-    roles: dict[str, list[tuple[str, nn.Parameter]]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            roles.setdefault(_role(name, p, embedding, head), []).append((name, p))
-    return roles
-
-
-def _role(name: str, p: nn.Parameter, embedding: Any, head: Any) -> str:
-    if p is embedding:
-        return "embedding"
-    if p is head:
-        return "lm_head"
-    if p.ndim == 2:
-        return "matrix"
-    if p.ndim < 2:
-        return "adam"
-    raise OptbenchError(f"SCALE has no rule for {p.ndim}-D parameter '{name}'")
-
-
-def _embedding_weight(model: nn.Module, getter: str) -> nn.Parameter | None:
-    module = getattr(model, getter, lambda: None)()
-    return getattr(module, "weight", None)
+    return {_SCALE_ROLE[role]: pairs for role, pairs in param_roles(model).items()}
 
 
 def scale_param_groups(model: nn.Module) -> list[dict]:
