@@ -38,6 +38,8 @@ from typing import Any, Callable
 
 import torch
 
+from optbench.optimizers.common import run_closure
+
 SCALE_TYPES = ("channel", "tensor")
 _LIMITER_GROWTH = 1.01  # Fira's norm-growth limiter, as APOLLO applies it
 _NEXT_SEED_DRAWS = 0xF  # random_projector.next_seed's `adv`
@@ -95,10 +97,7 @@ class Apollo(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

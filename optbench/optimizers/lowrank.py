@@ -39,6 +39,7 @@ from pytorch_optimizer.optimizer.utils.galore import update_unprojected_foreach
 from torch import nn
 
 from optbench.optimizers.apollo import Apollo
+from optbench.optimizers.common import run_closure
 from optbench.optimizers.policy import NamedParams, Policy
 from optbench.optimizers.registry import OptimizerSpec, register
 
@@ -148,10 +149,7 @@ class PolicyConda(Conda):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         all_groups = self.param_groups
         # Conda.step walks self.param_groups and projects every 2-D param it finds there.
         self.param_groups = [g for g in all_groups if g["projected"]]

@@ -43,6 +43,7 @@ from optbench.optimizers.policy import Policy, param_roles
 from optbench.optimizers.registry import OptimizerSpec, register
 from optbench.optimizers.scale import PAPER as SCALE_PAPER
 from optbench.optimizers.scale import Scale, _scaled_inverse_rms
+from optbench.optimizers.common import run_closure
 
 Groups = list[dict]
 Maker = Callable[[Groups, dict], torch.optim.Optimizer]  # (param groups, hparams) -> optimizer
@@ -82,10 +83,7 @@ class Composite(torch.optim.Optimizer):
         self._share()
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for part in self.parts.values():
             part.step()
         return loss
@@ -150,10 +148,7 @@ class MatrixSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

@@ -26,6 +26,7 @@ from torch import nn
 from optbench.errors import OptbenchError
 from optbench.optimizers.policy import param_roles
 from optbench.optimizers.registry import OptimizerSpec, register
+from optbench.optimizers.common import run_closure
 
 ROLES = ("matrix", "embedding", "lm_head", "adam")
 _BLOCK_ELEMS = 1 << 18  # 1 MB of float32: a row block that stays in L2 between its two ops
@@ -74,10 +75,7 @@ class Scale(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
