@@ -17,25 +17,14 @@ import time
 from typing import Callable
 
 import torch
-import yaml
 
 from optbench.models import build_model
-from optbench.optimizers import build_optimizer
+from optbench.optimizers import build_optimizer, parse_choice
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 REFERENCE = "adamw:fused=true"  # the "ratio to AdamW (fused)" column divides by this row
 DEFAULT_OPTIMIZERS = ["adamw", "adamw:foreach=true", REFERENCE, "sgd", "scale"]
 FLOOR = "floor (`_foreach_add_`)"
-
-
-def parse_choice(choice: str) -> tuple[str, dict]:
-    """'adamw:fused=true,lr=0.01' -> ('adamw', {'fused': True, 'lr': 0.01}); values are YAML."""
-    name, _, rest = choice.partition(":")
-    hparams = {}
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        hparams[key] = yaml.safe_load(value)
-    return name, hparams
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list:

@@ -11,7 +11,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 
 from optbench.errors import OptbenchError
 from optbench.runner import Hooks, pending_cells, run_cells
-from optbench.store import ResultStore, RunResult
+from optbench.store import RESULT_STATUSES, ResultStore, RunResult
 from optbench.suite import Cell, Suite, expand, load_suite
 
 
@@ -44,11 +44,11 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
         return 130
     # The report covers the whole suite, not just the cells this --only run touched.
     _write_report(suite, list(expand(suite)), store, reports_dir, console, f"optbench run {suite_path}")
-    failed = [r for r in results if r.status != "ok"]
+    failed = [r for r in results if r.status not in RESULT_STATUSES]
     if failed:
         console.print(f"[yellow]{len(failed)} of {len(results)} cells did not finish ok[/] (see the report)")
     # Exit 1 when a cell failed, so scripts and CI notice; a device skip is not a failure.
-    return 1 if any(r.status not in ("ok", "skipped") for r in results) else 0
+    return 1 if any(r.status not in (*RESULT_STATUSES, "skipped") for r in results) else 0
 
 
 def report_suite(suite_path: Path, db: Path, reports_dir: Path, console: Console) -> None:
@@ -122,10 +122,82 @@ class LiveProgress:
 
 def _done_line(cell: Cell, r: RunResult) -> str:
     took = f"{(r.ended_at or 0) - (r.started_at or 0):.0f}s"
+    m = r.metrics
+    if r.status == "estimated":
+        return (f"[green]✓[/] {cell.id}: estimated peak {m.get('peak_allocated_bytes', 0) / 2**20:,.1f}"
+                f" MiB · state {m.get('optimizer_state_bytes', 0) / 2**20:,.1f} MiB ({took})")
     if r.status != "ok":
         return f"[red]✗[/] {cell.id}: {r.status} — {r.error} ({took})"
-    m = r.metrics
     return (f"[green]✓[/] {cell.id}: loss {m.get('final_train_loss', float('nan')):.3f}"
             f" · ppl {m.get('eval_ppl', float('nan')):.1f}"
             f" · peak {m.get('peak_allocated_bytes', 0) / 2**20:,.1f} MiB"
             f" · {m.get('tokens_per_s', 0):,.0f} tok/s ({took})")
+
+
+# ------------------------------------------------------------------- estimate and fit
+
+
+def estimate_targets(model: str, choices: list[str], seq_len: int | None, batch_size: int | None,
+                     dtype: str, autocast: bool) -> tuple[str, list[tuple]]:
+    """(report name, [(workload, optimizer, hparams, label)]) for a model name or a suite file.
+
+    With a model, AdamW always comes along: the table's ratios are to it.
+    """
+    from optbench.estimate import Workload, workload_of
+    from optbench.optimizers import parse_choice
+
+    parsed = [parse_choice(c) for c in choices]
+    if model.endswith((".yaml", ".yml")) or Path(model).is_file():
+        if seq_len is not None or batch_size is not None:
+            raise OptbenchError(f"--seq-len and --batch-size do not apply to a suite ({model}): "
+                                "its cells set them")
+        suite = load_suite(model)
+        wanted = {name for name, _ in parsed}
+        cells = [c for c in expand(suite) if not wanted or c.optimizer.name in wanted]
+        if not cells:
+            raise OptbenchError(f"{model}: no cell uses {', '.join(sorted(wanted))}")
+        return suite.name, [(workload_of(c), c.optimizer.name, c.optimizer.hparams,
+                             c.optimizer.display) for c in cells]
+    workload = Workload(model, seq_len or 256, batch_size or 8, dtype, autocast)
+    if not any(name == "adamw" for name, _ in parsed):
+        parsed.insert(0, ("adamw", {}))
+    name = f"{model}-seq{workload.seq_len}-bs{workload.batch_size}-{dtype}"
+    return name, [(workload, opt, hp, _choice_label(opt, hp)) for opt, hp in parsed]
+
+
+def _choice_label(name: str, hparams: dict) -> str:
+    return name + ("" if not hparams else "(" + ",".join(f"{k}={v}" for k, v in hparams.items()) + ")")
+
+
+def run_estimate(targets: list[tuple], on_each=lambda est: None) -> list:
+    """Estimate every target; each model and dtype's traces are shared."""
+    from optbench.estimate import estimator
+
+    estimates = []
+    for workload, opt, hparams, label in targets:
+        est = estimator(workload.model, workload.dtype).estimate(workload, opt, hparams, label)
+        on_each(est)
+        estimates.append(est)
+    return estimates
+
+
+def run_fit(model: str, choices: list[str], budget: int, seq_len: int | None,
+            batch_size: int | None, dtype: str, autocast: bool, on_each=lambda r: None) -> tuple:
+    """(axis, results): the largest batch size at seq_len, or with batch_size the largest seq len."""
+    from optbench.estimate import Workload, estimator
+    from optbench.fit import fit
+    from optbench.optimizers import parse_choice
+
+    if seq_len is not None and batch_size is not None:
+        raise OptbenchError("fit searches one axis: give --seq-len to find the largest batch size, "
+                            "or --batch-size to find the largest sequence length, not both")
+    axis = "seq_len" if batch_size is not None else "batch_size"
+    base = Workload(model, seq_len or 256, batch_size or 1, dtype, autocast)
+    results = []
+    for choice in choices:
+        opt, hparams = parse_choice(choice)
+        result = fit(estimator(model, dtype), base, axis, budget, opt, hparams,
+                     _choice_label(opt, hparams))
+        on_each(result)
+        results.append(result)
+    return axis, base, results

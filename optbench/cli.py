@@ -107,6 +107,92 @@ def report(
     report_suite(suite_path, db, reports, console=console)
 
 
+class Dtype(str, Enum):
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+OPTIMIZER_OPTION = typer.Option(
+    [], "--optimizer", "-o",
+    help="Optimizer (repeatable), optionally with hparams: NAME or NAME:key=value,key=value.")
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of the table.")
+
+
+@app.command()
+@user_errors
+def estimate(
+    model: str = typer.Option(..., "--model", "-m", help="Model size (see `optbench list models`) or a suite YAML: estimate each of its cells."),
+    optimizers: list[str] = OPTIMIZER_OPTION,
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1, help="Sequence length [default: 256]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Batch size [default: 8]."),
+    dtype: Dtype = typer.Option(Dtype.bf16, "--dtype", help="Dtype of weights, grads and state."),
+    autocast: bool = typer.Option(False, "--autocast", help="bf16 autocast around forward+backward."),
+    as_json: bool = JSON_OPTION,
+    reports: Path = REPORTS_OPTION,
+) -> None:
+    """Peak training memory without a GPU: one step traced on fake tensors, with its breakdown."""
+    from optbench.app import estimate_targets, run_estimate
+    from optbench.estimate_report import estimates_json, rich_estimate_tables, write_estimate_report
+
+    name, targets = estimate_targets(model, optimizers, seq_len, batch_size, dtype.value, autocast)
+    with _status(f"tracing {len(targets)} estimates", quiet=as_json):
+        estimates = run_estimate(targets)
+    paths = write_estimate_report(estimates, reports, name, _command_line())
+    if as_json:
+        print(estimates_json(estimates))
+        return
+    for table in rich_estimate_tables(estimates):
+        console.print(table)
+    console.print(f"report: {paths[0]}" + (f" (+{len(paths) - 1} plots)" if len(paths) > 1 else ""))
+
+
+@app.command()
+@user_errors
+def fit(
+    memory: str = typer.Option(..., "--memory", help="Memory budget, e.g. 80GiB, 80GB, 24576MiB."),
+    model: str = typer.Option(..., "--model", "-m", help="Model size (see `optbench list models`)."),
+    optimizers: list[str] = OPTIMIZER_OPTION,
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1, help="Find the largest batch size at this sequence length [default: 256]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Find the largest sequence length at this batch size instead."),
+    dtype: Dtype = typer.Option(Dtype.bf16, "--dtype", help="Dtype of weights, grads and state."),
+    autocast: bool = typer.Option(False, "--autocast", help="bf16 autocast around forward+backward."),
+    as_json: bool = JSON_OPTION,
+    reports: Path = REPORTS_OPTION,
+) -> None:
+    """Largest batch size (or sequence length) whose estimated peak fits in --memory."""
+    from optbench.app import run_fit
+    from optbench.estimate_report import fit_json, rich_fit_table, write_fit_report
+    from optbench.fit import parse_memory
+
+    budget = parse_memory(memory)
+    with _status("searching", quiet=as_json):
+        axis, base, results = run_fit(model, optimizers or ["adamw"], budget, seq_len, batch_size,
+                                      dtype.value, autocast)
+    fixed = f"batch {base.batch_size}" if axis == "seq_len" else f"seq {base.seq_len}"
+    title = f"{model} · {fixed} · {dtype.value} · budget {memory}"
+    name = f"{model}-{_safe(memory)}-{axis}"
+    paths = write_fit_report(results, reports, name, title, _command_line())
+    if as_json:
+        print(fit_json(results))
+        return
+    console.print(rich_fit_table(results, title))
+    console.print(f"report: {paths[0]}" + (f" (+{len(paths) - 1} plot)" if len(paths) > 1 else ""))
+
+
+def _status(text: str, quiet: bool):
+    import contextlib
+
+    return contextlib.nullcontext() if quiet else err_console.status(text)
+
+
+def _safe(text: str) -> str:
+    return "".join(ch for ch in text if ch.isalnum() or ch in "._-")
+
+
+def _command_line() -> str:
+    return " ".join(["optbench", *sys.argv[1:]])
+
+
 def main() -> None:
     """Console entry point: click's usage errors, too, become one line and exit code 2."""
     try:

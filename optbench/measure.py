@@ -18,31 +18,33 @@ import torch
 
 from optbench.measure_state import optimizer_state_bytes  # noqa: F401  (re-exported)
 
-# MemTracker's reference types -> the four parts we report.
+# MemTracker's reference types -> the five parts we report. "Temp" is memory the backward
+# pass allocates besides gradients (activation gradients); "Other" is anything made outside a
+# module's forward/backward (the loss, the optimizer's scratch tensors).
 _PART_OF_REFTYPE = {
     "Parameter": "params",
     "Buffer": "params",
     "Gradient": "grads",
     "Optstate": "optimizer_state",
     "Activation": "activations",
-    "Temp": "activations",
-    "Other": "activations",
+    "Temp": "temporaries",
+    "Other": "temporaries",
 }
-PARTS = ("params", "grads", "optimizer_state", "activations")
+PARTS = ("params", "grads", "optimizer_state", "activations", "temporaries")
 
 
 def tracked_peak(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
     run_step: Callable[[Callable[[], None]], Any],
 ) -> dict[str, int]:
     """Run `run_step(next_micro_batch)` under MemTracker; the peak total and its parts, in bytes.
 
     `run_step` must call `next_micro_batch()` before each forward after the first: MemTracker
     refuses a second forward of the root module unless its per-module stats are cleared
-    (the peak it has seen is kept).
+    (the peak it has seen is kept). Works on real and on fake tensors alike.
     """
     tracker = _state_aware_tracker()
-    tracker.track_external(model, optimizer)
+    tracker.track_external(*([model] if optimizer is None else [model, optimizer]))
     with tracker:
         run_step(tracker.reset_mod_stats)
     snapshots = tracker.get_tracker_snapshot("peak")

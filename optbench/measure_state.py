@@ -32,7 +32,9 @@ def state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 
 def _storage_key(tensor: torch.Tensor) -> StorageKey:
-    return tensor.device, tensor.untyped_storage().data_ptr()
+    # The storage's own identity, not its data pointer: fake tensors (memory estimates)
+    # have no data, and every one of them would share pointer 0.
+    return tensor.device, tensor.untyped_storage()._cdata
 
 
 def _tensors(obj: Any, visited: set[int]) -> Iterator[torch.Tensor]:

@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from optbench import __version__
+from optbench.store import RESULT_STATUSES
 
 __all__ = ["rich_tables", "summary_frame", "write_report"]
 
@@ -35,17 +36,18 @@ DPI = 120
 METRIC_COLUMNS = [
     "n_params", "param_bytes", "optimizer_state_bytes", "peak_allocated_bytes",
     "peak_params_bytes", "peak_grads_bytes", "peak_optimizer_state_bytes",
-    "peak_activations_bytes", "peak_reserved_bytes", "nvml_used_bytes", "tokens_per_s",
+    "peak_activations_bytes", "peak_temporaries_bytes", "peak_reserved_bytes", "nvml_used_bytes", "tokens_per_s",
     "step_ms", "fwd_bwd_ms", "optimizer_step_ms", "final_train_loss", "eval_loss", "eval_ppl",
     "steps",
 ]  # fmt: skip
 
-# The four parts the tensor tracker splits the peak into, with their colours in memory plots.
+# The five parts the tensor tracker splits the peak into, with their colours in memory plots.
 PEAK_PARTS = [
     ("params", "peak_params_bytes", "#4C72B0"),
     ("grads", "peak_grads_bytes", "#DD8452"),
     ("optimizer state", "peak_optimizer_state_bytes", "#C44E52"),
     ("activations", "peak_activations_bytes", "#55A868"),
+    ("temporaries", "peak_temporaries_bytes", "#8172B3"),
 ]
 # On CUDA the allocator's peak can exceed the tracked parts; drawing the rest keeps bar == peak.
 UNATTRIBUTED, UNATTRIBUTED_COLOR = "unattributed (allocator)", "#BBBBBB"
@@ -156,29 +158,30 @@ def _error_line(error) -> str:
 
 def _status_text(row: pd.Series) -> str:
     line = _error_line(row["error"])
-    if row["status"] == "ok" or not line:
+    if row["status"] in RESULT_STATUSES or not line:
         return str(row["status"])
     short = line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 1].rstrip() + "…"
     return f"{row['status']}: {short}"
 
 
 BREAKDOWN_COLUMNS = ("Params (MiB)", "Grads (MiB)", "Opt state (MiB)", "Activations (MiB)",
-                     "fwd+bwd / opt (ms)")
+                     "Temps (MiB)", "fwd+bwd / opt (ms)")
+
 
 
 def _columns(baseline: str) -> list[str]:
     return [
         "Optimizer", "Status", "State (MiB)", "Peak (MiB)", "Params (MiB)", "Grads (MiB)",
-        "Opt state (MiB)", "Activations (MiB)", f"Peak vs {baseline}", f"State vs {baseline}",
+        "Opt state (MiB)", "Activations (MiB)", "Temps (MiB)", f"Peak vs {baseline}", f"State vs {baseline}",
         "Tokens/s", "Step (ms)", "fwd+bwd / opt (ms)", "Final train loss", "Eval ppl",
     ]  # fmt: skip
 
 
 def _format_row(row: pd.Series, base: pd.Series | None, baseline: str) -> list[str]:
-    """One table row. Non-ok rows keep only name and status: their metrics are partial at best."""
-    if row["status"] != "ok":
+    """One table row. Failed rows keep only name and status: their metrics are partial at best."""
+    if row["status"] not in RESULT_STATUSES:
         return [str(row["optimizer"]), _status_text(row)] + [DASH] * (len(_columns(baseline)) - 2)
-    ok_base = base is not None and base["status"] == "ok"
+    ok_base = base is not None and base["status"] in RESULT_STATUSES
     peak_base = base["peak_allocated_bytes"] if ok_base else np.nan
     state_base = base["optimizer_state_bytes"] if ok_base else np.nan
     split = DASH
@@ -186,13 +189,14 @@ def _format_row(row: pd.Series, base: pd.Series | None, baseline: str) -> list[s
         split = f"{_fmt(row['fwd_bwd_ms'], ',.1f')} / {_fmt(row['optimizer_step_ms'], ',.1f')}"
     return [
         str(row["optimizer"]),
-        "ok",
+        str(row["status"]),
         _fmt_mib(row["optimizer_state_bytes"]),
         _fmt_mib(row["peak_allocated_bytes"]),
         _fmt_mib(row["peak_params_bytes"]),
         _fmt_mib(row["peak_grads_bytes"]),
         _fmt_mib(row["peak_optimizer_state_bytes"]),
         _fmt_mib(row["peak_activations_bytes"]),
+        _fmt_mib(row["peak_temporaries_bytes"]),
         _fmt_ratio(row["peak_allocated_bytes"], peak_base),
         _fmt_ratio(row["optimizer_state_bytes"], state_base),
         _fmt(row["tokens_per_s"], ",.0f"),
@@ -243,7 +247,7 @@ def rich_tables(runs: pd.DataFrame, baseline: str = "adamw") -> list[Table]:
         for col in frame.columns:
             table.add_column(col, justify="left" if col in LEFT_ALIGNED else "right")
         for cells in frame.itertuples(index=False):
-            status = Text(cells[1], style="green" if cells[1] == "ok" else "red")
+            status = Text(cells[1], style="green" if cells[1] in RESULT_STATUSES else "red")
             table.add_row(cells[0], status, *cells[2:])
         tables.append(table)
     return tables
@@ -302,7 +306,7 @@ def _fence(text: str) -> str:
 def _failure_lines(runs: pd.DataFrame, baseline: str) -> list[str]:
     lines = []
     for model, seq_len, group in _groups(runs, baseline):
-        for _, row in group[group["status"] != "ok"].iterrows():
+        for _, row in group[~group["status"].isin(RESULT_STATUSES)].iterrows():
             error = row["error"].strip() if isinstance(row["error"], str) else ""
             text = error or "(no error text recorded)"
             fence = _fence(text)
@@ -321,7 +325,9 @@ def _failure_lines(runs: pd.DataFrame, baseline: str) -> list[str]:
 def _provenance_line(runs: pd.DataFrame, provenance: str) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_ok = int((runs["status"] == "ok").sum())
-    line = f"_Generated {when} by optbench {__version__} from {len(runs)} results ({n_ok} ok)._"
+    n_est = int((runs["status"] == "estimated").sum())
+    counts = f"{n_ok} ok" + (f", {n_est} estimated" if n_est else "")
+    line = f"_Generated {when} by optbench {__version__} from {len(runs)} results ({counts})._"
     return f"{line} {provenance.strip()}" if provenance.strip() else line
 
 
@@ -521,7 +527,7 @@ def _plot_memory_axis(ax, group: pd.DataFrame) -> tuple[float, set[str]]:
 
 
 def _ok_with(model_runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    return model_runs[(model_runs["status"] == "ok") & np.isfinite(model_runs[metric])]
+    return model_runs[model_runs["status"].isin(RESULT_STATUSES) & np.isfinite(model_runs[metric])]
 
 
 # Past this many bars in all, per-seq-len panels go side by side (optimizer names once, on
@@ -542,7 +548,7 @@ def _aligned_groups(
         for label in labels:
             row = at_seq.loc[label].copy() if label in at_seq.index else pd.Series(
                 {"status": "not run", **{c: np.nan for c in METRIC_COLUMNS}})
-            if not (row["status"] == "ok" and _finite(row[metric])):
+            if not (row["status"] in RESULT_STATUSES and _finite(row[metric])):
                 row[METRIC_COLUMNS] = np.nan
             rows.append(row.rename(label))
         groups.append(pd.DataFrame(rows).rename_axis("optimizer").reset_index())
@@ -796,7 +802,7 @@ def write_report(
         for alt, path in _model_figures(model, model_runs, curves, styles, baseline, out_dir):
             lines += [f"![{alt}]({path.name})", ""]
             written.append(path)
-    if (runs["status"] != "ok").any():
+    if (~runs["status"].isin(RESULT_STATUSES)).any():
         lines += ["## Failures", "", *_failure_lines(runs, baseline)]
     summary = out_dir / "summary.md"
     summary.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")

@@ -20,7 +20,10 @@ from optbench.errors import OptbenchError
 
 DEFAULT_DB = Path("results/optbench.sqlite")
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "oom", "diverged", "crashed", "error", "skipped")
+STATUSES = ("ok", "estimated", "oom", "diverged", "crashed", "error", "skipped")
+# Statuses that carry results: "estimated" is a `device: meta` cell traced on fake tensors
+# (memory metrics only, no time or loss).
+RESULT_STATUSES = ("ok", "estimated")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -135,13 +138,15 @@ class ResultStore:
         return run_id
 
     def has_ok(self, fingerprint: str) -> bool:
+        """True when the cell has a result (ok, or estimated for a `device: meta` cell)."""
         row = self.conn.execute(
-            "SELECT 1 FROM runs WHERE fingerprint = ? AND status = 'ok' LIMIT 1", (fingerprint,)
+            "SELECT 1 FROM runs WHERE fingerprint = ? AND status IN ('ok', 'estimated') LIMIT 1",
+            (fingerprint,),
         ).fetchone()
         return row is not None
 
     def latest_runs(self, fingerprints: Iterable[str]) -> pd.DataFrame:
-        """Per fingerprint, the latest ok run (else the latest run of any status), with metrics."""
+        """Per fingerprint, the latest result (ok or estimated; else the latest run of any status)."""
         fps = list(dict.fromkeys(fingerprints))
         if not fps:
             return _empty_runs()
@@ -151,7 +156,7 @@ class ResultStore:
         )
         if rows.empty:
             return _empty_runs()
-        rows["_ok"] = rows["status"].eq("ok")
+        rows["_ok"] = rows["status"].isin(RESULT_STATUSES)
         rows = rows.sort_values(["_ok", "run_id"]).groupby("fingerprint").tail(1).drop(columns="_ok")
         order = {fp: i for i, fp in enumerate(fps)}
         rows = rows.sort_values("fingerprint", key=lambda s: s.map(order)).reset_index(drop=True)

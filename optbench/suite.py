@@ -25,7 +25,9 @@ from optbench.optimizers import get_spec, resolve_hparams
 
 # Bump when what a run measures, or how, changes: old results then stop matching.
 MEASUREMENT_VERSION = "1"
-DEVICES = ("auto", "cpu", "cuda")
+# meta: nothing is trained; each cell's peak memory is traced on fake tensors (optbench.estimate)
+# and stored with status "estimated".
+DEVICES = ("auto", "cpu", "cuda", "meta")
 DTYPES = ("fp32", "bf16")
 SCHEDULES = ("cosine", "linear", "rex", "constant")
 
@@ -43,7 +45,7 @@ class LRSchedule:
 class Defaults:
     """Training and measurement settings shared by every cell of a suite."""
 
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | meta (estimate memory only)
     dtype: str = "fp32"  # dtype of the weights (and so of grads and most optimizer state)
     autocast: bool = False  # bf16 autocast of forward/backward on top of the weights' dtype
     seed: int = 0  # seeds weights, batch order and any randomness in the optimizer
@@ -269,8 +271,9 @@ def _validate(suite: Suite, where: str) -> None:
         _positive(getattr(d, key), f"{where}: defaults.{key}")
     if not 0 <= d.seed < 2**63:
         raise OptbenchError(f"{where}: defaults.seed: {d.seed} is out of range; accepted 0 <= seed < 2^63")
-    # Steps 1-2 run under the memory tracker and the first `warmup` are untimed.
-    if d.warmup < 0 or d.steps <= max(d.warmup, 2):
+    # Steps 1-2 run under the memory tracker and the first `warmup` are untimed. (A meta
+    # suite trains nothing: it traces steps 1 and 2 whatever `steps` says.)
+    if d.device != "meta" and (d.warmup < 0 or d.steps <= max(d.warmup, 2)):
         raise OptbenchError(
             f"{where}: defaults.warmup: {d.warmup} with steps {d.steps} leaves no timed step; "
             f"accepted: 0 <= warmup and steps > max(warmup, 2)"

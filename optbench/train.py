@@ -81,6 +81,10 @@ def train_cell(cell: Cell, emit: Emit) -> dict[str, Any]:
     """Train, measure, evaluate. Returns {status, error, metrics, curve}; raises on bugs."""
     d = cell.defaults
     device = torch.device(d.device)
+    if device.type == "meta":
+        from optbench.estimate import estimate_cell
+
+        return estimate_cell(cell, emit)
     if device.type == "cuda" and not torch.cuda.is_available():
         return {"status": "skipped", "error": "CUDA requested but not available on this machine"}
     spec = get_spec(cell.optimizer.name)
@@ -120,31 +124,44 @@ def train_cell(cell: Cell, emit: Emit) -> dict[str, Any]:
     return {"status": status, "error": error, "metrics": burst.metrics, "curve": curve}
 
 
+def forward_backward(model, windows: list[torch.Tensor], autocast_device: str, autocast: bool,
+                     create_graph: bool = False,
+                     next_micro_batch: Callable[[], None] = lambda: None) -> float:
+    """Forward and backward over the micro-batches (grads accumulate); the summed loss.
+
+    Shared with the memory estimator, which traces this very code on fake tensors.
+    """
+    total = 0.0
+    for i, window in enumerate(windows):
+        if i:
+            next_micro_batch()
+        with torch.autocast(autocast_device, torch.bfloat16, enabled=autocast):
+            loss = lm_loss(model, window) / len(windows)
+        loss.backward(create_graph=create_graph)
+        total += loss.item()
+    return total
+
+
+def optimizer_step(model, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> None:
+    """Clip, step, and drop the gradients (set_to_none, as the next backward re-creates them)."""
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _one_step(cell, model, optimizer, scheduler, batches, device, step, burst) -> None:
     d = cell.defaults
     create_graph = get_spec(cell.optimizer.name).needs_create_graph
     windows = [next(batches).to(device, non_blocking=True) for _ in range(d.grad_accum)]
 
     def fwd_bwd(next_micro_batch: Callable[[], None] = lambda: None) -> float:
-        total = 0.0
-        for i, window in enumerate(windows):
-            if i:
-                next_micro_batch()
-            with torch.autocast(device.type, torch.bfloat16, enabled=d.autocast):
-                loss = lm_loss(model, window) / d.grad_accum
-            loss.backward(create_graph=create_graph)
-            total += loss.item()
-        return total
-
-    def opt_step() -> None:
-        if d.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), d.grad_clip)
-        optimizer.step()
+        return forward_backward(model, windows, device.type, d.autocast, create_graph,
+                                next_micro_batch)
 
     def full_step(next_micro_batch: Callable[[], None]) -> float:
         loss = fwd_bwd(next_micro_batch)
-        opt_step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, d.grad_clip)
         return loss
 
     burst.lrs.append(optimizer.param_groups[0]["lr"])
@@ -160,8 +177,7 @@ def _one_step(cell, model, optimizer, scheduler, batches, device, step, burst) -
             with measure.stopwatch(device, fb):
                 loss = fwd_bwd()
             with measure.stopwatch(device, op):
-                opt_step()
-            optimizer.zero_grad(set_to_none=True)
+                optimizer_step(model, optimizer, d.grad_clip)
         if step > d.warmup:
             burst.fwd_bwd_ms += fb
             burst.opt_ms += op

@@ -6,6 +6,7 @@ from optbench.optimizers.registry import (
     expected_state_bytes,
     get_spec,
     list_specs,
+    parse_choice,
     register,
     resolve_hparams,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "expected_state_bytes",
     "get_spec",
     "list_specs",
+    "parse_choice",
     "register",
     "resolve_hparams",
     "scale_param_groups",

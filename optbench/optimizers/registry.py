@@ -79,6 +79,27 @@ def resolve_hparams(name: str, overrides: dict, model: str | None = None) -> dic
     return resolved
 
 
+def parse_choice(choice: str) -> tuple[str, dict]:
+    """'adamw:fused=true,lr=0.01' -> ('adamw', {'fused': True, 'lr': 0.01}); values are YAML.
+
+    The name is checked here; the hparams when they are resolved.
+    """
+    import yaml
+
+    name, _, rest = choice.partition(":")
+    hparams = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise OptbenchError(f"optimizer '{choice}': '{item}' is not key=value; "
+                                "accepted: NAME or NAME:key=value,key=value")
+        try:
+            hparams[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise OptbenchError(f"optimizer '{choice}': value of '{key}' is not valid YAML") from None
+    return get_spec(name.strip()).name, hparams
+
+
 def build_optimizer(name: str, model: nn.Module, **hparams: Any) -> torch.optim.Optimizer:
     return get_spec(name).factory(model, resolve_hparams(name, hparams))
 
