@@ -107,6 +107,55 @@ def report(
     report_suite(suite_path, db, reports, console=console)
 
 
+class CheckFormat(str, Enum):
+    text = "text"
+    markdown = "markdown"
+    junit = "junit"
+    github = "github"
+
+
+@app.command()
+@user_errors
+def check(
+    suite_path: Path = typer.Argument(..., metavar="SUITE", help="Suite YAML to check, e.g. suites/ci_memory.yaml."),
+    baseline: Path = typer.Option(..., "--baseline", help="Baseline JSON, e.g. baselines/ci_memory.json."),
+    rules: list[str] = typer.Option([], "--rules", help="METRIC:TOLERANCE over the defaults (optimizer_state_bytes:0%, peak_allocated_bytes:+2%), e.g. tokens_per_s:-20% or peak_allocated_bytes:off. Repeat or comma-separate."),
+    update: bool = typer.Option(False, "--update", help="Run the suite and write the baseline file instead of checking."),
+    fmt: CheckFormat = typer.Option(CheckFormat.text, "--format", help="Output: text, markdown (PR comment), junit (XML), github (text + Actions annotations)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the output to this file instead of stdout."),
+    from_store: bool = typer.Option(False, "--from-store", help="Use each cell's latest stored result; run only cells without one (default: run every cell now)."),
+    db: Path = DB_OPTION,
+) -> None:
+    """Compare a suite's results with a baseline: exit 0 when nothing got worse, 1 on a regression or new failure, 2 on bad input."""
+    from optbench import check as chk
+    from optbench.check_format import Context, render, verdict
+
+    current, old, parsed, suite = chk.run_check(suite_path, baseline, db, rules, update=update,
+                                                from_store=from_store, log=err_console)
+    if update:
+        console.print(chk.update_baseline(baseline, suite, current, old, parsed, err_console), highlight=False)
+        raise typer.Exit(0)
+    findings = chk.compare(current, old, parsed)
+    _emit(render(fmt.value, findings, Context(suite, baseline, chk.gated(parsed),
+                                              chk.environment_drift(old, current))), output)
+    err_console.print(f"check: {verdict(findings)}", highlight=False)
+    raise typer.Exit(chk.exit_code(findings))
+
+
+def _emit(text: str, output: Optional[Path]) -> None:
+    """Results to stdout (progress went to stderr, so stdout pipes cleanly) or to a file."""
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OptbenchError(f"--output {output}: cannot write ({exc.strerror})") from None
+    err_console.print(f"wrote {output}", highlight=False)
+
+
 def main() -> None:
     """Console entry point: click's usage errors, too, become one line and exit code 2."""
     try:

@@ -140,8 +140,11 @@ class ResultStore:
         ).fetchone()
         return row is not None
 
-    def latest_runs(self, fingerprints: Iterable[str]) -> pd.DataFrame:
-        """Per fingerprint, the latest ok run (else the latest run of any status), with metrics."""
+    def latest_runs(self, fingerprints: Iterable[str], prefer_ok: bool = True) -> pd.DataFrame:
+        """Per fingerprint, the latest ok run (else the latest run of any status), with metrics.
+
+        `prefer_ok=False`: the latest run whatever its status (a gate must see a new failure).
+        """
         fps = list(dict.fromkeys(fingerprints))
         if not fps:
             return _empty_runs()
@@ -151,7 +154,7 @@ class ResultStore:
         )
         if rows.empty:
             return _empty_runs()
-        rows["_ok"] = rows["status"].eq("ok")
+        rows["_ok"] = rows["status"].eq("ok") & prefer_ok
         rows = rows.sort_values(["_ok", "run_id"]).groupby("fingerprint").tail(1).drop(columns="_ok")
         order = {fp: i for i, fp in enumerate(fps)}
         rows = rows.sort_values("fingerprint", key=lambda s: s.map(order)).reset_index(drop=True)
