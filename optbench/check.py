@@ -376,22 +376,22 @@ def gather(suite, db: Path, from_store: bool, log) -> list[Observed]:
     By default every cell runs now: a gate must measure the code as it is, and a stored result
     whose fingerprint still matches may come from before an edit to the optimizer's code (the
     fingerprint has its version, not its source). `from_store` reuses the latest stored result
-    of each cell (failures included) and runs only cells with none, for suites too expensive
+    of each cell (a failure included) and runs only cells with none, for suites too expensive
     to re-run, after an `optbench run` of the same code.
     """
     from optbench.app import run_with_progress
-    from optbench.runner import pending_cells
     from optbench.store import ResultStore
     from optbench.suite import expand
 
     cells = list(expand(suite))
     store = ResultStore(db)
-    todo = pending_cells(cells, store, rerun=not from_store)
+    fps = [c.fingerprint for c in cells]
+    have = set(store.latest_runs(fps)["fingerprint"]) if from_store else set()
+    todo = [c for c in cells if c.fingerprint not in have]
     log.print(f"check {suite.name}: {len(cells)} cells, running {len(todo)}, results in {db}",
               highlight=False)
     fresh = {r.fingerprint: Observed.from_result(r) for r in run_with_progress(todo, store, log)}
-    stored = store.latest_runs([c.fingerprint for c in cells if c.fingerprint not in fresh],
-                               prefer_ok=False)
+    stored = store.latest_runs([fp for fp in fps if fp not in fresh], prefer_ok=False)
     rows = {row["fingerprint"]: row for _, row in stored.iterrows()}
     observed = []
     for cell in cells:

@@ -130,6 +130,7 @@ def check(
     from optbench import check as chk
     from optbench.check_format import Context, render, verdict
 
+    _writable(output)  # before minutes of running, not after
     current, old, parsed, suite = chk.run_check(suite_path, baseline, db, rules, update=update,
                                                 from_store=from_store, log=err_console)
     if update:
@@ -142,17 +143,24 @@ def check(
     raise typer.Exit(chk.exit_code(findings))
 
 
+def _writable(output: Optional[Path]) -> None:
+    if output is None:
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise OptbenchError(f"--output {output}: cannot write ({exc.strerror})") from None
+
+
 def _emit(text: str, output: Optional[Path]) -> None:
     """Results to stdout (progress went to stderr, so stdout pipes cleanly) or to a file."""
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise OptbenchError(f"--output {output}: cannot write ({exc.strerror})") from None
+    output.write_text(text, encoding="utf-8")
     err_console.print(f"wrote {output}", highlight=False)
 
 
