@@ -107,6 +107,42 @@ def report(
     report_suite(suite_path, db, reports, console=console)
 
 
+class ByAxis(str, Enum):
+    seq_len = "seq_len"
+    model = "model"
+
+
+@app.command()
+@user_errors
+def compare(
+    names: list[str] = typer.Argument(..., metavar="NAME...", help="Optimizers to compare (registry names or aliases), e.g. scale adam apollo."),
+    model: list[str] = typer.Option([], "--model", help="Only this model (repeatable); with --seq-len, the tables to show and run."),
+    seq_len: list[int] = typer.Option([], "--seq-len", help="Only this sequence length (repeatable)."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Only results of this suite (a stored suite name, or a YAML file whose setup also runs what is missing)."),
+    baseline: str = typer.Option("adamw", "--baseline", help="Optimizer the ratios are against (always shown)."),
+    metric: list[str] = typer.Option([], "--metric", help="Metrics to show, in order (repeatable; default: memory and its parts, tokens/s, loss, eval ppl). The first is the --by plot's."),
+    by: Optional[ByAxis] = typer.Option(None, "--by", help="Also plot one metric against seq_len or model, one line per optimizer."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Steps for results run now (default: the table's other rows' setup, else 50)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device for results run now: auto, cpu or cuda."),
+    run: bool = typer.Option(True, "--run/--no-run", help="Run missing results first (default) or show them as missing."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the numbers (bytes, ratios, best) as CSV."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write them as JSON."),
+    db: Path = DB_OPTION,
+    reports: Path = REPORTS_OPTION,
+) -> None:
+    """Optimizers side by side per model and seq len, from the store; writes reports/compare-<names>/."""
+    from optbench.compare import Request, run_compare
+
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise OptbenchError(f"--device '{device}': accepted: auto, cpu, cuda")
+    req = Request(tuple(names), baseline, tuple(model), tuple(seq_len), suite, tuple(metric), steps, device)
+    command = " ".join(["optbench compare", *names] + [f"{k} {v}" for k, vs in (
+        ("--model", model), ("--seq-len", seq_len), ("--suite", [suite] if suite else []),
+        ("--metric", metric), ("--by", [by.value] if by else [])) for v in vs])
+    run_compare(req, db, reports, by=by.value if by else None, run=run, csv=csv, json_path=json_path,
+                console=console, log=err_console, command=command)
+
+
 class CheckFormat(str, Enum):
     text = "text"
     markdown = "markdown"

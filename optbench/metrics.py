@@ -74,17 +74,27 @@ def is_better(metric: Metric, value: float, than: float) -> bool:
     return value > than if metric.higher_is_better else value < than
 
 
-def format_value(metric: Metric, value: float | None, exact: bool = False) -> str:
-    """Human text for one value: MiB for bytes (or every byte when `exact`), '—' when absent."""
+def column_unit(metric: Metric) -> str:
+    """The unit a table column states once in its header, so cells can be bare numbers."""
+    return {"bytes": "MiB", "nats": "nats", "ppl": ""}.get(metric.unit, metric.unit)
+
+
+def format_number(metric: Metric, value: float | None) -> str:
+    """A bare number in the column's unit (MiB for bytes), or '—' when not measured."""
     if value is None or value != value:
         return "—"
     if metric.unit == "bytes":
-        if exact:
-            return f"{int(value):,} B"
-        mib = value / 2**20
-        return "0" if mib == 0 else f"{mib:,.1f} MiB" if mib >= 10 else f"{mib:.2f} MiB"
-    if metric.unit == "tokens/s":
-        return f"{value:,.0f} tok/s"
-    if metric.unit == "ms":
-        return f"{value:,.1f} ms"
-    return f"{value:.3f}" if metric.unit == "nats" else f"{value:,.1f}"
+        mib = value / 2**20  # two decimals below 10 MiB, so tiny models don't all read 0.0
+        return "0" if mib == 0 else f"{mib:,.1f}" if mib >= 10 else f"{mib:.2f}"
+    spec = {"tokens/s": ",.0f", "ms": ",.1f", "nats": ".3f"}.get(metric.unit, ",.1f")
+    return format(value, spec)
+
+
+def format_value(metric: Metric, value: float | None, exact: bool = False) -> str:
+    """A number with its unit: every byte when `exact` (a gate counts bytes), else as tables do."""
+    if value is None or value != value:
+        return "—"
+    if metric.unit == "bytes" and exact:
+        return f"{int(value):,} B"
+    unit = column_unit(metric)
+    return format_number(metric, value) + (f" {unit}" if unit and value != 0 else "")

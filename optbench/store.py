@@ -160,6 +160,26 @@ class ResultStore:
         rows = rows.sort_values("fingerprint", key=lambda s: s.map(order)).reset_index(drop=True)
         return self._with_metrics(rows)
 
+    def runs_of(self, optimizer_names: Iterable[str], models: Iterable[str] = (),
+                seq_lens: Iterable[int] = (), suite: str | None = None,
+                statuses: Iterable[str] = ("ok",)) -> pd.DataFrame:
+        """Every run of these registry names (optionally only these models, seq lens, suite
+        and statuses), oldest first, with metrics: the candidates `compare` picks from."""
+        where, params = [], []
+        for column, values in (("optimizer_name", optimizer_names), ("model", models),
+                               ("seq_len", seq_lens), ("status", statuses)):
+            values = list(values)
+            if values:
+                where.append(f"{column} IN ({','.join('?' * len(values))})")
+                params += values
+        if suite is not None:
+            where.append("suite = ?")
+            params.append(suite)
+        rows = pd.read_sql_query(
+            f"SELECT * FROM runs WHERE {' AND '.join(where) or '1'} ORDER BY run_id", self.conn, params=params
+        )
+        return _empty_runs() if rows.empty else self._with_metrics(rows)
+
     def _with_metrics(self, runs: pd.DataFrame) -> pd.DataFrame:
         ids = [int(i) for i in runs["run_id"]]
         marks = ",".join("?" * len(ids))
