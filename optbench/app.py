@@ -51,6 +51,14 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
     return 1 if any(r.status not in (*RESULT_STATUSES, "skipped") for r in results) else 0
 
 
+def run_with_progress(cells: list[Cell], store: ResultStore, console: Console) -> list[RunResult]:
+    """Run and store `cells` under the live progress bar (nothing shown when there are none)."""
+    if not cells:
+        return []
+    with LiveProgress(console, len(cells)) as live:
+        return run_cells(cells, store, hooks=live.hooks, on_done=live.done)
+
+
 def report_suite(suite_path: Path, db: Path, reports_dir: Path, console: Console) -> None:
     if not Path(db).exists():
         raise OptbenchError(f"{db}: no results store here; run the suite first (optbench run SUITE --db {db})")

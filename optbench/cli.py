@@ -107,6 +107,99 @@ def report(
     report_suite(suite_path, db, reports, console=console)
 
 
+class ByAxis(str, Enum):
+    seq_len = "seq_len"
+    model = "model"
+
+
+@app.command()
+@user_errors
+def compare(
+    names: list[str] = typer.Argument(..., metavar="NAME...", help="Optimizers to compare (registry names or aliases), e.g. scale adam apollo."),
+    model: list[str] = typer.Option([], "--model", help="Only this model (repeatable); with --seq-len, the tables to show and run."),
+    seq_len: list[int] = typer.Option([], "--seq-len", help="Only this sequence length (repeatable)."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Only results of this suite (a stored suite name, or a YAML file whose setup also runs what is missing)."),
+    baseline: str = typer.Option("adamw", "--baseline", help="Optimizer the ratios are against (always shown)."),
+    metric: list[str] = typer.Option([], "--metric", help="Metrics to show, in order (repeatable; default: memory and its parts, tokens/s, loss, eval ppl). The first is the --by plot's."),
+    by: Optional[ByAxis] = typer.Option(None, "--by", help="Also plot one metric against seq_len or model, one line per optimizer."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Steps for results run now (default: the table's other rows' setup, else 50)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device for results run now: auto, cpu or cuda."),
+    run: bool = typer.Option(True, "--run/--no-run", help="Run missing results first (default) or show them as missing."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the numbers (bytes, ratios, best) as CSV."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write them as JSON."),
+    db: Path = DB_OPTION,
+    reports: Path = REPORTS_OPTION,
+) -> None:
+    """Optimizers side by side per model and seq len, from the store; writes reports/compare-<names>/."""
+    from optbench.compare import Request, run_compare
+
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise OptbenchError(f"--device '{device}': accepted: auto, cpu, cuda")
+    req = Request(tuple(names), baseline, tuple(model), tuple(seq_len), suite, tuple(metric), steps, device)
+    command = " ".join(["optbench compare", *names] + [f"{k} {v}" for k, vs in (
+        ("--model", model), ("--seq-len", seq_len), ("--suite", [suite] if suite else []),
+        ("--metric", metric), ("--by", [by.value] if by else [])) for v in vs])
+    run_compare(req, db, reports, by=by.value if by else None, run=run, csv=csv, json_path=json_path,
+                console=console, log=err_console, command=command)
+
+
+class CheckFormat(str, Enum):
+    text = "text"
+    markdown = "markdown"
+    junit = "junit"
+    github = "github"
+
+
+@app.command()
+@user_errors
+def check(
+    suite_path: Path = typer.Argument(..., metavar="SUITE", help="Suite YAML to check, e.g. suites/ci_memory.yaml."),
+    baseline: Path = typer.Option(..., "--baseline", help="Baseline JSON, e.g. baselines/ci_memory.json."),
+    rules: list[str] = typer.Option([], "--rules", help="METRIC:TOLERANCE over the defaults (optimizer_state_bytes:0%, peak_allocated_bytes:+2%), e.g. tokens_per_s:-20% or peak_allocated_bytes:off. Repeat or comma-separate."),
+    update: bool = typer.Option(False, "--update", help="Run the suite and write the baseline file instead of checking."),
+    fmt: CheckFormat = typer.Option(CheckFormat.text, "--format", help="Output: text, markdown (PR comment), junit (XML), github (text + Actions annotations)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the output to this file instead of stdout."),
+    from_store: bool = typer.Option(False, "--from-store", help="Use each cell's latest stored result; run only cells without one (default: run every cell now)."),
+    db: Path = DB_OPTION,
+) -> None:
+    """Compare a suite's results with a baseline: exit 0 when nothing got worse, 1 on a regression or new failure, 2 on bad input."""
+    from optbench import check as chk
+    from optbench.check_format import Context, render, verdict
+
+    _writable(output)  # before minutes of running, not after
+    current, old, parsed, suite = chk.run_check(suite_path, baseline, db, rules, update=update,
+                                                from_store=from_store, log=err_console)
+    if update:
+        console.print(chk.update_baseline(baseline, suite, current, old, parsed, err_console), highlight=False)
+        raise typer.Exit(0)
+    findings = chk.compare(current, old, parsed)
+    _emit(render(fmt.value, findings, Context(suite, baseline, chk.gated(parsed),
+                                              chk.environment_drift(old, current))), output)
+    err_console.print(f"check: {verdict(findings)}", highlight=False)
+    raise typer.Exit(chk.exit_code(findings))
+
+
+def _writable(output: Optional[Path]) -> None:
+    if output is None:
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise OptbenchError(f"--output {output}: cannot write ({exc.strerror})") from None
+
+
+def _emit(text: str, output: Optional[Path]) -> None:
+    """Results to stdout (progress went to stderr, so stdout pipes cleanly) or to a file."""
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    output.write_text(text, encoding="utf-8")
+    err_console.print(f"wrote {output}", highlight=False)
+
+
 class Dtype(str, Enum):
     bf16 = "bf16"
     fp32 = "fp32"

@@ -152,9 +152,12 @@ def environment(device: torch.device) -> dict[str, Any]:
 
     import optbench
 
+    import transformers
+
     env: dict[str, Any] = {
         "optbench": optbench.__version__,
         "torch": torch.__version__,
+        "transformers": transformers.__version__,  # the model code: activations follow it
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "host": socket.gethostname(),

@@ -145,8 +145,12 @@ class ResultStore:
         ).fetchone()
         return row is not None
 
-    def latest_runs(self, fingerprints: Iterable[str]) -> pd.DataFrame:
-        """Per fingerprint, the latest result (ok or estimated; else the latest run of any status)."""
+    def latest_runs(self, fingerprints: Iterable[str], prefer_ok: bool = True) -> pd.DataFrame:
+        """Per fingerprint, the latest result (ok or estimated; else the latest run of any
+        status), with metrics.
+
+        `prefer_ok=False`: the latest run whatever its status (a gate must see a new failure).
+        """
         fps = list(dict.fromkeys(fingerprints))
         if not fps:
             return _empty_runs()
@@ -156,11 +160,31 @@ class ResultStore:
         )
         if rows.empty:
             return _empty_runs()
-        rows["_ok"] = rows["status"].isin(RESULT_STATUSES)
+        rows["_ok"] = rows["status"].isin(RESULT_STATUSES) & prefer_ok
         rows = rows.sort_values(["_ok", "run_id"]).groupby("fingerprint").tail(1).drop(columns="_ok")
         order = {fp: i for i, fp in enumerate(fps)}
         rows = rows.sort_values("fingerprint", key=lambda s: s.map(order)).reset_index(drop=True)
         return self._with_metrics(rows)
+
+    def runs_of(self, optimizer_names: Iterable[str], models: Iterable[str] = (),
+                seq_lens: Iterable[int] = (), suite: str | None = None,
+                statuses: Iterable[str] = ("ok",)) -> pd.DataFrame:
+        """Every run of these registry names (optionally only these models, seq lens, suite
+        and statuses), oldest first, with metrics: the candidates `compare` picks from."""
+        where, params = [], []
+        for column, values in (("optimizer_name", optimizer_names), ("model", models),
+                               ("seq_len", seq_lens), ("status", statuses)):
+            values = list(values)
+            if values:
+                where.append(f"{column} IN ({','.join('?' * len(values))})")
+                params += values
+        if suite is not None:
+            where.append("suite = ?")
+            params.append(suite)
+        rows = pd.read_sql_query(
+            f"SELECT * FROM runs WHERE {' AND '.join(where) or '1'} ORDER BY run_id", self.conn, params=params
+        )
+        return _empty_runs() if rows.empty else self._with_metrics(rows)
 
     def _with_metrics(self, runs: pd.DataFrame) -> pd.DataFrame:
         ids = [int(i) for i in runs["run_id"]]

@@ -24,7 +24,7 @@ from optbench.models import get_model_size
 from optbench.optimizers import get_spec, resolve_hparams
 
 # Bump when what a run measures, or how, changes: old results then stop matching.
-MEASUREMENT_VERSION = "1"
+MEASUREMENT_VERSION = "2"  # 2: temporaries split from activations in the peak breakdown
 # meta: nothing is trained; each cell's peak memory is traced on fake tensors (optbench.estimate)
 # and stored with status "estimated".
 DEVICES = ("auto", "cpu", "cuda", "meta")

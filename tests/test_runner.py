@@ -63,7 +63,8 @@ def test_ok_cell_has_every_measurement(tiny_suite, tmp_path):
                 "fwd_bwd_ms", "optimizer_step_ms", "final_train_loss", "eval_loss", "eval_ppl"):
         assert key in m and m[key] > 0, key
     assert m["peak_grads_bytes"] >= 0  # zero when the peak falls before backward
-    parts = sum(m[f"peak_{p}_bytes"] for p in ("params", "grads", "optimizer_state", "activations"))
+    parts = sum(m[f"peak_{p}_bytes"] for p in ("params", "grads", "optimizer_state", "activations",
+                                                 "temporaries"))
     assert parts == m["peak_allocated_bytes"]
     # the params part also holds buffers (rotary inv_freq): a few bytes more than the weights
     assert m["param_bytes"] <= m["peak_params_bytes"] < 1.01 * m["param_bytes"]

@@ -29,3 +29,23 @@ __all__ = [
 from optbench.optimizers import library  # noqa: E402,F401  (registers entries)
 from optbench.optimizers import lowrank  # noqa: E402,F401  (registers entries)
 from optbench.optimizers import matrix  # noqa: E402,F401  (registers entries)
+
+
+def load_plugins() -> None:
+    """Import the modules named in $OPTBENCH_PLUGINS (comma-separated), each of which calls
+    `register` for its own optimizers. Every process imports this package, the CLI and each
+    cell's worker alike, so a plugin's optimizers can run in a suite and be gated by `check`
+    (docs/ci.md) without changing optbench. Importing a module twice is a no-op."""
+    import importlib
+    import os
+
+    from optbench.errors import OptbenchError
+
+    for name in filter(None, (n.strip() for n in os.environ.get("OPTBENCH_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise OptbenchError(f"OPTBENCH_PLUGINS: cannot import '{name}' ({exc})") from None
+
+
+load_plugins()
