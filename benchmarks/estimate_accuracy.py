@@ -10,6 +10,8 @@ peak); on CUDA it is also `torch.cuda.max_memory_allocated`, the allocator's own
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import multiprocessing
 import time
 import warnings
 
@@ -33,6 +35,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def measured_in_fresh_process(workload: Workload, name: str, device: str) -> dict:
+    """Each measurement in its own process, as optbench runs cells: a long loop of real models
+    in one process grows its resident memory by fragmentation, and on CUDA one optimizer's
+    cached blocks would sit in the next one's numbers."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(measured_peak, workload, name, None, device).result()
+
+
 def main() -> None:
     args = parse_args()
     warnings.simplefilter("ignore")
@@ -53,7 +64,7 @@ def main() -> None:
             if est.error:
                 print(f"| {model} | {name} | not traceable: {est.error} |")
                 continue
-            real = measured_peak(workload, name, device=args.device)
+            real = measured_in_fresh_process(workload, name, args.device)
             real_s = time.perf_counter() - start
             tracked = real["tracked_peak_bytes"]
             cuda = ""

@@ -20,7 +20,8 @@ from optbench import __version__, report
 from optbench.compare import fmt_cell
 from optbench.metrics import Metric, column_unit
 
-PARTS = ("peak_params_bytes", "peak_grads_bytes", "peak_optimizer_state_bytes", "peak_activations_bytes")
+PARTS = ("peak_params_bytes", "peak_grads_bytes", "peak_optimizer_state_bytes", "peak_activations_bytes",
+         "peak_temporaries_bytes")
 STATUS_STYLE = {"ok": "green", "estimated": "yellow", "missing": "red"}
 
 
