@@ -42,7 +42,7 @@ from torch import nn
 from optbench.optimizers.policy import Policy, param_roles
 from optbench.optimizers.registry import OptimizerSpec, register
 from optbench.optimizers.scale import PAPER as SCALE_PAPER
-from optbench.optimizers.scale import Scale, _scaled_inverse_rms
+from optbench.optimizers.scale import Scale, _normalized_step_
 from optbench.optimizers.common import run_closure
 
 Groups = list[dict]
@@ -183,14 +183,14 @@ def _input_dim(group: dict) -> int:
 
 
 def _colnorm(group: dict, params: list, grads: list) -> None:
-    # SCALE's own kernel: [out,1] / [1,in] scales broadcast, no normalized copy of g.
-    scales = _scaled_inverse_rms(grads, _input_dim(group), group["eps"], -group["lr"])
-    torch._foreach_addcmul_(params, grads, scales)
+    # SCALE's own kernel: a broadcast [out,1] / [1,in] scale, no normalized copy of g.
+    for p, g in zip(params, grads):
+        _normalized_step_(p, g, _input_dim(group), group["eps"], -group["lr"])
 
 
 def _rownorm(group: dict, params: list, grads: list) -> None:
-    scales = _scaled_inverse_rms(grads, 1 - _input_dim(group), group["eps"], -group["lr"])
-    torch._foreach_addcmul_(params, grads, scales)
+    for p, g in zip(params, grads):
+        _normalized_step_(p, g, 1 - _input_dim(group), group["eps"], -group["lr"])
 
 
 def _sign(group: dict, params: list, grads: list) -> None:
