@@ -48,7 +48,8 @@ def estimate_rows(estimates: list[Estimate]) -> tuple[list[str], list[list[str]]
     """Header and formatted rows of one workload's table; AdamW (if there) is the reference."""
     unit, scale = _unit(estimates)
     ref = next((e for e in estimates if e.optimizer == REFERENCE and not e.error), None)
-    header = ["Optimizer", f"Peak ({unit})", *[f"{PART_HEADERS[p]} ({unit})" for p in PARTS],
+    header = ["Optimizer", f"Peak ({unit})", f"State ({unit})",
+              *[f"{PART_HEADERS[p]} ({unit})" for p in PARTS],
               f"Peak vs {REFERENCE}", "Paper conv. (GB)", "Note"]
     rows = []
     for e in estimates:
@@ -57,6 +58,7 @@ def estimate_rows(estimates: list[Estimate]) -> tuple[list[str], list[list[str]]
             continue
         ratio = f"{e.peak_bytes / ref.peak_bytes:.2f}×" if ref else DASH
         rows.append([e.label, f"{e.peak_bytes / scale:,.2f}",
+                     f"{e.optimizer_state_bytes / scale:,.2f}",
                      *[f"{e.parts[p] / scale:,.2f}" for p in PARTS],
                      ratio, _gb(e.paper_bytes), e.note])
     return header, rows
@@ -100,6 +102,11 @@ ASSUMPTIONS = [
     " and log-sum-exp kept, no seq×seq scores), as CUDA's flash kernel does; autocast follows"
     " CPU autocast's cast lists. No allocator caching or fragmentation: compare with CUDA's"
     " `max_memory_allocated`, not `reserved` or what nvidia-smi shows.",
+    "- **Columns**: *State* is what the optimizer keeps between steps; the parts are the"
+    " tracker's split at the peak moment, where *Opt state* also holds `optimizer.step()`'s"
+    " scratch tensors when the peak falls inside the step, and *Temps* are activation"
+    " gradients and whatever else a step allocates outside forward, backward and the"
+    " optimizer step.",
     f"- **{PAPER_FORMULA[0].upper()}{PAPER_FORMULA[1:]}.**",
 ]
 
