@@ -23,10 +23,11 @@ def test_estimate_prints_a_row_per_optimizer_with_adamw_as_reference(tmp_path):
     result = invoke("estimate", "--model", "llama_tiny", "-o", "scale", "-o", "galore:rank=8",
                     "--seq-len", "64", "--batch-size", "4", "--reports", tmp_path)
     assert result.exit_code == 0, result.output
-    for label in ("adamw", "scale", "galore(rank=8)", "Peak vs adamw", "Paper conv. (GB)"):
+    for label in ("adamw", "scale", "galore(rank=8)"):  # headers may wrap in a narrow terminal
         assert label in result.output
     md = (tmp_path / "estimate-llama_tiny-seq64-bs4-bf16.md").read_text()
     assert "| scale |" in md and "Paper convention (GB = 10^9 B)" in md
+    assert "| Peak vs adamw | Paper conv. (GB) |" in md
     for link in re.findall(r"\]\(([^)]+\.png)\)", md):
         assert (tmp_path / link).is_file()
 

@@ -21,6 +21,9 @@ def start_run(tmp_path: Path, suite: Path, db: Path) -> subprocess.Popen:
         [sys.executable, "-m", "optbench.cli", "run", str(suite), "--db", str(db),
          "--reports", str(tmp_path / "reports")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+        # A shell's background job inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt: give the child the default disposition, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
