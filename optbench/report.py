@@ -52,7 +52,7 @@ PEAK_PARTS = [
 # On CUDA the allocator's peak can exceed the tracked parts; drawing the rest keeps bar == peak.
 UNATTRIBUTED, UNATTRIBUTED_COLOR = "unattributed (allocator)", "#BBBBBB"
 
-LEFT_ALIGNED = {"Model", "Optimizer", "Status"}
+LEFT_ALIGNED = {"Model", "Optimizer", "Status", "Note"}
 
 
 # ----------------------------------------------------------------------------- ordering
