@@ -160,6 +160,9 @@ class Estimator:
     def estimate(self, workload: Workload, optimizer: str, hparams: dict | None = None,
                  label: str | None = None) -> Estimate:
         """The peak of a full training step (the larger of steps 1 and 2), or an error row."""
+        if (workload.model, workload.dtype) != (self.model_name, self.dtype):
+            raise ValueError(f"this Estimator traces {self.model_name} in {self.dtype}, "
+                             f"not {workload.model} in {workload.dtype}")
         name = get_spec(optimizer).name
         resolved = resolve_hparams(name, hparams or {}, workload.model)
         est = Estimate(label or name, name, resolved, workload)
