@@ -12,6 +12,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from optbench.errors import OptbenchError
 from optbench.runner import Hooks, pending_cells, run_cells
 from optbench.store import RESULT_STATUSES, ResultStore, RunResult
+from optbench.optimizers import resolve_hparams
 from optbench.suite import Cell, Suite, expand, load_suite
 
 
@@ -146,19 +147,23 @@ def _done_line(cell: Cell, r: RunResult) -> str:
 
 
 def estimate_targets(model: str, choices: list[str], seq_len: int | None, batch_size: int | None,
-                     dtype: str, autocast: bool) -> tuple[str, list[tuple]]:
+                     dtype: str | None, autocast: bool) -> tuple[str, list[tuple]]:
     """(report name, [(workload, optimizer, hparams, label)]) for a model name or a suite file.
 
-    With a model, AdamW always comes along: the table's ratios are to it.
+    With a model, AdamW always comes along: the table's ratios are to it. With a suite, its
+    cells set everything; -o only picks optimizers by name.
     """
     from optbench.estimate import Workload, workload_of
     from optbench.optimizers import parse_choice
 
     parsed = [parse_choice(c) for c in choices]
     if model.endswith((".yaml", ".yml")) or Path(model).is_file():
-        if seq_len is not None or batch_size is not None:
-            raise OptbenchError(f"--seq-len and --batch-size do not apply to a suite ({model}): "
-                                "its cells set them")
+        if seq_len is not None or batch_size is not None or dtype is not None or autocast:
+            raise OptbenchError(f"--seq-len, --batch-size, --dtype and --autocast do not apply to "
+                                f"a suite ({model}): its cells set them")
+        if any(hp for _, hp in parsed):
+            raise OptbenchError(f"-o NAME:key=value does not apply to a suite ({model}): its cells "
+                                "set the hparams; -o NAME picks cells by optimizer")
         suite = load_suite(model)
         wanted = {name for name, _ in parsed}
         cells = [c for c in expand(suite) if not wanted or c.optimizer.name in wanted]
@@ -166,10 +171,13 @@ def estimate_targets(model: str, choices: list[str], seq_len: int | None, batch_
             raise OptbenchError(f"{model}: no cell uses {', '.join(sorted(wanted))}")
         return suite.name, [(workload_of(c), c.optimizer.name, c.optimizer.hparams,
                              c.optimizer.display) for c in cells]
-    workload = Workload(model, seq_len or 256, batch_size or 8, dtype, autocast)
+    workload = Workload(model, seq_len or 256, batch_size or 8, dtype or "bf16", autocast)
+    for opt, hp in parsed:  # bad hparams fail now, before any tracing
+        resolve_hparams(opt, hp, model)
     if not any(name == "adamw" for name, _ in parsed):
         parsed.insert(0, ("adamw", {}))
-    name = f"{model}-seq{workload.seq_len}-bs{workload.batch_size}-{dtype}"
+    name = f"{model}-seq{workload.seq_len}-bs{workload.batch_size}-{workload.dtype}"
+    name += "-autocast" if autocast else ""
     return name, [(workload, opt, hp, _choice_label(opt, hp)) for opt, hp in parsed]
 
 
@@ -201,9 +209,11 @@ def run_fit(model: str, choices: list[str], budget: int, seq_len: int | None,
                             "or --batch-size to find the largest sequence length, not both")
     axis = "seq_len" if batch_size is not None else "batch_size"
     base = Workload(model, seq_len or 256, batch_size or 1, dtype, autocast)
+    parsed = [parse_choice(choice) for choice in choices]
+    for opt, hparams in parsed:  # bad hparams fail now, before any tracing
+        resolve_hparams(opt, hparams, model)
     results = []
-    for choice in choices:
-        opt, hparams = parse_choice(choice)
+    for opt, hparams in parsed:
         result = fit(estimator(model, dtype), base, axis, budget, opt, hparams,
                      _choice_label(opt, hparams))
         on_each(result)

@@ -218,16 +218,18 @@ def estimate(
     optimizers: list[str] = OPTIMIZER_OPTION,
     seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1, help="Sequence length [default: 256]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Batch size [default: 8]."),
-    dtype: Dtype = typer.Option(Dtype.bf16, "--dtype", help="Dtype of weights, grads and state."),
+    dtype: Optional[Dtype] = typer.Option(None, "--dtype", help="Dtype of weights, grads and state [default: bf16]."),
     autocast: bool = typer.Option(False, "--autocast", help="bf16 autocast around forward+backward."),
     as_json: bool = JSON_OPTION,
     reports: Path = REPORTS_OPTION,
 ) -> None:
     """Peak training memory without a GPU: one step traced on fake tensors, with its breakdown."""
+    _writable_dir(reports)
     from optbench.app import estimate_targets, run_estimate
     from optbench.estimate_report import estimates_json, rich_estimate_tables, write_estimate_report
 
-    name, targets = estimate_targets(model, optimizers, seq_len, batch_size, dtype.value, autocast)
+    name, targets = estimate_targets(model, optimizers, seq_len, batch_size,
+                                     dtype.value if dtype else None, autocast)
     with _status(f"tracing {len(targets)} estimates", quiet=as_json):
         estimates = run_estimate(targets)
     paths = write_estimate_report(estimates, reports, name, _command_line())
@@ -253,6 +255,7 @@ def fit(
     reports: Path = REPORTS_OPTION,
 ) -> None:
     """Largest batch size (or sequence length) whose estimated peak fits in --memory."""
+    _writable_dir(reports)
     from optbench.app import run_fit
     from optbench.estimate_report import fit_json, rich_fit_table, write_fit_report
     from optbench.fit import parse_memory
@@ -262,14 +265,25 @@ def fit(
         axis, base, results = run_fit(model, optimizers or ["adamw"], budget, seq_len, batch_size,
                                       dtype.value, autocast)
     fixed = f"batch {base.batch_size}" if axis == "seq_len" else f"seq {base.seq_len}"
-    title = f"{model} · {fixed} · {dtype.value} · budget {memory}"
-    name = f"{model}-{_safe(memory)}-{axis}"
+    autocast_text = " + bf16 autocast" if autocast else ""
+    title = f"{model} · {fixed} · {dtype.value}{autocast_text} · budget {memory}"
+    name = "-".join([model, _safe(memory), axis, fixed.replace(" ", ""), dtype.value]
+                    + (["autocast"] if autocast else []))
     paths = write_fit_report(results, reports, name, title, _command_line())
     if as_json:
         print(fit_json(results))
         return
     console.print(rich_fit_table(results, title))
     console.print(f"report: {paths[0]}" + (f" (+{len(paths) - 1} plot)" if len(paths) > 1 else ""))
+
+
+def _writable_dir(path: Path) -> None:
+    """Fail before minutes of tracing, not after, when the report cannot be written."""
+    import os
+
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise OptbenchError(f"--reports {path}: not a writable directory")
 
 
 def _status(text: str, quiet: bool):

@@ -42,6 +42,8 @@ from optbench.train import DTYPES, forward_backward, optimizer_step
 
 PARTS = measure.PARTS
 PAPER_BYTES_PER_VALUE = 2  # the papers' tables count every weight and state value in bf16
+# Past this many logits (batch x seq x vocab) a tensor's byte size no longer fits in int64.
+MAX_LOGIT_ELEMENTS = 2**56
 GB = 10**9
 
 
@@ -64,6 +66,10 @@ class Workload:
         for key in ("seq_len", "batch_size", "grad_accum"):
             if getattr(self, key) < 1:
                 raise OptbenchError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        logits = self.batch_size * self.seq_len * get_model_size(self.model).vocab_size
+        if logits > MAX_LOGIT_ELEMENTS:
+            raise OptbenchError(f"batch size {self.batch_size} × seq len {self.seq_len} is too large "
+                                f"to trace: the logits alone would exceed 2^56 elements")
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Estimate:
     parts: dict[str, int] = field(default_factory=dict)  # PARTS -> bytes at the peak
     optimizer_state_bytes: int = 0
     n_params: int = 0
+    param_bytes: int = 0  # the weights alone, as a measured run stores it
     paper_state_values: int = 0  # state elements, floating ones counted at 2 bytes
     paper_bytes: int = 0
     attention: str = ""
@@ -92,7 +99,8 @@ class Estimate:
         m = {f"peak_{part}_bytes": self.parts.get(part, 0) for part in PARTS}
         m.update(tracked_peak_bytes=self.peak_bytes, peak_allocated_bytes=self.peak_bytes,
                  optimizer_state_bytes=self.optimizer_state_bytes, n_params=self.n_params,
-                 param_bytes=self.parts.get("params", 0), paper_memory_bytes=self.paper_bytes)
+                 param_bytes=self.param_bytes,
+                 paper_memory_bytes=self.paper_bytes)
         return m
 
 
@@ -160,9 +168,7 @@ class Estimator:
     def estimate(self, workload: Workload, optimizer: str, hparams: dict | None = None,
                  label: str | None = None) -> Estimate:
         """The peak of a full training step (the larger of steps 1 and 2), or an error row."""
-        if (workload.model, workload.dtype) != (self.model_name, self.dtype):
-            raise ValueError(f"this Estimator traces {self.model_name} in {self.dtype}, "
-                             f"not {workload.model} in {workload.dtype}")
+        self._check(workload)
         name = get_spec(optimizer).name
         resolved = resolve_hparams(name, hparams or {}, workload.model)
         est = Estimate(label or name, name, resolved, workload)
@@ -171,6 +177,11 @@ class Estimator:
             warnings.simplefilter("ignore", UserWarning)
             self._trace_into(est)
         return est
+
+    def _check(self, workload: Workload) -> None:
+        if (workload.model, workload.dtype) != (self.model_name, self.dtype):
+            raise ValueError(f"this Estimator traces {self.model_name} in {self.dtype}, "
+                             f"not {workload.model} in {workload.dtype}")
 
     def _trace_into(self, est: Estimate) -> None:
         name = est.optimizer
@@ -211,6 +222,7 @@ class Estimator:
     def _fill(self, est: Estimate, state: dict, selections: int, attention: str) -> None:
         size = get_model_size(self.model_name)
         est.n_params = size.n_params()
+        est.param_bytes = est.n_params * DTYPES[self.dtype].itemsize
         est.optimizer_state_bytes = state["bytes"]
         est.paper_state_values = state["paper_bytes"] // PAPER_BYTES_PER_VALUE
         est.paper_bytes = PAPER_BYTES_PER_VALUE * est.n_params + state["paper_bytes"]
@@ -222,6 +234,7 @@ class Estimator:
 
     def fwd_bwd_peak(self, workload: Workload) -> dict[str, int]:
         """Peak parts of forward+backward alone (no optimizer state), cached per workload."""
+        self._check(workload)
         key = dataclasses.replace(workload, grad_clip=None)
         if key not in self._fwd_bwd:
             model = self._fake_model()

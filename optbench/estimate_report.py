@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from matplotlib.ticker import StrMethodFormatter
+from matplotlib.ticker import LogLocator, NullLocator, StrMethodFormatter
 from rich.table import Table
 
 from optbench import __version__
@@ -195,13 +195,21 @@ def fit_rows(results: list[FitResult]) -> tuple[list[str], list[list[str]]]:
         if r.largest == 0:
             note = f"does not fit even at {axis} 1"
         else:
-            note = "search limit reached" if r.limit_reached else ""
+            note = "; ".join(filter(None, ["search limit reached" if r.limit_reached else "",
+                                           r.note]))
         peak = r.probes.get(r.largest)
         rows.append([r.label, str(r.largest),
                      DASH if peak is None else f"{peak / scale:,.2f}",
-                     DASH if peak is None else f"{(r.budget_bytes - peak) / scale:,.2f}",
+                     DASH if peak is None else _headroom(r.budget_bytes - peak, scale),
                      DASH if nxt is None else f"{nxt:,.2f} (at {min(above)})", note])
     return header, rows
+
+
+def _headroom(nbytes: int, scale: int) -> str:
+    """Two decimals, or MiB when that would round a real headroom to 0.00 GiB."""
+    if scale == GIB and 0 < nbytes < 0.005 * GIB:
+        return f"{nbytes / MIB:,.1f} MiB"
+    return f"{nbytes / scale:,.2f}"
 
 
 def rich_fit_table(results: list[FitResult], title: str) -> Table:
@@ -238,20 +246,24 @@ def _plot_fit(results: list[FitResult], path: Path) -> bool:
     if not traced:
         return False
     styles = _optimizer_styles([r.label for r in traced])
+    unit, scale = ("GiB", GIB) if traced[0].budget_bytes >= GIB else ("MiB", MIB)
     fig = _new_figure(8.0, 4.8)
     ax = fig.add_subplot()
     for r in traced:
         xs = sorted(r.probes)
         style = styles[r.label]
-        ax.plot(xs, [r.probes[x] / GIB for x in xs], color=style["color"], ls=style["linestyle"],
+        ax.plot(xs, [r.probes[x] / scale for x in xs], color=style["color"], ls=style["linestyle"],
                 marker=style["marker"], mfc="none", label=f"{r.label} (fits up to {r.largest})")
-    budget = traced[0].budget_bytes / GIB
-    ax.axhline(budget, color="black", lw=1.2, ls="--", label=f"budget {budget:,.1f} GiB")
+    budget = traced[0].budget_bytes / scale
+    ax.axhline(budget, color="black", lw=1.2, ls="--", label=f"budget {budget:,.1f} {unit}")
     ax.set_xscale("log", base=2)
+    ax.set_xlim(left=0.9)
+    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax.set_xlabel(traced[0].axis.replace("_", " ") + " (log scale; markers are traced points)")
-    ax.set_ylabel("estimated peak (GiB)")
-    ax.set_ylim(0, max(budget, *(max(r.probes.values()) / GIB for r in traced)) * 1.08)
+    ax.set_ylabel(f"estimated peak ({unit})")
+    ax.set_ylim(0, max(budget, *(max(r.probes.values()) / scale for r in traced)) * 1.08)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     _save(fig, path)

@@ -9,12 +9,14 @@ the worst case logarithmic. Forward+backward traces are shared by all optimizers
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 from optbench.errors import OptbenchError
-from optbench.estimate import Estimate, Estimator, Workload
+from optbench.estimate import MAX_LOGIT_ELEMENTS, Estimate, Estimator, Workload
+from optbench.models import get_model_size
 
 AXES = ("batch_size", "seq_len")
 SEARCH_LIMIT = {"batch_size": 1 << 16, "seq_len": 1 << 20}
@@ -26,12 +28,13 @@ def parse_memory(text: str) -> int:
     """'80GiB' / '80 GB' / '81920MiB' / '8e10' -> bytes (GB = 10^9, GiB = 2^30)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).lower() if match else None
-    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
+    nbytes = float(match.group(1)) * _UNITS[unit] if match and unit in _UNITS else math.nan
+    if not 1 <= nbytes < 2**63:
         raise OptbenchError(
             f"--memory '{text}' is not a memory size; accepted: a positive number with a unit "
             f"B, KB, MB, GB, TB (powers of 10) or KiB, MiB, GiB, TiB (powers of 2), e.g. 80GiB"
         )
-    return int(float(match.group(1)) * _UNITS[unit])
+    return int(nbytes)
 
 
 @dataclass
@@ -45,6 +48,7 @@ class FitResult:
     fitting: Estimate | None = None  # the estimate at `largest`
     probes: dict[int, int] = field(default_factory=dict)  # axis value -> peak bytes
     limit_reached: bool = False  # `largest` is the search limit, not a real boundary
+    note: str = ""
     error: str | None = None
 
 
@@ -61,14 +65,24 @@ def fit(estimator: Estimator, base: Workload, axis: str, budget: int, optimizer:
         estimates[n] = est
         return est.peak_bytes
 
+    limit = min(SEARCH_LIMIT[axis], _traceable_limit(base, axis))
     try:
-        result.largest, result.probes = largest_fitting(peak_at, budget, SEARCH_LIMIT[axis])
+        result.largest, result.probes = largest_fitting(peak_at, budget, limit)
     except _Untraceable as exc:
         result.error = str(exc)
         return result
     result.fitting = estimates.get(result.largest)
-    result.limit_reached = result.largest == SEARCH_LIMIT[axis]
+    result.limit_reached = result.largest == limit
+    positions = get_model_size(base.model).max_position_embeddings
+    if axis == "seq_len" and result.largest > positions:
+        result.note = f"beyond the model's {positions} positions"
     return result
+
+
+def _traceable_limit(base: Workload, axis: str) -> int:
+    """The largest value of `axis` whose logits stay within what a tensor can hold."""
+    other = base.seq_len if axis == "batch_size" else base.batch_size
+    return max(1, MAX_LOGIT_ELEMENTS // (other * get_model_size(base.model).vocab_size))
 
 
 class _Untraceable(Exception):

@@ -127,7 +127,7 @@ def test_parse_memory(text, nbytes):
     assert parse_memory(text) == nbytes
 
 
-@pytest.mark.parametrize("text", ["lots", "80GiBs", "-1GB", "0GB", "GB"])
+@pytest.mark.parametrize("text", ["lots", "80GiBs", "-1GB", "0GB", "GB", "1e309B", "0.5B"])
 def test_parse_memory_rejects_garbage(text):
     with pytest.raises(OptbenchError, match="is not a memory size"):
         parse_memory(text)

@@ -63,10 +63,28 @@ def test_estimate_bad_input_is_one_line_exit_2(args, message, tmp_path):
     assert message in result.output and "Traceback" not in result.output
 
 
-def test_estimate_suite_rejects_seq_len(tmp_path, tiny_suite):
-    result = invoke("estimate", "--model", tiny_suite, "--seq-len", "64", "--reports", tmp_path)
+@pytest.mark.parametrize("args", [["--seq-len", "64"], ["--dtype", "fp32"], ["--autocast"],
+                                  ["-o", "scale:lr=5"]])
+def test_estimate_suite_refuses_what_its_cells_set(args, tmp_path, tiny_suite):
+    result = invoke("estimate", "--model", tiny_suite, *args, "--reports", tmp_path)
     assert result.exit_code == 2
-    assert "do not apply to a suite" in result.output
+    assert "does not apply to a suite" in result.output or "do not apply to a suite" in result.output
+
+
+def test_bad_hparam_fails_before_any_tracing(tmp_path, monkeypatch):
+    import optbench.estimate as estimate
+
+    monkeypatch.setattr(estimate.Estimator, "estimate", lambda *a, **k: pytest.fail("traced"))
+    result = invoke("fit", "--memory", "1GiB", "--model", "llama_tiny", "-o", "adamw", "-o",
+                    "galore:rnk=8", "--reports", tmp_path)
+    assert result.exit_code == 2 and "has no hparam 'rnk'" in result.output
+
+
+def test_unwritable_reports_dir_fails_first(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = invoke("estimate", "--model", "llama_tiny", "--reports", blocker / "sub")
+    assert result.exit_code == 2 and "not a writable directory" in result.output
 
 
 def test_fit_finds_the_boundary(tmp_path):
@@ -80,7 +98,7 @@ def test_fit_finds_the_boundary(tmp_path):
     est = Estimator("llama_tiny", "fp32")
     at = lambda b: est.estimate(Workload("llama_tiny", 64, b, "fp32"), "scale").peak_bytes
     assert at(largest) <= 6 * 2**20 < at(largest + 1)
-    assert (tmp_path / "fit-llama_tiny-6MiB-batch_size.png").is_file()
+    assert (tmp_path / "fit-llama_tiny-6MiB-batch_size-seq64-fp32.png").is_file()
 
 
 def test_fit_by_sequence_length_and_bad_input(tmp_path):
