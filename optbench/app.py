@@ -147,7 +147,8 @@ def _done_line(cell: Cell, r: RunResult) -> str:
 
 
 def estimate_targets(model: str, choices: list[str], seq_len: int | None, batch_size: int | None,
-                     dtype: str | None, autocast: bool) -> tuple[str, list[tuple]]:
+                     dtype: str | None, autocast: bool, grad_accum: int | None = None,
+                     grad_clip: float | None = None) -> tuple[str, list[tuple]]:
     """(report name, [(workload, optimizer, hparams, label)]) for a model name or a suite file.
 
     With a model, AdamW always comes along: the table's ratios are to it. With a suite, its
@@ -158,9 +159,10 @@ def estimate_targets(model: str, choices: list[str], seq_len: int | None, batch_
 
     parsed = [parse_choice(c) for c in choices]
     if model.endswith((".yaml", ".yml")) or Path(model).is_file():
-        if seq_len is not None or batch_size is not None or dtype is not None or autocast:
-            raise OptbenchError(f"--seq-len, --batch-size, --dtype and --autocast do not apply to "
-                                f"a suite ({model}): its cells set them")
+        given = (seq_len, batch_size, dtype, grad_accum, grad_clip)
+        if any(value is not None for value in given) or autocast:
+            raise OptbenchError(f"--seq-len, --batch-size, --dtype, --autocast, --grad-accum and "
+                                f"--grad-clip do not apply to a suite ({model}): its cells set them")
         if any(hp for _, hp in parsed):
             raise OptbenchError(f"-o NAME:key=value does not apply to a suite ({model}): its cells "
                                 "set the hparams; -o NAME picks cells by optimizer")
@@ -171,7 +173,8 @@ def estimate_targets(model: str, choices: list[str], seq_len: int | None, batch_
             raise OptbenchError(f"{model}: no cell uses {', '.join(sorted(wanted))}")
         return suite.name, [(workload_of(c), c.optimizer.name, c.optimizer.hparams,
                              c.optimizer.display) for c in cells]
-    workload = Workload(model, seq_len or 256, batch_size or 8, dtype or "bf16", autocast)
+    workload = Workload(model, seq_len or 256, batch_size or 8, dtype or "bf16", autocast,
+                        grad_accum or 1, grad_clip)
     for opt, hp in parsed:  # bad hparams fail now, before any tracing
         resolve_hparams(opt, hp, model)
     if not any(name == "adamw" for name, _ in parsed):
@@ -198,7 +201,8 @@ def run_estimate(targets: list[tuple], on_each=lambda est: None) -> list:
 
 
 def run_fit(model: str, choices: list[str], budget: int, seq_len: int | None,
-            batch_size: int | None, dtype: str, autocast: bool, on_each=lambda r: None) -> tuple:
+            batch_size: int | None, dtype: str, autocast: bool, grad_accum: int = 1,
+            grad_clip: float | None = None, on_each=lambda r: None) -> tuple:
     """(axis, results): the largest batch size at seq_len, or with batch_size the largest seq len."""
     from optbench.estimate import Workload, estimator
     from optbench.fit import fit
@@ -208,7 +212,7 @@ def run_fit(model: str, choices: list[str], budget: int, seq_len: int | None,
         raise OptbenchError("fit searches one axis: give --seq-len to find the largest batch size, "
                             "or --batch-size to find the largest sequence length, not both")
     axis = "seq_len" if batch_size is not None else "batch_size"
-    base = Workload(model, seq_len or 256, batch_size or 1, dtype, autocast)
+    base = Workload(model, seq_len or 256, batch_size or 1, dtype, autocast, grad_accum, grad_clip)
     parsed = [parse_choice(choice) for choice in choices]
     for opt, hparams in parsed:  # bad hparams fail now, before any tracing
         resolve_hparams(opt, hparams, model)

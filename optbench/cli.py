@@ -209,6 +209,8 @@ OPTIMIZER_OPTION = typer.Option(
     [], "--optimizer", "-o",
     help="Optimizer (repeatable), optionally with hparams: NAME or NAME:key=value,key=value.")
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of the table.")
+GRAD_ACCUM_OPTION = typer.Option(None, "--grad-accum", min=1, help="Micro-batches per step, each of --batch-size [default: 1].")
+GRAD_CLIP_OPTION = typer.Option(None, "--grad-clip", min=0.0, help="Clip the gradient norm to this value in the step [default: no clipping].")
 
 
 @app.command()
@@ -220,6 +222,8 @@ def estimate(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Batch size [default: 8]."),
     dtype: Optional[Dtype] = typer.Option(None, "--dtype", help="Dtype of weights, grads and state [default: bf16]."),
     autocast: bool = typer.Option(False, "--autocast", help="bf16 autocast around forward+backward."),
+    grad_accum: Optional[int] = GRAD_ACCUM_OPTION,
+    grad_clip: Optional[float] = GRAD_CLIP_OPTION,
     as_json: bool = JSON_OPTION,
     reports: Path = REPORTS_OPTION,
 ) -> None:
@@ -229,7 +233,7 @@ def estimate(
     from optbench.estimate_report import estimates_json, rich_estimate_tables, write_estimate_report
 
     name, targets = estimate_targets(model, optimizers, seq_len, batch_size,
-                                     dtype.value if dtype else None, autocast)
+                                     dtype.value if dtype else None, autocast, grad_accum, grad_clip)
     with _status(f"tracing {len(targets)} estimates", quiet=as_json):
         estimates = run_estimate(targets)
     paths = write_estimate_report(estimates, reports, name, _command_line())
@@ -251,6 +255,8 @@ def fit(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Find the largest sequence length at this batch size instead."),
     dtype: Dtype = typer.Option(Dtype.bf16, "--dtype", help="Dtype of weights, grads and state."),
     autocast: bool = typer.Option(False, "--autocast", help="bf16 autocast around forward+backward."),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Micro-batches per step, each of the searched or given batch size."),
+    grad_clip: Optional[float] = GRAD_CLIP_OPTION,
     as_json: bool = JSON_OPTION,
     reports: Path = REPORTS_OPTION,
 ) -> None:
@@ -263,7 +269,7 @@ def fit(
     budget = parse_memory(memory)
     with _status("searching", quiet=as_json):
         axis, base, results = run_fit(model, optimizers or ["adamw"], budget, seq_len, batch_size,
-                                      dtype.value, autocast)
+                                      dtype.value, autocast, grad_accum, grad_clip)
     fixed = f"batch {base.batch_size}" if axis == "seq_len" else f"seq {base.seq_len}"
     autocast_text = " + bf16 autocast" if autocast else ""
     title = f"{model} · {fixed} · {dtype.value}{autocast_text} · budget {memory}"

@@ -34,11 +34,13 @@ def test_estimate_prints_a_row_per_optimizer_with_adamw_as_reference(tmp_path):
 
 def test_estimate_json_matches_the_library(tmp_path):
     result = invoke("estimate", "--model", "llama_tiny", "-o", "scale", "--seq-len", "32",
-                    "--batch-size", "2", "--dtype", "fp32", "--json", "--reports", tmp_path)
+                    "--batch-size", "2", "--dtype", "fp32", "--grad-accum", "2", "--grad-clip",
+                    "1.0", "--json", "--reports", tmp_path)
     assert result.exit_code == 0, result.output
     rows = {row["optimizer"]: row for row in json.loads(result.output)}
     assert set(rows) == {"adamw", "scale"}
-    est = Estimator("llama_tiny", "fp32").estimate(Workload("llama_tiny", 32, 2, "fp32"), "scale")
+    workload = Workload("llama_tiny", 32, 2, "fp32", grad_accum=2, grad_clip=1.0)
+    est = Estimator("llama_tiny", "fp32").estimate(workload, "scale")
     assert rows["scale"]["peak_bytes"] == est.peak_bytes
     assert sum(rows["scale"]["parts_bytes"].values()) == est.peak_bytes
 
@@ -64,7 +66,7 @@ def test_estimate_bad_input_is_one_line_exit_2(args, message, tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--seq-len", "64"], ["--dtype", "fp32"], ["--autocast"],
-                                  ["-o", "scale:lr=5"]])
+                                  ["--grad-clip", "1"], ["-o", "scale:lr=5"]])
 def test_estimate_suite_refuses_what_its_cells_set(args, tmp_path, tiny_suite):
     result = invoke("estimate", "--model", tiny_suite, *args, "--reports", tmp_path)
     assert result.exit_code == 2
