@@ -1,4 +1,10 @@
-"""Optimizer registry and the in-house optimizers. Importing this registers every entry."""
+"""Optimizer registry and its catalogue. Importing this registers every entry.
+
+Mechanism: registry (specs, lookup, hparams), policy (param roles), state_formulas (byte rules
+of the state formulas), common (closure convention).
+Catalogue, in registration order, which is `list_specs()` order: torch_optim, scale, library,
+lowrank (with apollo), matrix.
+"""
 
 from optbench.optimizers.registry import (
     OptimizerSpec,
@@ -10,6 +16,7 @@ from optbench.optimizers.registry import (
     register,
     resolve_hparams,
 )
+from optbench.optimizers import torch_optim  # noqa: F401  (registers adamw, sgd: first)
 from optbench.optimizers.scale import Scale, build_scale, scale_param_groups, scale_roles
 
 __all__ = [

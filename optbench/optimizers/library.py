@@ -1,7 +1,10 @@
 """Optimizers taken as-is from maintained libraries: torch.optim, bitsandbytes, pytorch_optimizer.
 
+(torch.optim's AdamW and SGD are the baseline entries, in `torch_optim`.)
+
 Every state formula below was read off the library source at the version named in `source`
-and is checked exactly, in float32 and bfloat16, by tests/test_optimizers_library.py.
+and is checked exactly, in float32 and bfloat16, by
+tests/optimizers/test_optimizers_library.py.
 Notation: n = elements of a parameter tensor, B = bytes per element of the parameter dtype.
 
 Options that change *which* state exists (momentum 0, AMSGrad bounds, SPAM density, bnb's
@@ -16,19 +19,14 @@ from __future__ import annotations
 
 import math
 from importlib.metadata import version
-from typing import Callable
 
 import torch
 from torch import nn
 
 from optbench.optimizers.policy import ROLES, Policy
-from optbench.optimizers.registry import OptimizerSpec, _tensor_bytes, _trainable, register
+from optbench.optimizers.registry import Factory, OptimizerSpec, register
+from optbench.optimizers.state_formulas import per_param, tensor_bytes, torch_step_bytes, trainable
 
-Factory = Callable[[nn.Module, dict], torch.optim.Optimizer]
-
-# torch.optim keeps `step` as a 0-d tensor of its scalar dtype (float32; optbench never
-# makes float64 the default dtype).
-_TORCH_STEP_BYTES = 4
 _BNB_BLOCK = 256  # bitsandbytes' CPU/CUDA block size for 8-bit states (hard-coded in init_state)
 _BNB_MIN_8BIT = 4096  # bnb's min_8bit_size default: smaller tensors keep float32 states
 _BNB_QMAP_BYTES = 2 * 256 * 4  # the two shared float32 quantization maps (signed, unsigned)
@@ -42,17 +40,13 @@ def _every_param(treatment: str) -> str:
     return Policy.of(**{role: treatment for role in ROLES}).describe()
 
 
-def _per_param(bytes_of: Callable[[nn.Parameter], int]) -> Callable[[nn.Module, dict], int]:
-    return lambda model, hp: sum(bytes_of(p) for p in _trainable(model))
-
-
 def _po_factory(cls: str, fixed: dict | None = None) -> Factory:
     """A factory for pytorch_optimizer.<cls> over every trainable param, plus fixed options."""
 
     def build(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
         import pytorch_optimizer
 
-        return getattr(pytorch_optimizer, cls)(_trainable(model), **hp, **(fixed or {}))
+        return getattr(pytorch_optimizer, cls)(trainable(model), **hp, **(fixed or {}))
 
     return build
 
@@ -61,7 +55,7 @@ def _po_factory(cls: str, fixed: dict | None = None) -> Factory:
 
 
 def _build_sgd_momentum(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
-    return torch.optim.SGD(_trainable(model), momentum=0.9, **hp)
+    return torch.optim.SGD(trainable(model), momentum=0.9, **hp)
 
 
 def _adafactor_bytes(p: nn.Parameter) -> int:
@@ -71,12 +65,12 @@ def _adafactor_bytes(p: nn.Parameter) -> int:
         cols = p.numel() // p.shape[-2]
         factors = (rows + cols) * p.element_size()
     else:
-        factors = _tensor_bytes(p)
-    return factors + _TORCH_STEP_BYTES
+        factors = tensor_bytes(p)
+    return factors + torch_step_bytes()
 
 
 def _build_adafactor(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
-    return torch.optim.Adafactor(_trainable(model), **hp)
+    return torch.optim.Adafactor(trainable(model), **hp)
 
 
 # --- bitsandbytes --------------------------------------------------------------------
@@ -85,11 +79,11 @@ def _build_adafactor(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
 def _build_adamw8bit(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
     import bitsandbytes
 
-    return bitsandbytes.optim.AdamW8bit(_trainable(model), **hp)
+    return bitsandbytes.optim.AdamW8bit(trainable(model), **hp)
 
 
 def _adamw8bit_bytes(model: nn.Module, hp: dict) -> int:
-    params = _trainable(model)
+    params = trainable(model)
     total = 0
     for p in params:
         n = p.numel()
@@ -181,7 +175,7 @@ _spec(
     # momentum is fixed at 0.9: at 0 torch keeps no buffer and the formula would not hold.
     default_hparams={"lr": 1e-2, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False},
     state_formula="params × B (momentum_buffer, param dtype)",
-    expected_state_bytes=_per_param(_tensor_bytes),
+    expected_state_bytes=per_param(tensor_bytes),
 )
 
 _spec(
@@ -208,7 +202,7 @@ _spec(
         "per ≥2-D param [..., r, c]: (n/c + n/r) × B (row_var, col_var, param dtype); "
         "per 1-D param: n × B (variance); + 4 B float32 `step` per param tensor"
     ),
-    expected_state_bytes=_per_param(_adafactor_bytes),
+    expected_state_bytes=per_param(_adafactor_bytes),
 )
 
 _spec(
@@ -240,7 +234,7 @@ _spec(
     # Paper: lr 3-10x below AdamW's, betas (0.9, 0.99), decoupled weight decay.
     default_hparams={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0},
     state_formula="params × B (exp_avg, param dtype); step lives in the param group (0 B)",
-    expected_state_bytes=_per_param(_tensor_bytes),
+    expected_state_bytes=per_param(tensor_bytes),
 )
 
 _spec(
@@ -288,7 +282,7 @@ _spec(
         "rectify": False,
     },
     state_formula=_ADAM_LIKE.format(second="exp_avg_var"),
-    expected_state_bytes=_per_param(lambda p: 2 * _tensor_bytes(p)),
+    expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p)),
 )
 
 _spec(
@@ -301,7 +295,7 @@ _spec(
     policy=_every_param("EXAdam"),
     default_hparams={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
     state_formula=_ADAM_LIKE.format(second="exp_avg_sq"),
-    expected_state_bytes=_per_param(lambda p: 2 * _tensor_bytes(p)),
+    expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p)),
 )
 
 _spec(
@@ -323,14 +317,14 @@ _spec(
         "nesterov": False,
     },
     state_formula=_ADAM_LIKE.format(second="exp_avg_sq"),
-    expected_state_bytes=_per_param(lambda p: 2 * _tensor_bytes(p)),
+    expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p)),
 )
 
 
 def _spam_bytes(p: nn.Parameter) -> int:
     # Every 2-D param gets a bool update mask, even at density 1 (all True).
     mask = p.numel() if p.ndim == 2 else 0
-    return 2 * _tensor_bytes(p) + mask
+    return 2 * tensor_bytes(p) + mask
 
 
 _spec(
@@ -357,7 +351,7 @@ _spec(
         "2 × params × B (exp_avg, exp_avg_sq, param dtype, stored flat) + 2-D params × 1 B "
         "(bool mask); total_step/current_step are Python ints (0 B)"
     ),
-    expected_state_bytes=_per_param(_spam_bytes),
+    expected_state_bytes=per_param(_spam_bytes),
 )
 
 _spec(
@@ -385,7 +379,7 @@ _spec(
         "2 × params × B (exp_avg, exp_avg_sq) + 3 × B per param tensor (0-d m_norm_t, "
         "v_norm_t, m_max_t), all in param dtype"
     ),
-    expected_state_bytes=_per_param(lambda p: 2 * _tensor_bytes(p) + 3 * p.element_size()),
+    expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p) + 3 * p.element_size()),
 )
 
 _spec(
@@ -402,7 +396,7 @@ _spec(
     state_formula=(
         "params × B (momentum_buffer) + B per param tensor (0-d gsnr), param dtype"
     ),
-    expected_state_bytes=_per_param(lambda p: _tensor_bytes(p) + p.element_size()),
+    expected_state_bytes=per_param(lambda p: tensor_bytes(p) + p.element_size()),
 )
 
 _HESSIAN_POLICY = " (model switched to eager attention: Hessian-vector products)"
@@ -432,7 +426,7 @@ _spec(
         "3 × params × B (exp_avg, exp_hessian_diag_sq, hessian: the Hutchinson estimate, "
         "param dtype)"
     ),
-    expected_state_bytes=_per_param(lambda p: 3 * _tensor_bytes(p)),
+    expected_state_bytes=per_param(lambda p: 3 * tensor_bytes(p)),
     needs_create_graph=True,
 )
 
@@ -459,6 +453,6 @@ _spec(
         "3 × params × B (momentum, hessian_moment, hessian: the Hutchinson estimate, "
         "param dtype); step lives in the param group"
     ),
-    expected_state_bytes=_per_param(lambda p: 3 * _tensor_bytes(p)),
+    expected_state_bytes=per_param(lambda p: 3 * tensor_bytes(p)),
     needs_create_graph=True,
 )

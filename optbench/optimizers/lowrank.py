@@ -41,7 +41,8 @@ from torch import nn
 from optbench.optimizers.apollo import Apollo
 from optbench.optimizers.common import run_closure
 from optbench.optimizers.policy import NamedParams, Policy
-from optbench.optimizers.registry import OptimizerSpec, register
+from optbench.optimizers.registry import OptimizerSpec, StateBytes, register
+from optbench.optimizers.state_formulas import elements_bytes, params_bytes, tensor_bytes
 
 DEFAULT_RANK = 128  # the papers' 60M rank; other paper sizes get theirs via defaults_by_model
 
@@ -77,20 +78,17 @@ def lowrank_param_groups(model: nn.Module, treatment: str, rank: int, **projecti
 # --- state bytes ------------------------------------------------------------------------
 
 
-def _bytes(numel: int, p: torch.Tensor) -> int:
-    return numel * p.element_size()
-
-
 def _adamw_bytes(params: NamedParams) -> int:
-    return sum(_bytes(2 * p.numel(), p) for _, p in params)
+    """The projecting optimizers' own AdamW: exp_avg, exp_avg_sq; steps are Python ints."""
+    return params_bytes((p for _, p in params), lambda p: 2 * tensor_bytes(p))
 
 
 def _projected_bytes(p: torch.Tensor, rank: int, limiter: bool) -> int:
     r, small, large = _capped_rank(rank, p), min(p.shape), max(p.shape)
-    return _bytes(r * small + 2 * r * large + int(limiter), p)
+    return elements_bytes(r * small + 2 * r * large + int(limiter), p)
 
 
-def _lowrank_state_bytes(treatment: str, limiter: bool) -> Callable[[nn.Module, dict], int]:
+def _lowrank_state_bytes(treatment: str, limiter: bool) -> StateBytes:
     def state_bytes(model: nn.Module, hp: dict) -> int:
         adamw, hidden = _split(model, treatment)
         return _adamw_bytes(adamw) + sum(_projected_bytes(p, hp["rank"], limiter) for _, p in hidden)
@@ -102,7 +100,7 @@ def conda_state_bytes(model: nn.Module, hp: dict) -> int:
     # Full-rank SVD basis (rank None): Vh [n, n] if m >= n else U [m, m]; exp_avg and
     # exp_avg_sq stay [m, n] under `std` (the rotation keeps the shape).
     adamw, hidden = _split(model, "conda projection")
-    projected = sum(_bytes(min(p.shape) ** 2 + 2 * p.numel(), p) for _, p in hidden)
+    projected = sum(elements_bytes(min(p.shape) ** 2 + 2 * p.numel(), p) for _, p in hidden)
     return _adamw_bytes(adamw) + projected
 
 

@@ -40,10 +40,11 @@ import torch
 from torch import nn
 
 from optbench.optimizers.policy import Policy, param_roles
+from optbench.optimizers.common import run_closure
 from optbench.optimizers.registry import OptimizerSpec, register
 from optbench.optimizers.scale import PAPER as SCALE_PAPER
 from optbench.optimizers.scale import Scale, _normalized_step_
-from optbench.optimizers.common import run_closure
+from optbench.optimizers.state_formulas import adamw_bytes, role_bytes, tensor_bytes
 
 Groups = list[dict]
 Maker = Callable[[Groups, dict], torch.optim.Optimizer]  # (param groups, hparams) -> optimizer
@@ -323,32 +324,16 @@ DIRECTIONS: dict[str, Callable[[dict, list, list], None]] = {
 # --- state bytes ------------------------------------------------------------------------
 
 
-def _role_bytes(model: nn.Module, *roles: str, per_elem: int = 1) -> int:
-    found = param_roles(model)
-    return sum(per_elem * p.numel() * p.element_size() for r in roles for _, p in found.get(r, []))
-
-
-def _role_tensors(model: nn.Module, *roles: str) -> int:
-    found = param_roles(model)
-    return sum(len(found.get(r, [])) for r in roles)
-
-
-def _torch_step_bytes() -> int:
-    # torch AdamW's per-parameter `step`: a 0-d tensor of torch's scalar dtype (registry.py).
-    return 8 if torch.get_default_dtype() == torch.float64 else 4
-
-
-def _adamw_bytes(model: nn.Module, *roles: str) -> int:
-    return _role_bytes(model, *roles, per_elem=2) + _torch_step_bytes() * _role_tensors(
-        model, *roles
-    )
-
-
 NON_MATRIX = ("embedding", "lm_head", "vector")
 ADAMW_FORMULA = (
     "2 × (embedding + lm_head + 1-D) params × bytes/elem (AdamW exp_avg, exp_avg_sq) "
     "+ 4 B float32 `step` per such tensor"
 )
+
+
+def _adamw_role_bytes(model: nn.Module) -> int:
+    """torch AdamW's state on every parameter outside the hidden matrices."""
+    return role_bytes(model, *NON_MATRIX, bytes_of=adamw_bytes)
 
 
 # --- makers and hparams ---------------------------------------------------------------
@@ -460,7 +445,7 @@ register(
             **ADAMW_HPARAMS,
         },
         state_formula="hidden-matrix params × bytes/elem (momentum_buffer) + " + ADAMW_FORMULA,
-        state_bytes=lambda m: _role_bytes(m, "hidden_matrix") + _adamw_bytes(m, *NON_MATRIX),
+        state_bytes=lambda m: role_bytes(m, "hidden_matrix") + _adamw_role_bytes(m),
     )
 )
 
@@ -476,7 +461,7 @@ register(
         makers={"swan": _matrix_sgd("swan", "eps", "ns_steps"), "adamw": _adamw},
         hparams={"lr": 1e-3, "weight_decay": 0.0, "eps": 1e-8, "ns_steps": 10, **ADAMW_HPARAMS},
         state_formula="0 B on hidden matrices (stateless) + " + ADAMW_FORMULA,
-        state_bytes=lambda m: _adamw_bytes(m, *NON_MATRIX),
+        state_bytes=_adamw_role_bytes,
     )
 )
 
@@ -494,7 +479,7 @@ register(
             "lr": 1e-3, "weight_decay": 0.0, "eps": 1e-8, "sinkhorn_iters": 5, **ADAMW_HPARAMS
         },
         state_formula="0 B on hidden matrices (stateless) + " + ADAMW_FORMULA,
-        state_bytes=lambda m: _adamw_bytes(m, *NON_MATRIX),
+        state_bytes=_adamw_role_bytes,
     )
 )
 
@@ -523,7 +508,7 @@ register(
             **ADAMW_HPARAMS,
         },
         state_formula="hidden-matrix params × bytes/elem (momentum_buffer) + " + ADAMW_FORMULA,
-        state_bytes=lambda m: _role_bytes(m, "hidden_matrix") + _adamw_bytes(m, *NON_MATRIX),
+        state_bytes=lambda m: role_bytes(m, "hidden_matrix") + _adamw_role_bytes(m),
     )
 )
 
@@ -557,7 +542,7 @@ def _ablation(name: str, what: str, policy: Policy, makers: dict, hparams: dict,
 
 
 def _vector_adam_bytes(model: nn.Module) -> int:
-    return _role_bytes(model, "vector", per_elem=2)
+    return role_bytes(model, "vector", bytes_of=lambda p: 2 * tensor_bytes(p))
 
 
 for _name, _direction, _what, _options in [
@@ -592,6 +577,6 @@ register(
         {"sgd": _matrix_sgd("sgd"), "sgd_momentum": _matrix_sgd("sgd", momentum_key="momentum")},
         {"lr": 0.1, "momentum": 0.9},
         "lm_head params × bytes/elem (momentum_buffer) + " + SCALE_ADAM_FORMULA,
-        lambda m: _role_bytes(m, "lm_head") + _vector_adam_bytes(m),
+        lambda m: role_bytes(m, "lm_head") + _vector_adam_bytes(m),
     )
 )

@@ -1,5 +1,10 @@
 """Optimizer registry: name -> how to build it, where it comes from, what state it keeps.
 
+The mechanism only: the spec, registering and looking up entries, and resolving their
+hparams. The entries are the catalogue modules beside this one (torch_optim, scale, library,
+lowrank, matrix), each registering its own when the package imports it, plus any plugin
+(`load_plugins`).
+
 Each entry states its exact optimizer-state size as a function of the model, so a run can
 check the measured bytes against the formula instead of trusting either alone.
 """
@@ -7,8 +12,9 @@ check the measured bytes against the formula instead of trusting either alone.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -16,16 +22,20 @@ from torch import nn
 from optbench.errors import OptbenchError, did_you_mean
 
 
+Factory = Callable[[nn.Module, dict], torch.optim.Optimizer]  # (model, resolved hparams)
+StateBytes = Callable[[nn.Module, dict], int]  # (model, resolved hparams) -> exact bytes
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     name: str
-    factory: Callable[[nn.Module, dict], torch.optim.Optimizer]  # (model, resolved hparams)
+    factory: Factory
     source: str
     paper: str
     policy: str  # which parameters get which treatment, for humans
     default_hparams: dict  # every accepted hparam with its default
     state_formula: str
-    expected_state_bytes: Callable[[nn.Module, dict], int]  # (model, resolved hparams) -> exact bytes after step 1
+    expected_state_bytes: StateBytes  # exact bytes after step 1
     version: str = "1"  # bump when the update rule or state changes: fingerprints include it
     aliases: tuple[str, ...] = ()
     devices: tuple[str, ...] = ("cpu", "cuda")
@@ -46,6 +56,22 @@ def register(spec: OptimizerSpec) -> None:
             raise ValueError(f"optimizer name or alias '{key}' is already registered")
     _SPECS[spec.name] = spec
     _ALIASES.update({alias: spec.name for alias in spec.aliases})
+
+
+@contextmanager
+def override(spec: OptimizerSpec) -> Iterator[None]:
+    """Within the block, `spec` is the entry registered under its name (for tests).
+
+    It keeps the entry's place in `list_specs()`; its aliases must be the entry's.
+    """
+    original = get_spec(spec.name)
+    if original.name != spec.name or original.aliases != spec.aliases:
+        raise ValueError(f"override keeps the name and aliases of '{original.name}'")
+    _SPECS[spec.name] = spec
+    try:
+        yield
+    finally:
+        _SPECS[spec.name] = original
 
 
 def get_spec(name: str) -> OptimizerSpec:
@@ -141,70 +167,11 @@ def _coerce(optimizer: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _trainable(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters an optimizer is handed (frozen ones would never get state)."""
-    return [p for p in model.parameters() if p.requires_grad]
+def __getattr__(name: str) -> Any:
+    # The adamw formula moved to torch_optim; tests/plugins/probe_optimizer.py still imports
+    # it from here. Lazy, because torch_optim imports this module.
+    if name == "_adamw_state_bytes":
+        from optbench.optimizers.torch_optim import adamw_state_bytes
 
-
-def _tensor_bytes(p: torch.Tensor) -> int:
-    return p.numel() * p.element_size()
-
-
-# --- torch.optim entries ------------------------------------------------------------
-
-
-def _build_adamw(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(_trainable(model), **hp)
-
-
-def _adamw_state_bytes(model: nn.Module, hp: dict) -> int:
-    # AdamW's per-parameter `step` is a 0-d tensor of torch's scalar dtype: float32 unless
-    # the default dtype is float64 (fused always uses float32; optbench never sets float64).
-    step_bytes = 8 if torch.get_default_dtype() == torch.float64 else 4
-    return sum(2 * _tensor_bytes(p) + step_bytes for p in _trainable(model))
-
-
-def _build_sgd(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
-    return torch.optim.SGD(_trainable(model), **hp)
-
-
-register(
-    OptimizerSpec(
-        name="adamw",
-        aliases=("adam",),
-        factory=_build_adamw,
-        source="torch.optim.AdamW",
-        paper=(
-            "Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019, "
-            "arXiv:1711.05101"
-        ),
-        policy="every trainable parameter in one group: AdamW with the same lr and weight decay",
-        default_hparams={
-            "lr": 1e-3,
-            "betas": (0.9, 0.999),
-            "eps": 1e-8,
-            "weight_decay": 0.0,
-            "foreach": None,  # None: torch picks the implementation for the device
-            "fused": None,
-        },
-        state_formula=(
-            "2 × params × bytes/elem (exp_avg, exp_avg_sq, param dtype) "
-            "+ 4 B float32 `step` per param tensor"
-        ),
-        expected_state_bytes=_adamw_state_bytes,
-    )
-)
-
-register(
-    OptimizerSpec(
-        name="sgd",
-        factory=_build_sgd,
-        source="torch.optim.SGD",
-        paper="Robbins & Monro, A Stochastic Approximation Method, Ann. Math. Statist. 1951",
-        policy="every trainable parameter in one group: plain SGD, no momentum",
-        # No momentum hparam: with momentum 0 torch.optim.SGD keeps no state at all.
-        default_hparams={"lr": 1e-2, "weight_decay": 0.0},
-        state_formula="0 B (momentum 0 stores no momentum_buffer)",
-        expected_state_bytes=lambda model, hp: 0,
-    )
-)
+        return adamw_state_bytes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

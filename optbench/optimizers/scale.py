@@ -25,8 +25,9 @@ from torch import nn
 
 from optbench.errors import OptbenchError
 from optbench.optimizers.policy import param_roles
-from optbench.optimizers.registry import OptimizerSpec, register
 from optbench.optimizers.common import run_closure
+from optbench.optimizers.registry import OptimizerSpec, register
+from optbench.optimizers.state_formulas import params_bytes, tensor_bytes
 
 ROLES = ("matrix", "embedding", "lm_head", "adam")
 _BLOCK_ELEMS = 1 << 18  # 1 MB of float32: a row block that stays in L2 between its two ops
@@ -211,8 +212,8 @@ def build_scale(model: nn.Module, hparams: dict) -> Scale:
 
 def scale_state_bytes(model: nn.Module, hp: dict) -> int:
     roles = scale_roles(model)
-    head = sum(p.numel() * p.element_size() for _, p in roles.get("lm_head", []))
-    norms = sum(2 * p.numel() * p.element_size() for _, p in roles.get("adam", []))
+    head = params_bytes(p for _, p in roles.get("lm_head", []))
+    norms = params_bytes((p for _, p in roles.get("adam", [])), lambda p: 2 * tensor_bytes(p))
     return head + norms
 
 
