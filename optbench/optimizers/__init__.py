@@ -1,7 +1,7 @@
 """Optimizer registry and its catalogue. Importing this registers every entry.
 
 Mechanism: registry (specs, lookup, hparams), policy (param roles), state_formulas (byte rules
-of the state formulas), common (closure convention).
+of the state formulas), kernels (pure tensor functions), common (closure convention).
 Catalogue, in registration order, which is `list_specs()` order: torch_optim, scale, library,
 lowrank (with apollo), matrix.
 """

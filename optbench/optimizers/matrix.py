@@ -28,6 +28,8 @@ then p <- p - lr*D(G):
 - sgd, and sgd with EMA momentum m <- beta*m + (1-beta)*g (lm_head only).
 
 Transforms run in float32 at least (float64 stays float64) and batch same-shape matrices.
+The tensor math they compose (Newton-Schulz, whitening, Sinkhorn, the quantile, the row/column
+normalized step) is in `optbench.optimizers.kernels`.
 """
 
 from __future__ import annotations
@@ -39,18 +41,26 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from optbench.optimizers.policy import Policy, param_roles
 from optbench.optimizers.common import run_closure
+from optbench.optimizers.kernels import (
+    MUON_NS,
+    frobenius_normalized,
+    newton_schulz,
+    normalized_step_,
+    quantile,
+    sinkhorn,
+    whiten,
+)
+from optbench.optimizers.policy import Policy, param_roles
 from optbench.optimizers.registry import OptimizerSpec, register
 from optbench.optimizers.scale import PAPER as SCALE_PAPER
-from optbench.optimizers.scale import Scale, _normalized_step_
+from optbench.optimizers.scale import Scale
 from optbench.optimizers.state_formulas import adamw_bytes, role_bytes, tensor_bytes
 
 Groups = list[dict]
 Maker = Callable[[Groups, dict], torch.optim.Optimizer]  # (param groups, hparams) -> optimizer
 
-MUON_NS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton-Schulz coefficients (a, b, c)
-_BATCH_ELEMS = 1 << 26  # gradient elements per batched transform (256 MB as float32)
+BATCH_ELEMS = 1 << 26  # gradient elements per batched transform (256 MB as float32)
 
 
 # --- Composite: several optimizers stepped as one ------------------------------------
@@ -186,12 +196,12 @@ def _input_dim(group: dict) -> int:
 def _colnorm(group: dict, params: list, grads: list) -> None:
     # SCALE's own kernel: a broadcast [out,1] / [1,in] scale, no normalized copy of g.
     for p, g in zip(params, grads):
-        _normalized_step_(p, g, _input_dim(group), group["eps"], -group["lr"])
+        normalized_step_(p, g, _input_dim(group), group["eps"], -group["lr"])
 
 
 def _rownorm(group: dict, params: list, grads: list) -> None:
     for p, g in zip(params, grads):
-        _normalized_step_(p, g, 1 - _input_dim(group), group["eps"], -group["lr"])
+        normalized_step_(p, g, 1 - _input_dim(group), group["eps"], -group["lr"])
 
 
 def _sign(group: dict, params: list, grads: list) -> None:
@@ -205,7 +215,7 @@ def _plain(group: dict, params: list, grads: list) -> None:
 def _batched(transform: Callable[[torch.Tensor, dict], torch.Tensor]) -> Callable:
     """A [b, m, n] -> [b, m, n] transform applied to same-shape matrices in batches.
 
-    A batch holds at most _BATCH_ELEMS gradient elements: its float32 copies are transient
+    A batch holds at most BATCH_ELEMS gradient elements: its float32 copies are transient
     memory the benchmark measures, so they stay bounded (~1 GB) whatever the model size.
     """
 
@@ -215,58 +225,12 @@ def _batched(transform: Callable[[torch.Tensor, dict], torch.Tensor]) -> Callabl
             by_shape[(tuple(g.shape), g.dtype)].append(i)
         for (_, dtype), same in by_shape.items():
             acc = torch.promote_types(dtype, torch.float32)
-            per = max(1, _BATCH_ELEMS // grads[same[0]].numel())
+            per = max(1, BATCH_ELEMS // grads[same[0]].numel())
             for idx in (same[i : i + per] for i in range(0, len(same), per)):
                 d = transform(torch.stack([grads[i] for i in idx]).to(acc), group).to(dtype)
                 torch._foreach_add_([params[i] for i in idx], list(d.unbind()), alpha=-group["lr"])
 
     return apply
-
-
-def _tall_to_wide(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Work on the side with fewer rows: X X^T is then the smaller Gram matrix."""
-    tall = x.shape[-2] > x.shape[-1]
-    return (x.mT if tall else x), tall
-
-
-def _frobenius_norm(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
-
-
-def _frobenius_normalized(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return x / _frobenius_norm(x).clamp_min(eps)
-
-
-def newton_schulz(x: torch.Tensor, steps: int, eps: float, coeffs=MUON_NS) -> torch.Tensor:
-    """Muon's quintic iteration X <- aX + (bA + cA^2)X, A = XX^T, from X0 = G/(||G||_F + eps).
-
-    "+ eps" as in Keller Jordan's Muon and ROOT's code (torch.optim.Muon clamps instead).
-    """
-    a, b, c = coeffs
-    x, tall = _tall_to_wide(x)
-    x = x / (_frobenius_norm(x) + eps)
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.mT if tall else x
-
-
-def whiten(x: torch.Tensor, steps: int, eps: float) -> torch.Tensor:
-    """(X X^T)^{-1/2} X by the coupled Newton-Schulz iteration for the inverse square root.
-
-    With X scaled to ||X||_F = 1, Y = XX^T has eigenvalues in [0, 1], inside the iteration's
-    convergence region (0, 3); the scale cancels in Z X.
-    """
-    x, tall = _tall_to_wide(x)
-    x = _frobenius_normalized(x, eps)
-    y = x @ x.mT
-    eye = torch.eye(y.shape[-1], dtype=y.dtype, device=y.device).expand_as(y)
-    z = eye
-    for _ in range(steps):
-        t = 0.5 * (3.0 * eye - z @ y)
-        y, z = y @ t, t @ z
-    out = z @ x
-    return out.mT if tall else out
 
 
 def _swan(x: torch.Tensor, group: dict) -> torch.Tensor:
@@ -275,34 +239,21 @@ def _swan(x: torch.Tensor, group: dict) -> torch.Tensor:
     std = centered.square().mean(dim=-1, keepdim=True).sqrt()
     d = whiten(centered / std.clamp_min(eps), group["ns_steps"], eps)
     m, n = x.shape[-2:]
-    return math.sqrt(m * n) * _frobenius_normalized(d, eps)
+    return math.sqrt(m * n) * frobenius_normalized(d, eps)
 
 
 def _sinkhorn(x: torch.Tensor, group: dict) -> torch.Tensor:
-    eps = group["eps"]
-    m, n = x.shape[-2:]
-    for _ in range(group["sinkhorn_iters"]):
-        x = x * (math.sqrt(n) / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps))
-        x = x * (math.sqrt(m) / torch.linalg.vector_norm(x, dim=-2, keepdim=True).clamp_min(eps))
-    return x
+    return sinkhorn(x, group["sinkhorn_iters"], group["eps"])
 
 
 def _ns(x: torch.Tensor, group: dict) -> torch.Tensor:
     return newton_schulz(x, group["ns_steps"], group["eps"])
 
 
-def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row q-quantile of [b, N], linear interpolation (torch.quantile caps N at 2^24)."""
-    pos = q * (x.shape[-1] - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    low = torch.kthvalue(x, lo + 1, dim=-1).values
-    return torch.lerp(low, torch.kthvalue(x, hi + 1, dim=-1).values, pos - lo)
-
-
 def _root(x: torch.Tensor, group: dict) -> torch.Tensor:
     """ROOT: B = U - T_eps(U) with soft-threshold T at eps = 0.9-quantile of |U|, which is U
     clipped to [-eps, eps]; then Newton-Schulz, times Moonlight's 0.2*sqrt(max(m, n))."""
-    t = _quantile(x.abs().flatten(-2), group["threshold_quantile"]) + 1e-9
+    t = quantile(x.abs().flatten(-2), group["threshold_quantile"]) + 1e-9
     t = t[:, None, None]
     clipped = torch.minimum(torch.maximum(x, -t), t)
     m, n = x.shape[-2:]

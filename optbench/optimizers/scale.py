@@ -26,11 +26,11 @@ from torch import nn
 from optbench.errors import OptbenchError
 from optbench.optimizers.policy import param_roles
 from optbench.optimizers.common import run_closure
+from optbench.optimizers.kernels import normalized_step_
 from optbench.optimizers.registry import OptimizerSpec, register
 from optbench.optimizers.state_formulas import params_bytes, tensor_bytes
 
 ROLES = ("matrix", "embedding", "lm_head", "adam")
-_BLOCK_ELEMS = 1 << 18  # 1 MB of float32: a row block that stays in L2 between its two ops
 
 PAPER = (
     "Glentis, Li, Han, Hong, 'A Minimalist Optimizer Design for LLM Pretraining' "
@@ -100,7 +100,7 @@ class Scale(torch.optim.Optimizer):
         for p in params:
             direction = self._momentum(group, p) if role == "lm_head" else p.grad
             dim = 0 if role == "embedding" else 1
-            _normalized_step_(p, direction, dim, eps, alpha)
+            normalized_step_(p, direction, dim, eps, alpha)
 
     def _momentum(self, group: dict, p: torch.Tensor) -> torch.Tensor:
         """buf = beta*buf + g, i.e. buf = m/(1-beta) for the EMA m = beta*m + (1-beta)*g.
@@ -136,53 +136,6 @@ class Scale(torch.optim.Optimizer):
         denoms = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denoms, group["adam_eps"])
         torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
-
-
-def _normalized_step_(
-    p: torch.Tensor, d: torch.Tensor, dim: int, eps: float, alpha: float
-) -> None:
-    """p += alpha * d / max(rms(d over dim), eps), the rms kept per row (dim 1) or column (dim 0).
-
-    rms = ||d|| / sqrt(n), so alpha / max(rms, eps) = alpha*sqrt(n) / max(||d||, eps*sqrt(n)):
-    one reduction, two in-place ops on the small [rows, 1] / [1, cols] result, and one
-    multiply-add whose `value` carries alpha*sqrt(n) and whose broadcast scale means no
-    normalized copy of d is ever materialized. The inverse norms are cast to d's dtype because
-    a bf16 addcmul_ with a float32 operand converts whole bf16 tensors to float32 first (5x
-    slower step on CPU).
-    """
-    root = math.sqrt(d.shape[dim])
-    inverse = _norm(d, dim).clamp_min_(eps * root).reciprocal_()
-    p.addcmul_(d, inverse.to(d.dtype), value=alpha * root)
-
-
-def _norm(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """||t|| over dim, keepdim, as float32 or wider (reductions accumulate in float32 anyway)."""
-    acc = torch.promote_types(t.dtype, torch.float32)
-    if dim == 0 and t.device.type == "cpu":
-        return _column_norm_cpu(t, acc)
-    # No dtype= argument: for bf16 that would first copy the whole tensor to float32.
-    return torch.linalg.vector_norm(t, dim=dim, keepdim=True).to(acc)
-
-
-def _column_norm_cpu(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """Column norms [1, n] of a tall matrix: squares of ~1 MB row blocks, summed by BLAS.
-
-    torch's CPU vector_norm over dim 0 is a strided reduction, ~20x slower than reading the
-    tensor once (65 ms for the 32000x512 embedding); squaring a cache-sized block and adding
-    `ones @ block` into the sums costs about two reads.
-    """
-    rows = max(1, _BLOCK_ELEMS // t.shape[1])
-    block = torch.empty(min(rows, t.shape[0]), t.shape[1], dtype=acc)
-    ones = torch.ones(1, block.shape[0], dtype=acc)
-    sumsq = torch.zeros(1, t.shape[1], dtype=acc)
-    for chunk in t.split(rows):
-        squares = block[: chunk.shape[0]]
-        if chunk.dtype == acc:
-            torch.mul(chunk, chunk, out=squares)
-        else:  # widen first so squares of bf16 values are not rounded to bf16
-            squares.copy_(chunk).square_()
-        sumsq.addmm_(ones[:, : chunk.shape[0]], squares)
-    return sumsq.sqrt_()
 
 
 # The shared policy roles (optbench.optimizers.policy) under the names SCALE's groups use.

@@ -21,7 +21,7 @@ from optbench.optimizers import (
     resolve_hparams,
     scale_param_groups,
 )
-from optbench.optimizers.scale import _column_norm_cpu
+from optbench.optimizers.kernels import column_norm_cpu
 
 # ---------------------------------------------------------------- registry
 
@@ -141,7 +141,7 @@ def test_cpu_column_norm_over_several_blocks(dtype):
     acc = torch.promote_types(dtype, torch.float32)
     expected = torch.linalg.vector_norm(t.to(acc), dim=0, keepdim=True)
     rtol = 1e-5 if dtype == torch.bfloat16 else 1e-12  # bf16: float32 sums in another order
-    torch.testing.assert_close(_column_norm_cpu(t, acc), expected, rtol=rtol, atol=0)
+    torch.testing.assert_close(column_norm_cpu(t, acc), expected, rtol=rtol, atol=0)
 
 
 HP = {"lr": 0.02, "momentum": 0.8, "adam_lr": 0.005, "adam_betas": (0.85, 0.99),

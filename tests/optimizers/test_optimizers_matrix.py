@@ -12,7 +12,8 @@ from optbench.measure_state import optimizer_state_bytes
 from optbench.models import build_model
 from optbench.optimizers import expected_state_bytes, build_optimizer, get_spec
 from optbench.optimizers import matrix
-from optbench.optimizers.matrix import Composite, newton_schulz, whiten
+from optbench.optimizers.kernels import newton_schulz, whiten
+from optbench.optimizers.matrix import Composite
 
 SCALE_ABLATIONS = [
     "colnorm_sgd", "rownorm_sgd", "signsgd", "nsnorm_sgd", "sgd_lastlayer_momentum"
@@ -176,7 +177,7 @@ def test_two_steps_match_float64_reference(name):
 
 
 def test_one_matrix_per_batch_matches_the_reference(monkeypatch):
-    monkeypatch.setattr(matrix, "_BATCH_ELEMS", 1)
+    monkeypatch.setattr(matrix, "BATCH_ELEMS", 1)
     _assert_two_steps_match_reference("root")
 
 
