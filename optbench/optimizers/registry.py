@@ -58,22 +58,6 @@ def register(spec: OptimizerSpec) -> None:
     _ALIASES.update({alias: spec.name for alias in spec.aliases})
 
 
-@contextmanager
-def override(spec: OptimizerSpec) -> Iterator[None]:
-    """Within the block, `spec` is the entry registered under its name (for tests).
-
-    It keeps the entry's place in `list_specs()`; its aliases must be the entry's.
-    """
-    original = get_spec(spec.name)
-    if original.name != spec.name or original.aliases != spec.aliases:
-        raise ValueError(f"override keeps the name and aliases of '{original.name}'")
-    _SPECS[spec.name] = spec
-    try:
-        yield
-    finally:
-        _SPECS[spec.name] = original
-
-
 def get_spec(name: str) -> OptimizerSpec:
     spec = _SPECS.get(_ALIASES.get(name, name))
     if spec is None:
@@ -84,6 +68,39 @@ def get_spec(name: str) -> OptimizerSpec:
 
 def list_specs() -> list[OptimizerSpec]:
     return list(_SPECS.values())
+
+
+def unregister(name: str) -> OptimizerSpec:
+    """Removes the entry `name` (or the one it is an alias of) with its aliases; returns it."""
+    spec = get_spec(name)
+    del _SPECS[spec.name]
+    for alias in spec.aliases:
+        del _ALIASES[alias]
+    return spec
+
+
+@contextmanager
+def override(spec: OptimizerSpec) -> Iterator[None]:
+    """Within the block, `spec` is the entry under its name (for tests).
+
+    A new name is registered for the block only. A registered one is replaced in place, so it
+    keeps its place in `list_specs()` and its aliases (which `spec` must repeat), and is
+    restored after.
+    """
+    original = _SPECS.get(spec.name)
+    if original is None:
+        register(spec)
+    elif original.aliases != spec.aliases:
+        raise ValueError(f"an override of '{spec.name}' keeps its aliases {original.aliases}")
+    else:
+        _SPECS[spec.name] = spec
+    try:
+        yield
+    finally:
+        if original is None:
+            unregister(spec.name)
+        else:
+            _SPECS[spec.name] = original
 
 
 def resolve_hparams(name: str, overrides: dict, model: str | None = None) -> dict:
@@ -167,11 +184,10 @@ def _coerce(optimizer: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def __getattr__(name: str) -> Any:
-    # The adamw formula moved to torch_optim; tests/plugins/probe_optimizer.py still imports
-    # it from here. Lazy, because torch_optim imports this module.
-    if name == "_adamw_state_bytes":
-        from optbench.optimizers.torch_optim import adamw_state_bytes
+def _adamw_state_bytes(model: nn.Module, hp: dict) -> int:
+    """Deprecated, for tests/plugins/probe_optimizer.py: use torch_optim.adamw_state_bytes.
 
-        return adamw_state_bytes
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    The registered adamw formula, looked up when called: importing torch_optim here would
+    make a cycle (torch_optim registers through this module).
+    """
+    return get_spec("adamw").expected_state_bytes(model, hp)

@@ -18,6 +18,7 @@ from optbench.optimizers import (
     get_spec,
     list_specs,
     register,
+    registry,
     resolve_hparams,
     scale_param_groups,
 )
@@ -48,6 +49,30 @@ def test_register_rejects_duplicate_name_or_alias():
         with pytest.raises(ValueError, match="already registered"):
             register(dataclasses.replace(spec, **clash))
     assert [s.name for s in list_specs()] == names
+
+
+def test_override_replaces_in_place_or_registers_for_the_block_only():
+    names, sgd = [s.name for s in list_specs()], get_spec("sgd")
+    with registry.override(dataclasses.replace(sgd, version="999")):
+        assert get_spec("sgd").version == "999"
+        assert [s.name for s in list_specs()] == names  # same place: fingerprints, listings
+    assert get_spec("sgd") is sgd
+    with registry.override(dataclasses.replace(sgd, name="sgd_probe")):
+        assert get_spec("sgd_probe").source == sgd.source
+    assert [s.name for s in list_specs()] == names
+    with pytest.raises(ValueError, match="keeps its aliases"):
+        with registry.override(dataclasses.replace(get_spec("adamw"), aliases=())):
+            pass
+    assert get_spec("adam") is get_spec("adamw")
+
+
+def test_unregister_removes_the_entry_and_its_aliases():
+    probe = dataclasses.replace(get_spec("sgd"), name="sgd_probe", aliases=("sgd_alias",))
+    register(probe)
+    assert registry.unregister("sgd_alias") is probe
+    for name in ("sgd_probe", "sgd_alias"):
+        with pytest.raises(OptbenchError, match="unknown optimizer"):
+            get_spec(name)
 
 
 def test_resolve_hparams_defaults_overrides_and_yaml_values():

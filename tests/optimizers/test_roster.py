@@ -53,12 +53,12 @@ def test_state_formula_follows_a_rank_override(name, rank):
     assert expected_state_bytes(name, model, rank=rank) < expected_state_bytes(name, model)
 
 
-def test_optimizer_that_cannot_run_here_is_skipped_with_the_reason(write_suite, monkeypatch):
-    spec = get_spec("sgd")
-    monkeypatch.setitem(registry._SPECS, "sgd", dataclasses.replace(spec, devices=("cuda",)))
+def test_optimizer_that_cannot_run_here_is_skipped_with_the_reason(write_suite):
+    cuda_only = dataclasses.replace(get_spec("sgd"), devices=("cuda",))
     text = TINY_SUITE.replace("[adamw, sgd, scale]", "[sgd]")
-    (cell,) = expand(load_suite(write_suite(text)))
-    result = train_cell(cell, emit=lambda e: None)
+    with registry.override(cuda_only):
+        (cell,) = expand(load_suite(write_suite(text)))
+        result = train_cell(cell, emit=lambda e: None)
     assert result["status"] == "skipped"
     assert "sgd runs only on cuda, not cpu" in result["error"]
 
