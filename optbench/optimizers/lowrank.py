@@ -25,17 +25,18 @@ State after the first step (projectors are created then). For a projected [m, n]
   (param dtype).
 Conda keeps full-size moments and a full SVD basis (see `conda_state_bytes`). Steps are Python
 ints in the param groups (APOLLO: per param, with the projector seed), 0 B.
+
+pytorch_optimizer takes seconds to import, so it is imported by the factories, and PolicyConda
+(a Conda subclass) is defined on first use (`policy_conda`): importing this module does not.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from pytorch_optimizer import Fira, GaLore
-from pytorch_optimizer.optimizer.conda import Conda
-from pytorch_optimizer.optimizer.utils.galore import update_unprojected_foreach
 from torch import nn
 
 from optbench.optimizers.apollo import Apollo
@@ -43,6 +44,9 @@ from optbench.optimizers.common import run_closure
 from optbench.optimizers.policy import NamedParams, Policy
 from optbench.optimizers.registry import OptimizerSpec, StateBytes, register
 from optbench.optimizers.state_formulas import elements_bytes, params_bytes, tensor_bytes
+
+if TYPE_CHECKING:
+    from pytorch_optimizer import Fira, GaLore
 
 DEFAULT_RANK = 128  # the papers' 60M rank; other paper sizes get theirs via defaults_by_model
 
@@ -116,6 +120,8 @@ def _projection(hp: dict) -> dict:
 
 
 def build_galore(model: nn.Module, hp: dict) -> GaLore:
+    from pytorch_optimizer import GaLore
+
     groups = lowrank_param_groups(
         model, "galore projection", hp["rank"], projection_type=hp["proj_type"], **_projection(hp)
     )
@@ -123,6 +129,8 @@ def build_galore(model: nn.Module, hp: dict) -> GaLore:
 
 
 def build_fira(model: nn.Module, hp: dict) -> Fira:
+    from pytorch_optimizer import Fira
+
     groups = lowrank_param_groups(
         model, "fira projection", hp["rank"], projection_type=hp["proj_type"], **_projection(hp)
     )
@@ -139,53 +147,67 @@ def build_apollo(model: nn.Module, hp: dict) -> Apollo:
     return Apollo(groups, **_adam_options(hp))
 
 
-class PolicyConda(Conda):
-    """Conda projecting only groups with group["projected"]; the others get the library's AdamW.
+@functools.cache
+def policy_conda() -> type[torch.optim.Optimizer]:
+    """The class PolicyConda, defined on first use: subclassing Conda imports pytorch_optimizer
+    (seconds), which only a conda run should pay, not every `optbench` command."""
+    from pytorch_optimizer.optimizer.conda import Conda
+    from pytorch_optimizer.optimizer.utils.galore import update_unprojected_foreach
 
-    The AdamW path is the one Conda itself runs for its 1-D params (`update_unprojected_foreach`).
-    """
+    class PolicyConda(Conda):
+        """Conda projecting only groups with group["projected"]; the others get the library's
+        AdamW, the path Conda itself runs for its 1-D params (`update_unprojected_foreach`)."""
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        all_groups = self.param_groups
-        # Conda.step walks self.param_groups and projects every 2-D param it finds there.
-        self.param_groups = [g for g in all_groups if g["projected"]]
-        try:
-            super().step()
-        finally:
-            self.param_groups = all_groups
-        for group in all_groups:
-            if not group["projected"]:
-                self._adamw_step(group)
-        return loss
+        @torch.no_grad()
+        def step(self, closure: Callable[[], Any] | None = None) -> Any:
+            loss = run_closure(closure)
+            all_groups = self.param_groups
+            # Conda.step walks self.param_groups and projects every 2-D param it finds there.
+            self.param_groups = [g for g in all_groups if g["projected"]]
+            try:
+                super().step()
+            finally:
+                self.param_groups = all_groups
+            for group in all_groups:
+                if not group["projected"]:
+                    self._adamw_step(group)
+            return loss
 
-    def _adamw_step(self, group: dict) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
-        if not params:
-            return
-        states = [self.state[p] for p in params]
-        for p, state in zip(params, states):
-            if not state:
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_avg_sq"] = torch.zeros_like(p)
-        group["step"] = group.get("step", 0) + 1
-        beta1, beta2 = group["betas"]
-        step_size = (
-            group["lr"]
-            * math.sqrt(self.debias(beta2, group["step"]))
-            / self.debias(beta1, group["step"])
-        )
-        update_unprojected_foreach(
-            group,
-            params,
-            [p.grad for p in params],
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
-            step_size,
-            group["lr"],
-            self.maximize,
-        )
+        def _adamw_step(self, group: dict) -> None:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                return
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+            group["step"] = group.get("step", 0) + 1
+            beta1, beta2 = group["betas"]
+            step_size = (
+                group["lr"]
+                * math.sqrt(self.debias(beta2, group["step"]))
+                / self.debias(beta1, group["step"])
+            )
+            update_unprojected_foreach(
+                group,
+                params,
+                [p.grad for p in params],
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                step_size,
+                group["lr"],
+                self.maximize,
+            )
+
+    PolicyConda.__qualname__ = "PolicyConda"  # pickled by name: found through __getattr__
+    return PolicyConda
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PolicyConda":
+        return policy_conda()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def conda_param_groups(model: nn.Module) -> list[dict]:
@@ -194,8 +216,8 @@ def conda_param_groups(model: nn.Module) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_conda(model: nn.Module, hp: dict) -> PolicyConda:
-    return PolicyConda(
+def build_conda(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
+    return policy_conda()(
         conda_param_groups(model),
         projection_type=hp["proj_type"],
         **_projection(hp),
