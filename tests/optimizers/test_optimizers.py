@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,6 +76,15 @@ def test_unregister_removes_the_entry_and_its_aliases():
     for name in ("sgd_probe", "sgd_alias"):
         with pytest.raises(OptbenchError, match="unknown optimizer"):
             get_spec(name)
+
+
+def test_importing_the_package_leaves_the_slow_libraries_unimported():
+    # pytorch_optimizer and bitsandbytes take seconds to import: only their factories do.
+    code = ("import sys, optbench.optimizers; "
+            "print(sorted({'pytorch_optimizer', 'bitsandbytes'} & set(sys.modules)))")
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
 def test_resolve_hparams_defaults_overrides_and_yaml_values():
