@@ -51,6 +51,7 @@ _ALIASES: dict[str, str] = {}
 
 
 def register(spec: OptimizerSpec) -> None:
+    """Adds an entry; `list_specs()` keeps registration order. A taken name or alias is an error."""
     for key in (spec.name, *spec.aliases):
         if key in _SPECS or key in _ALIASES:
             raise ValueError(f"optimizer name or alias '{key}' is already registered")

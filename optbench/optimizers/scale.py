@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from optbench.errors import OptbenchError
-from optbench.optimizers.policy import param_roles
 from optbench.optimizers.common import run_closure
 from optbench.optimizers.kernels import normalized_step_
+from optbench.optimizers.policy import param_roles
 from optbench.optimizers.registry import OptimizerSpec, register
 from optbench.optimizers.state_formulas import params_bytes, tensor_bytes
 
