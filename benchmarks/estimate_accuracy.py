@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from optbench.estimate import Estimator, Workload, measured_peak
+from optbench.engine.trace import Estimator, Workload, measured_peak
 from optbench.optimizers import list_specs
 
 MIB = 2**20

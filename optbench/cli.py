@@ -1,4 +1,4 @@
-"""optbench command line: each command a few lines that call library code."""
+"""optbench command line: the Typer surface only — options, then one call into optbench.commands."""
 
 from __future__ import annotations
 
@@ -9,17 +9,27 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
-from rich.console import Console
+from typer.core import TyperGroup
 
+from optbench.commands.provenance import record_argv
+from optbench.console import console, err_console, print_error
 from optbench.errors import OptbenchError
 
+
+class _ArgvGroup(TyperGroup):
+    """Records the command line it is invoked with (from a shell or a test's CliRunner), so
+    every report can name the real command that made it."""
+
+    def main(self, args=None, *rest, **kwargs):
+        record_argv(sys.argv[1:] if args is None else list(args))
+        return super().main(args, *rest, **kwargs)
+
+
 app = typer.Typer(
+    cls=_ArgvGroup,
     help="Benchmark LLM-pretraining optimizers: memory, time and loss, side by side.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
-# Off a terminal (CI logs, pipes) Rich would wrap tables at 80 columns; logs can be wider.
-console = Console() if Console().is_terminal else Console(width=160)
-err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 400)
 
 DB_OPTION = typer.Option(Path("results/optbench.sqlite"), "--db", help="SQLite results store.")
 REPORTS_OPTION = typer.Option(Path("reports"), "--reports", help="Directory reports are written under.")
@@ -33,7 +43,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except OptbenchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_error(str(exc))
             raise typer.Exit(2) from None
 
     return wrapper
@@ -50,7 +60,7 @@ def run(
     only: Optional[str] = typer.Option(None, "--only", help="Run only cells whose id matches this glob, e.g. 'llama_9m/*'."),
 ) -> None:
     """Run a suite's grid (each cell in its own process), store every result, write reports/<suite>/."""
-    from optbench.app import run_suite
+    from optbench.commands.run import run_suite
 
     code = run_suite(suite_path, db, reports, rerun=rerun or not resume, only=only, console=console)
     raise typer.Exit(code)
@@ -62,12 +72,9 @@ def validate(
     suite_paths: list[Path] = typer.Argument(..., metavar="SUITE...", help="Suite YAML files to check."),
 ) -> None:
     """Check suites without running them: keys, types, names, hparams, data files."""
-    from optbench.suite import expand, load_suite
+    from optbench.commands.run import validate_suites
 
-    for path in suite_paths:
-        suite = load_suite(path)
-        cells = list(expand(suite))
-        console.print(f"[green]ok[/] {path}: suite '{suite.name}', {len(cells)} cells")
+    validate_suites(suite_paths, console)
 
 
 class ListWhat(str, Enum):
@@ -84,14 +91,9 @@ def list_(
     suites_dir: Path = typer.Option(Path("suites"), "--suites-dir", help="Where to look for suites."),
 ) -> None:
     """List the model sizes, the optimizer registry, or the shipped suites."""
-    from optbench import listing
+    from optbench.commands.listing import list_things
 
-    table = {
-        ListWhat.models: listing.models_table,
-        ListWhat.optimizers: lambda: listing.optimizers_table(verbose),
-        ListWhat.suites: lambda: listing.suites_table(suites_dir),
-    }[what]()
-    console.print(table)
+    list_things(what.value, verbose, suites_dir, console)
 
 
 @app.command()
@@ -102,7 +104,7 @@ def report(
     reports: Path = REPORTS_OPTION,
 ) -> None:
     """Re-render reports/<suite>/ from the store, without running anything."""
-    from optbench.app import report_suite
+    from optbench.commands.run import report_suite
 
     report_suite(suite_path, db, reports, console=console)
 
@@ -131,16 +133,14 @@ def compare(
     reports: Path = REPORTS_OPTION,
 ) -> None:
     """Optimizers side by side per model and seq len, from the store; writes reports/compare-<names>/."""
-    from optbench.compare import Request, run_compare
+    from optbench.commands.compare import run_compare
+    from optbench.results.compare import Request
 
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise OptbenchError(f"--device '{device}': accepted: auto, cpu, cuda")
     req = Request(tuple(names), baseline, tuple(model), tuple(seq_len), suite, tuple(metric), steps, device)
-    command = " ".join(["optbench compare", *names] + [f"{k} {v}" for k, vs in (
-        ("--model", model), ("--seq-len", seq_len), ("--suite", [suite] if suite else []),
-        ("--metric", metric), ("--by", [by.value] if by else [])) for v in vs])
     run_compare(req, db, reports, by=by.value if by else None, run=run, csv=csv, json_path=json_path,
-                console=console, log=err_console, command=command)
+                console=console, log=err_console)
 
 
 class CheckFormat(str, Enum):
@@ -163,41 +163,10 @@ def check(
     db: Path = DB_OPTION,
 ) -> None:
     """Compare a suite's results with a baseline: exit 0 when nothing got worse, 1 on a regression or new failure, 2 on bad input."""
-    from optbench import check as chk
-    from optbench.check_format import Context, render, verdict
+    from optbench.commands.check import run_check
 
-    _writable(output)  # before minutes of running, not after
-    current, old, parsed, suite = chk.run_check(suite_path, baseline, db, rules, update=update,
-                                                from_store=from_store, log=err_console)
-    if update:
-        console.print(chk.update_baseline(baseline, suite, current, old, parsed, err_console), highlight=False)
-        raise typer.Exit(0)
-    findings = chk.compare(current, old, parsed)
-    _emit(render(fmt.value, findings, Context(suite, baseline, chk.gated(parsed),
-                                              chk.environment_drift(old, current))), output)
-    err_console.print(f"check: {verdict(findings)}", highlight=False)
-    raise typer.Exit(chk.exit_code(findings))
-
-
-def _writable(output: Optional[Path]) -> None:
-    if output is None:
-        return
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise OptbenchError(f"--output {output}: cannot write ({exc.strerror})") from None
-
-
-def _emit(text: str, output: Optional[Path]) -> None:
-    """Results to stdout (progress went to stderr, so stdout pipes cleanly) or to a file."""
-    if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    output.write_text(text, encoding="utf-8")
-    err_console.print(f"wrote {output}", highlight=False)
+    raise typer.Exit(run_check(suite_path, baseline, db, rules, update=update, from_store=from_store,
+                               fmt=fmt.value, output=output, console=console, log=err_console))
 
 
 class Dtype(str, Enum):
@@ -228,21 +197,10 @@ def estimate(
     reports: Path = REPORTS_OPTION,
 ) -> None:
     """Peak training memory without a GPU: one step traced on fake tensors, with its breakdown."""
-    _writable_dir(reports)
-    from optbench.app import estimate_targets, run_estimate
-    from optbench.estimate_report import estimates_json, rich_estimate_tables, write_estimate_report
+    from optbench.commands.estimate import run_estimate
 
-    name, targets = estimate_targets(model, optimizers, seq_len, batch_size,
-                                     dtype.value if dtype else None, autocast, grad_accum, grad_clip)
-    with _status(f"tracing {len(targets)} estimates", quiet=as_json):
-        estimates = run_estimate(targets)
-    paths = write_estimate_report(estimates, reports, name, _command_line())
-    if as_json:
-        print(estimates_json(estimates))
-        return
-    for table in rich_estimate_tables(estimates):
-        console.print(table)
-    console.print(f"report: {paths[0]}" + (f" (+{len(paths) - 1} plots)" if len(paths) > 1 else ""))
+    run_estimate(model, optimizers, seq_len, batch_size, dtype.value if dtype else None, autocast,
+                 grad_accum, grad_clip, as_json=as_json, reports=reports, console=console)
 
 
 @app.command()
@@ -261,49 +219,10 @@ def fit(
     reports: Path = REPORTS_OPTION,
 ) -> None:
     """Largest batch size (or sequence length) whose estimated peak fits in --memory."""
-    _writable_dir(reports)
-    from optbench.app import run_fit
-    from optbench.estimate_report import fit_json, rich_fit_table, write_fit_report
-    from optbench.fit import parse_memory
+    from optbench.commands.estimate import run_fit
 
-    budget = parse_memory(memory)
-    with _status("searching", quiet=as_json):
-        axis, base, results = run_fit(model, optimizers or ["adamw"], budget, seq_len, batch_size,
-                                      dtype.value, autocast, grad_accum, grad_clip)
-    fixed = f"batch {base.batch_size}" if axis == "seq_len" else f"seq {base.seq_len}"
-    autocast_text = " + bf16 autocast" if autocast else ""
-    title = f"{model} · {fixed} · {dtype.value}{autocast_text} · budget {memory}"
-    name = "-".join([model, _safe(memory), axis, fixed.replace(" ", ""), dtype.value]
-                    + (["autocast"] if autocast else []))
-    paths = write_fit_report(results, reports, name, title, _command_line())
-    if as_json:
-        print(fit_json(results))
-        return
-    console.print(rich_fit_table(results, title))
-    console.print(f"report: {paths[0]}" + (f" (+{len(paths) - 1} plot)" if len(paths) > 1 else ""))
-
-
-def _writable_dir(path: Path) -> None:
-    """Fail before minutes of tracing, not after, when the report cannot be written."""
-    import os
-
-    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise OptbenchError(f"--reports {path}: not a writable directory")
-
-
-def _status(text: str, quiet: bool):
-    import contextlib
-
-    return contextlib.nullcontext() if quiet else err_console.status(text)
-
-
-def _safe(text: str) -> str:
-    return "".join(ch for ch in text if ch.isalnum() or ch in "._-")
-
-
-def _command_line() -> str:
-    return " ".join(["optbench", *sys.argv[1:]])
+    run_fit(memory, model, optimizers or ["adamw"], seq_len, batch_size, dtype.value, autocast,
+            grad_accum, grad_clip, as_json=as_json, reports=reports, console=console)
 
 
 def main() -> None:
@@ -319,7 +238,7 @@ def main() -> None:
             raise
         ctx = getattr(exc, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        err_console.print(f"[bold red]error:[/] {exc.format_message()}{where}", highlight=False)
+        print_error(f"{exc.format_message()}{where}")
         code = exc.exit_code
     sys.exit(code or 0)
 

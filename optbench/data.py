@@ -494,11 +494,16 @@ def cache_root(cache_dir: Path | None = None) -> Path:
     return Path(cache_dir or env or Path.home() / ".cache" / "optbench").expanduser()
 
 
-def load_tokens(cfg: DataConfig, vocab_size: int, cache_dir: Path | None = None) -> TokenStream:
-    """The corpus as a cached token stream split into train and held-out eval parts."""
+def load_tokens(cfg: DataConfig, vocab_size: int, cache_dir: Path | None = None,
+                corpus: str | None = None) -> TokenStream:
+    """The corpus as a cached token stream split into train and held-out eval parts.
+
+    `corpus` is `corpus_key(cfg)` when the caller has it already (a cell carries the key it was
+    fingerprinted with), so the corpus bytes are not hashed again in every worker.
+    """
     validate_data_config(cfg, "DataConfig")
     root = cache_root(cache_dir)
-    corpus = corpus_key(cfg)
+    corpus = corpus or corpus_key(cfg)
     identity = _tokenizer_identity(cfg, vocab_size, corpus)
     key = hashlib.sha256(json.dumps([_FORMAT, corpus, identity, vocab_size,
                                      cfg.max_tokens]).encode()).hexdigest()[:20]

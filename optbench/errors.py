@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints their message on one line and exits 2."""
 
+from __future__ import annotations
+
 
 class OptbenchError(Exception):
     """Bad input (suite file, key, value, data source): one clear line, never a traceback."""
@@ -11,3 +13,14 @@ def did_you_mean(name: str, known: list[str] | tuple[str, ...]) -> str:
 
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def informative_line(text: str | None) -> str:
+    """The line of an error text worth showing: a traceback's last line (the exception),
+    otherwise the first non-blank line; '' when there is no text."""
+    if not isinstance(text, str):
+        return ""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]

@@ -1,10 +1,13 @@
-"""The metrics optbench compares, in one place: unit, direction, and whether a gate can trust it.
+"""The vocabulary every layer shares: metrics, memory parts, statuses, dtypes, units, numbers.
 
 `compare` marks the best value of a column with `higher_is_better`, `check` takes the direction
 of a regression from it, and both label columns with `label`. `exact_on_cpu` says the number is
 a pure function of the code on the CPU (storage bytes counted by a tracker, not timed and not
 float arithmetic), so a CI gate can hold it to the byte on any machine; the rest are recorded
 but not gated by default.
+
+Adding a memory part or a status is one edit here (plus, for a part, its colour in
+optbench.render.figures); the tracker, the store, the tables and the gate read them from here.
 """
 
 from __future__ import annotations
@@ -12,6 +15,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from optbench.errors import OptbenchError, did_you_mean
+
+# ----------------------------------------------------------------------------- units
+
+MIB, GIB = 2**20, 2**30  # what tables and plots show (binary units, said in every caption)
+GB = 10**9  # the papers' convention for their memory tables
+DASH = "—"  # a value that was not measured or does not apply
+
+# ----------------------------------------------------------------------------- statuses
+
+# Every status a stored run can have, with what it means (the report's legend says this).
+STATUSES: dict[str, str] = {
+    "ok": "trained and measured",
+    "estimated": "memory traced on fake tensors (a `device: meta` cell), nothing trained",
+    "oom": "ran out of device memory",
+    "diverged": "the loss became NaN or infinite",
+    "crashed": "the cell's process died or ran past its time limit",
+    "error": "the cell raised an error (the text is stored)",
+    "skipped": "cannot run on this device (not a failure)",
+}
+# Statuses that carry results: `estimated` carries memory metrics only; whatever it lacks
+# shows as not measured.
+RESULT_STATUSES = ("ok", "estimated")
+# A status that is not a failure: CLI exit codes and the gate leave it out.
+NOT_FAILED = (*RESULT_STATUSES, "skipped")
+
+# ----------------------------------------------------------------------------- dtypes
+
+# Weight dtypes a suite may name; optbench.models maps them to torch dtypes.
+DTYPES = ("fp32", "bf16")
+
+# ----------------------------------------------------------------------------- metrics
 
 
 @dataclass(frozen=True)
@@ -28,15 +62,28 @@ def _memory(name: str, label: str) -> Metric:
     return Metric(name, label, "bytes", higher_is_better=False, kind="memory", exact_on_cpu=True)
 
 
+# The parts the tensor tracker splits a peak into, in stacking order, with their column labels.
+MEMORY_PARTS: dict[str, str] = {
+    "params": "Params",
+    "grads": "Grads",
+    "optimizer_state": "Opt state",
+    "activations": "Activations",
+    "temporaries": "Temps",
+}
+
+
+def part_metric(part: str) -> str:
+    """The stored metric name of a memory part: 'grads' -> 'peak_grads_bytes'."""
+    return f"peak_{part}_bytes"
+
+
+PART_METRICS = tuple(part_metric(p) for p in MEMORY_PARTS)
+
 _ALL = (
     _memory("optimizer_state_bytes", "State"),
     _memory("peak_allocated_bytes", "Peak"),
     _memory("tracked_peak_bytes", "Tracked peak"),
-    _memory("peak_params_bytes", "Params"),
-    _memory("peak_grads_bytes", "Grads"),
-    _memory("peak_optimizer_state_bytes", "Opt state"),
-    _memory("peak_activations_bytes", "Activations"),
-    _memory("peak_temporaries_bytes", "Temps"),
+    *(_memory(part_metric(part), label) for part, label in MEMORY_PARTS.items()),
     _memory("paper_memory_bytes", "Paper conv."),
     # Allocator and driver views exist on CUDA only, where nothing is exact.
     Metric("peak_reserved_bytes", "Reserved", "bytes", False, "memory"),
@@ -54,14 +101,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
 
 # What `compare` shows by default, in this order: memory (and its parts), speed, loss.
 COMPARE_DEFAULT = (
-    "optimizer_state_bytes", "peak_allocated_bytes", "peak_params_bytes", "peak_grads_bytes",
-    "peak_optimizer_state_bytes", "peak_activations_bytes", "peak_temporaries_bytes", "tokens_per_s",
+    "optimizer_state_bytes", "peak_allocated_bytes", *PART_METRICS, "tokens_per_s",
     "final_train_loss", "eval_ppl",
 )  # fmt: skip
-
-# Results whose metrics can be compared. `estimated` (memory from meta tensors, no training)
-# carries memory metrics only; whatever it lacks shows as not measured.
-from optbench.store import RESULT_STATUSES as USABLE_STATUSES  # noqa: E402  (ok, estimated)
 
 
 def get_metric(name: str) -> Metric:
@@ -76,26 +118,51 @@ def is_better(metric: Metric, value: float, than: float) -> bool:
     return value > than if metric.higher_is_better else value < than
 
 
+# ----------------------------------------------------------------------------- numbers
+
+
+def is_number(value) -> bool:
+    """A finite number (None, NaN and infinities are 'not measured')."""
+    try:
+        return value is not None and abs(float(value)) != float("inf") and value == value
+    except (TypeError, ValueError):
+        return False
+
+
 def column_unit(metric: Metric) -> str:
     """The unit a table column states once in its header, so cells can be bare numbers."""
     return {"bytes": "MiB", "nats": "nats", "ppl": ""}.get(metric.unit, metric.unit)
 
 
+def format_mib(nbytes) -> str:
+    """MiB with one decimal, two below 10 MiB so tiny models don't all read '0.0'; '—' if none."""
+    if not is_number(nbytes):
+        return DASH
+    mib = float(nbytes) / MIB
+    return "0" if mib == 0 else f"{mib:,.1f}" if mib >= 10 else f"{mib:.2f}"
+
+
+def format_ratio(value, base) -> str:
+    """'0.75×', or '—' when either side is missing or the base is 0."""
+    if not (is_number(value) and is_number(base)) or float(base) == 0:
+        return DASH
+    return f"{float(value) / float(base):.2f}×"
+
+
 def format_number(metric: Metric, value: float | None) -> str:
     """A bare number in the column's unit (MiB for bytes), or '—' when not measured."""
-    if value is None or value != value:
-        return "—"
+    if not is_number(value):
+        return DASH
     if metric.unit == "bytes":
-        mib = value / 2**20  # two decimals below 10 MiB, so tiny models don't all read 0.0
-        return "0" if mib == 0 else f"{mib:,.1f}" if mib >= 10 else f"{mib:.2f}"
+        return format_mib(value)
     spec = {"tokens/s": ",.0f", "ms": ",.1f", "nats": ".3f"}.get(metric.unit, ",.1f")
-    return format(value, spec)
+    return format(float(value), spec)
 
 
 def format_value(metric: Metric, value: float | None, exact: bool = False) -> str:
     """A number with its unit: every byte when `exact` (a gate counts bytes), else as tables do."""
-    if value is None or value != value:
-        return "—"
+    if not is_number(value):
+        return DASH
     if metric.unit == "bytes" and exact:
         return f"{int(value):,} B"
     unit = column_unit(metric)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from optbench.errors import OptbenchError, did_you_mean
+from optbench.metrics import DTYPES
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,17 @@ MODEL_SIZES: dict[str, ModelSize] = {
         ModelSize("llama_7b", 4096, 11008, 32, 32, 2048, note="GaLore/APOLLO/SCALE config"),
     ]
 }
+
+
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # optbench.metrics.DTYPES
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a dtype name a suite may give ('fp32', 'bf16')."""
+    try:
+        return _TORCH_DTYPES[name]
+    except KeyError:
+        raise OptbenchError(f"dtype '{name}' is not one of: {', '.join(DTYPES)}") from None
 
 
 def get_model_size(name: str) -> ModelSize:

@@ -183,12 +183,3 @@ def _coerce(optimizer: str, key: str, value: Any, default: Any) -> Any:
     if default is None and not (value is None or isinstance(value, bool)):
         raise OptbenchError(f"{where}: expected true, false or null, got {value!r}")
     return value
-
-
-def _adamw_state_bytes(model: nn.Module, hp: dict) -> int:
-    """Deprecated, for tests/plugins/probe_optimizer.py: use torch_optim.adamw_state_bytes.
-
-    The registered adamw formula, looked up when called: importing torch_optim here would
-    make a cycle (torch_optim registers through this module).
-    """
-    return get_spec("adamw").expected_state_bytes(model, hp)

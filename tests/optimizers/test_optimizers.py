@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from optbench.errors import OptbenchError
-from optbench.measure_state import optimizer_state_bytes
+from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.models import build_model
 from optbench.optimizers import (
     expected_state_bytes,
@@ -283,6 +283,7 @@ def test_scale_state_dict_round_trip_and_scheduler_scales_adam_lr():
 # ---------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [s.name for s in list_specs()])
 def test_default_hparams_lower_the_loss_on_a_fixed_batch(name):
     torch.manual_seed(0)

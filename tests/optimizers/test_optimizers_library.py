@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optbench.measure_state import optimizer_state_bytes
+from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.models import build_model
 from optbench.optimizers import expected_state_bytes, build_optimizer, get_spec, library  # noqa: F401  (registers)
-from optbench.suite import expand, load_suite
-from optbench.train import train_cell
+from optbench.config.loader import load_suite
+from optbench.config.suite import expand
+from optbench.engine.train import train_cell
 from tests.conftest import TINY_SUITE
 
 NAMES = [
@@ -76,6 +77,7 @@ def test_adam_mini_state_is_float32_for_bf16_params():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_default_hparams_lower_the_loss_on_a_fixed_batch(name):
     _, _, losses = _train(name, torch.float32, steps=15)
@@ -88,13 +90,14 @@ def _cell(write_suite, optimizer: str):
     return cell
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HESSIAN)
 def test_hessian_optimizers_train_a_cell_under_the_memory_tracker(write_suite, name):
     """train_cell's step 2 runs under MemTracker; update_period 1 puts a Hessian-vector
     product (a second backward through the create_graph graph) inside that tracked step."""
     optimizer = f"{{name: {name}, hparams: {{update_period: 1}}}}"
     result = train_cell(_cell(write_suite, optimizer), emit=lambda e: None)
-    assert result["status"] == "ok", result["error"]
-    metrics = result["metrics"]
+    assert result.status == "ok", result.error
+    metrics = result.metrics
     assert metrics["optimizer_state_bytes"] == 3 * metrics["param_bytes"]
     assert metrics["tracked_peak_bytes"] > 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optbench.measure_state import optimizer_state_bytes
+from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.models import build_model
 from optbench.optimizers import expected_state_bytes, build_optimizer, get_spec
 from optbench.optimizers import lowrank  # noqa: F401  (registers the entries)
@@ -251,6 +251,7 @@ def test_state_bytes_count_tensors_held_by_objects():
     assert optimizer_state_bytes(opt) == 3 * 5 * 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_default_hparams_lower_the_loss_on_a_fixed_batch(name):
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from optbench.measure_state import optimizer_state_bytes
+from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.models import build_model
 from optbench.optimizers import expected_state_bytes, build_optimizer, get_spec
 from optbench.optimizers import matrix
@@ -233,6 +233,7 @@ def test_state_bytes_match_formula(name, dtype):
     assert optimizer_state_bytes(opt) == expected_state_bytes(name, model) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_default_hparams_lower_the_loss(name):
     torch.manual_seed(0)

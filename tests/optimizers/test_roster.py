@@ -7,11 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from optbench.measure_state import optimizer_state_bytes
+from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.models import build_model
 from optbench.optimizers import build_optimizer, expected_state_bytes, get_spec, list_specs, registry
-from optbench.suite import expand, load_suite
-from optbench.train import train_cell
+from optbench.config.loader import load_suite
+from optbench.config.suite import expand
+from optbench.engine.train import train_cell
 from tests.conftest import TINY_SUITE
 
 
@@ -59,16 +60,16 @@ def test_optimizer_that_cannot_run_here_is_skipped_with_the_reason(write_suite):
     with registry.override(cuda_only):
         (cell,) = expand(load_suite(write_suite(text)))
         result = train_cell(cell, emit=lambda e: None)
-    assert result["status"] == "skipped"
-    assert "sgd runs only on cuda, not cpu" in result["error"]
+    assert result.status == "skipped"
+    assert "sgd runs only on cuda, not cpu" in result.error
 
 
 def test_run_records_the_formula_beside_the_measurement(write_suite):
     text = TINY_SUITE.replace("[adamw, sgd, scale]", "[galore]")
     (cell,) = expand(load_suite(write_suite(text)))
     result = train_cell(cell, emit=lambda e: None)
-    m = result["metrics"]
-    assert result["status"] == "ok"
+    m = result.metrics
+    assert result.status == "ok"
     assert m["optimizer_state_bytes"] == m["expected_optimizer_state_bytes"] > 0
 
 
@@ -76,7 +77,7 @@ def test_run_records_the_formula_beside_the_measurement(write_suite):
 def test_memory_tracker_sees_exactly_the_counted_state(name):
     """Regression: torch's MemTracker walks only top-level per-param state values, so it
     missed projector objects (GaLore/APOLLO) and crashed on SPAM's non-dict state entry."""
-    from optbench.measure import _state_aware_tracker
+    from optbench.engine.measure import state_aware_tracker
 
     torch.manual_seed(0)
     model = build_model("llama_tiny")
@@ -84,7 +85,7 @@ def test_memory_tracker_sees_exactly_the_counted_state(name):
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     opt.step()
-    tracker = _state_aware_tracker()
+    tracker = state_aware_tracker()
     tracker.track_external(model, opt)
     (snapshot,) = tracker.get_tracker_snapshot("current").values()
     opt_part = sum(v for k, v in snapshot.items() if getattr(k, "value", k) == "Optstate")
@@ -97,6 +98,6 @@ def test_tracked_run_has_state_at_least_the_counted_state(write_suite, name):
     text = TINY_SUITE.replace("[adamw, sgd, scale]", f"[{name}]")
     (cell,) = expand(load_suite(write_suite(text)))
     result = train_cell(cell, emit=lambda e: None)
-    assert result["status"] == "ok"
-    m = result["metrics"]
+    assert result.status == "ok"
+    m = result.metrics
     assert m["peak_optimizer_state_bytes"] >= m["optimizer_state_bytes"]

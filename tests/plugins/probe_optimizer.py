@@ -12,7 +12,7 @@ import os
 import torch
 
 from optbench.optimizers import OptimizerSpec, register
-from optbench.optimizers.registry import _adamw_state_bytes
+from optbench.optimizers.torch_optim import adamw_state_bytes
 
 
 class ProbeAdamW(torch.optim.AdamW):
@@ -35,6 +35,6 @@ register(
         policy="every trainable parameter in one group: AdamW",
         default_hparams={"lr": 1e-3},
         state_formula="as adamw",
-        expected_state_bytes=_adamw_state_bytes,
+        expected_state_bytes=adamw_state_bytes,
     )
 )

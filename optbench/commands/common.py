@@ -1,0 +1,68 @@
+"""What several commands share: the provenance (commands.provenance), suite-or-name arguments, writability checks
+made before minutes of work, and running cells into the store under the live progress bar."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from optbench.config.suite import Cell
+from optbench.console import LiveProgress
+from optbench.engine.outcome import RunResult
+from optbench.engine.runner import run_cells
+from optbench.errors import OptbenchError
+from optbench.results.store import ResultStore
+
+def is_suite_file(arg: str) -> bool:
+    """Whether an argument that may be a name or a suite (--model, --suite) names a suite file."""
+    return arg.endswith((".yaml", ".yml")) or Path(arg).is_file()
+
+
+def ensure_writable_dir(path: Path, option: str) -> None:
+    """Fail before minutes of work, not after, when `path` cannot be made into a directory
+    we can write."""
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise OptbenchError(f"{option} {path}: not a writable directory")
+
+
+def ensure_writable_file(path: Path | None, option: str) -> None:
+    """The same for a file the command will write: its directory is made and the file opened
+    for appending now (a file that was not there is removed again)."""
+    if path is None:
+        return
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise OptbenchError(f"{option} {path}: cannot write ({exc.strerror})") from None
+    if not existed:
+        path.unlink()
+
+
+def write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OptbenchError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+def pending_cells(cells: list[Cell], store: ResultStore, rerun: bool) -> list[Cell]:
+    """Cells still to run: all of them with `rerun`, else those without a stored result."""
+    return list(cells) if rerun else [c for c in cells if not store.has_result(c.fingerprint)]
+
+
+def run_into_store(cells: list[Cell], store: ResultStore, console) -> list[RunResult]:
+    """Run `cells` under the live progress bar, storing each result the moment it ends
+    (nothing is shown when there are none)."""
+    if not cells:
+        return []
+    with LiveProgress(console, len(cells)) as live:
+        def done(cell: Cell, result: RunResult) -> None:
+            store.save(result)
+            live.done(cell, result)
+
+        return run_cells(cells, hooks=live.hooks, on_done=done)

@@ -1,0 +1,128 @@
+"""`optbench estimate` and `optbench fit`: peak memory traced on fake tensors, and the largest
+batch or sequence length that fits a budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from optbench.commands.common import ensure_writable_dir, is_suite_file
+from optbench.commands.provenance import command_line
+from optbench.config.loader import load_suite
+from optbench.config.suite import expand
+from optbench.console import status
+from optbench.engine.fit import fit, parse_memory
+from optbench.engine.trace import Estimate, Workload, estimator, workload_of
+from optbench.errors import OptbenchError
+from optbench.optimizers import parse_choice, resolve_hparams
+from optbench.render import estimate as render
+
+
+@dataclass(frozen=True)
+class Target:
+    """One estimate to make: a workload and an optimizer setup with its row label."""
+
+    workload: Workload
+    optimizer: str
+    hparams: dict
+    label: str
+
+
+def estimate_targets(model: str, choices: list[str], seq_len: int | None, batch_size: int | None,
+                     dtype: str | None, autocast: bool, grad_accum: int | None = None,
+                     grad_clip: float | None = None) -> tuple[str, list[Target]]:
+    """(report name, targets) for a model name or a suite file.
+
+    With a model, AdamW always comes along: the table's ratios are to it. With a suite, its
+    cells set everything; -o only picks optimizers by name.
+    """
+    parsed = [parse_choice(c) for c in choices]
+    if is_suite_file(model):
+        given = (seq_len, batch_size, dtype, grad_accum, grad_clip)
+        if any(value is not None for value in given) or autocast:
+            raise OptbenchError(f"--seq-len, --batch-size, --dtype, --autocast, --grad-accum and "
+                                f"--grad-clip do not apply to a suite ({model}): its cells set them")
+        if any(hp for _, hp in parsed):
+            raise OptbenchError(f"-o NAME:key=value does not apply to a suite ({model}): its cells "
+                                "set the hparams; -o NAME picks cells by optimizer")
+        suite = load_suite(model)
+        wanted = {name for name, _ in parsed}
+        cells = [c for c in expand(suite) if not wanted or c.optimizer.name in wanted]
+        if not cells:
+            raise OptbenchError(f"{model}: no cell uses {', '.join(sorted(wanted))}")
+        return suite.name, [Target(workload_of(c), c.optimizer.name, c.optimizer.hparams,
+                                   c.optimizer.display) for c in cells]
+    workload = Workload(model, seq_len or 256, batch_size or 8, dtype or "bf16", autocast,
+                        grad_accum or 1, grad_clip)
+    _check_hparams(parsed, model)
+    if not any(name == "adamw" for name, _ in parsed):
+        parsed.insert(0, ("adamw", {}))
+    name = f"{model}-seq{workload.seq_len}-bs{workload.batch_size}-{workload.dtype}"
+    name += "-autocast" if autocast else ""
+    return name, [Target(workload, opt, hp, choice_label(opt, hp)) for opt, hp in parsed]
+
+
+def _check_hparams(parsed: list[tuple[str, dict]], model: str) -> None:
+    for opt, hp in parsed:  # bad hparams fail now, before any tracing
+        resolve_hparams(opt, hp, model)
+
+
+def choice_label(name: str, hparams: dict) -> str:
+    return name + ("" if not hparams else "(" + ",".join(f"{k}={v}" for k, v in hparams.items()) + ")")
+
+
+def estimate_all(targets: list[Target]) -> list[Estimate]:
+    """Estimate every target; each model and dtype's traces are shared."""
+    return [estimator(t.workload.model, t.workload.dtype).estimate(t.workload, t.optimizer,
+                                                                   t.hparams, t.label)
+            for t in targets]
+
+
+def run_estimate(model: str, optimizers: list[str], seq_len, batch_size, dtype, autocast,
+                 grad_accum, grad_clip, *, as_json: bool, reports: Path, console) -> None:
+    ensure_writable_dir(reports, "--reports")
+    name, targets = estimate_targets(model, optimizers, seq_len, batch_size, dtype, autocast,
+                                     grad_accum, grad_clip)
+    with status(f"tracing {len(targets)} estimates", quiet=as_json):
+        estimates = estimate_all(targets)
+    paths = render.write_estimate_report(estimates, reports, name, command_line())
+    if as_json:
+        print(render.estimates_json(estimates))
+        return
+    for table in render.rich_estimate_tables(estimates):
+        console.print(table)
+    console.print(f"report: {paths[0]}" + (f" (+{len(paths) - 1} plots)" if len(paths) > 1 else ""),
+                  highlight=False, markup=False)
+
+
+def run_fit(memory: str, model: str, choices: list[str], seq_len: int | None,
+            batch_size: int | None, dtype: str, autocast: bool, grad_accum: int,
+            grad_clip: float | None, *, as_json: bool, reports: Path, console) -> None:
+    """The largest batch size at seq_len, or with batch_size the largest seq len, per optimizer."""
+    ensure_writable_dir(reports, "--reports")
+    budget = parse_memory(memory)
+    if seq_len is not None and batch_size is not None:
+        raise OptbenchError("fit searches one axis: give --seq-len to find the largest batch size, "
+                            "or --batch-size to find the largest sequence length, not both")
+    axis = "seq_len" if batch_size is not None else "batch_size"
+    base = Workload(model, seq_len or 256, batch_size or 1, dtype, autocast, grad_accum, grad_clip)
+    parsed = [parse_choice(choice) for choice in choices]
+    _check_hparams(parsed, model)
+    with status("searching", quiet=as_json):
+        results = [fit(estimator(model, dtype), base, axis, budget, opt, hp, choice_label(opt, hp))
+                   for opt, hp in parsed]
+    fixed = f"batch {base.batch_size}" if axis == "seq_len" else f"seq {base.seq_len}"
+    title = f"{model} · {fixed} · {dtype}{' + bf16 autocast' if autocast else ''} · budget {memory}"
+    name = "-".join([model, _safe(memory), axis, fixed.replace(" ", ""), dtype]
+                    + (["autocast"] if autocast else []))
+    paths = render.write_fit_report(results, reports, name, title, command_line())
+    if as_json:
+        print(render.fit_json(results))
+        return
+    console.print(render.rich_fit_table(results, title))
+    console.print(f"report: {paths[0]}" + (f" (+{len(paths) - 1} plot)" if len(paths) > 1 else ""),
+                  highlight=False, markup=False)
+
+
+def _safe(text: str) -> str:
+    return "".join(ch for ch in text if ch.isalnum() or ch in "._-")

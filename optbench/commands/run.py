@@ -1,0 +1,91 @@
+"""`optbench run`, `report` and `validate`: a suite's grid run into the store, and its report."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from optbench.commands.common import pending_cells, run_into_store
+from optbench.commands.provenance import command_line
+from optbench.config.loader import load_suite
+from optbench.config.suite import Cell, Suite, expand
+from optbench.errors import OptbenchError
+from optbench.metrics import NOT_FAILED, RESULT_STATUSES
+from optbench.render import report
+from optbench.results.store import ResultStore, runs_frame
+
+
+def select_cells(cells: list[Cell], suite: Suite, only: str | None) -> list[Cell]:
+    if only is None:
+        return cells
+    chosen = [c for c in cells if fnmatch.fnmatchcase(c.id, only)]
+    if not chosen:
+        ids = ", ".join(c.id for c in cells[:6]) + (", ..." if len(cells) > 6 else "")
+        raise OptbenchError(f"--only '{only}' matches no cell of suite '{suite.name}'; its cells: {ids}")
+    return chosen
+
+
+def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, only: str | None,
+              console: Console) -> int:
+    """Run what is not stored yet, then write the suite's report; the exit code."""
+    suite = load_suite(suite_path)
+    cells = expand(suite)
+    chosen = select_cells(cells, suite, only)
+    store = ResultStore(db)
+    todo = pending_cells(chosen, store, rerun)
+    console.print(
+        f"suite [bold]{escape(suite.name)}[/]: {len(chosen)} cells, {len(chosen) - len(todo)} already"
+        f" stored, {len(todo)} to run · results in {escape(str(db))}", highlight=False,
+    )
+    try:
+        results = run_into_store(todo, store, console)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: finished cells are stored in {escape(str(db))};"
+                      " run again to resume")
+        return 130
+    # The report covers the whole suite, not just the cells this --only run touched.
+    write_suite_report(suite, cells, store, reports_dir, console)
+    failed = [r for r in results if r.status not in RESULT_STATUSES]
+    if failed:
+        console.print(f"[yellow]{len(failed)} of {len(results)} cells did not finish ok[/] (see the report)")
+    # Exit 1 when a cell failed, so scripts and CI notice; a device skip is not a failure.
+    return 1 if any(r.status not in NOT_FAILED for r in results) else 0
+
+
+def report_suite(suite_path: Path, db: Path, reports_dir: Path, console: Console) -> None:
+    if not Path(db).exists():
+        raise OptbenchError(f"{db}: no results store here; run the suite first (optbench run SUITE --db {db})")
+    suite = load_suite(suite_path)
+    write_suite_report(suite, expand(suite), ResultStore(db), reports_dir, console)
+
+
+def write_suite_report(suite: Suite, cells: list[Cell], store: ResultStore, reports_dir: Path,
+                       console: Console) -> None:
+    by_fp = {c.fingerprint: c for c in cells}
+    runs = store.latest_runs(by_fp)
+    if not runs:
+        console.print("no stored results for this suite yet; nothing to report")
+        return
+    for run in runs:  # show each result under the suite's current cell id and label
+        run.cell_id, run.optimizer = by_fp[run.fingerprint].id, by_fp[run.fingerprint].optimizer.display
+    frame = runs_frame(runs)  # one run per cell: latest_runs chose it
+    for table in report.rich_tables(frame):
+        console.print(table)
+    out = Path(reports_dir) / suite.name
+    paths = report.write_report(frame, store.curves(frame["run_id"]), out,
+                                title=f"optbench · {suite.name}", description=suite.description,
+                                command=command_line(), store=str(store.path))
+    console.print(f"report: {escape(str(out / 'summary.md'))} (+{len(paths) - 1} plots)",
+                  highlight=False)
+
+
+def validate_suites(paths: list[Path], console: Console) -> None:
+    """Load and expand each suite (every check short of running); one ok line each."""
+    for path in paths:
+        suite = load_suite(path)
+        cells = expand(suite)
+        console.print(f"[green]ok[/] {escape(str(path))}: suite '{escape(suite.name)}', "
+                      f"{len(cells)} cells", highlight=False)

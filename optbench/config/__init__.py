@@ -1,0 +1,1 @@
+"""Suite YAML -> validated, typed suites and cells (schema, suite, loader, schedules)."""

@@ -1,0 +1,199 @@
+"""Suite YAML -> a validated `Suite`: includes merged, keys and types checked, names resolved.
+
+`load_suite` validates everything it can without running: unknown keys, wrong types, unknown
+model/optimizer names and hparams, bad ranges, missing data files — each as one OptbenchError
+line naming the file and key. The YAML keys are exactly the dataclass fields (config.suite).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from optbench.config import schema
+from optbench.config.schedules import SCHEDULES
+from optbench.config.suite import DEVICES, Grid, Suite, expand
+from optbench.data import DataConfig, validate_data_config
+from optbench.errors import OptbenchError
+from optbench.metrics import DTYPES
+from optbench.models import get_model_size
+from optbench.optimizers import get_spec, resolve_hparams
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Parse, merge `include:`s, type-check and validate a suite file."""
+    path = Path(path)
+    where = str(path)
+    raw = _read_with_includes(path, seen=())
+    raw.setdefault("name", path.stem)
+    grid_raw = raw.get("grid")
+    if isinstance(grid_raw, dict) and "optimizers" in grid_raw:
+        grid_raw["optimizers"] = _normalize_optimizers(grid_raw["optimizers"], where)
+    suite = schema.build(Suite, raw, where)
+    suite = dataclasses.replace(suite, data=_relative_to(suite.data, path.parent))
+    _validate(suite, where)
+    _reject_duplicate_cells(suite, where)
+    return suite
+
+
+def _relative_to(data: DataConfig, suite_dir: Path) -> DataConfig:
+    """Relative data paths are relative to the suite file, like `include:`, not to the cwd."""
+    changes = {}
+    if data.path and not Path(data.path).expanduser().is_absolute():
+        changes["path"] = str((suite_dir / data.path).resolve())
+    tokenizer = Path(data.tokenizer)
+    if data.tokenizer != "bpe" and not tokenizer.is_absolute() and (suite_dir / tokenizer).exists():
+        changes["tokenizer"] = str((suite_dir / tokenizer).resolve())
+    return dataclasses.replace(data, **changes) if changes else data
+
+
+def _reject_duplicate_cells(suite: Suite, where: str) -> None:
+    for key in ("models", "seq_lens"):
+        values = list(getattr(suite.grid, key))
+        dupes = sorted({str(v) for v in values if values.count(v) > 1})
+        if dupes:
+            raise OptbenchError(f"{where}: grid.{key}: '{dupes[0]}' is listed twice")
+    seen: dict[str, str] = {}
+    # Every cell of a suite reads the same data: no need to hash the corpus to compare them.
+    for cell in expand(suite, corpus=""):
+        other = seen.setdefault(cell.fingerprint, cell.id)
+        if other != cell.id:
+            raise OptbenchError(
+                f"{where}: grid.optimizers: cells {other} and {cell.id} are the same configuration"
+            )
+
+
+def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise OptbenchError(f"{path}: no such suite file")
+    if path.resolve() in seen:
+        raise OptbenchError(f"{path}: include cycle ({' -> '.join(str(p) for p in seen)})")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as exc:
+        raise OptbenchError(f"{path}: not UTF-8 text (byte {exc.start}); save the suite as UTF-8") from None
+    except OSError as exc:
+        raise OptbenchError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise OptbenchError(f"{path}: invalid YAML{at}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise OptbenchError(f"{path}: expected a mapping of suite keys (name, grid, ...)")
+    include = raw.pop("include", None)
+    if include is None:
+        return raw
+    if not isinstance(include, str):
+        raise OptbenchError(f"{path}: include: expected a path to another suite file")
+    base = _read_with_includes(path.parent / include, seen + (path.resolve(),))
+    base.pop("name", None)  # the including suite has its own identity
+    return _deep_merge(base, raw)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    """Mappings merge key by key; anything else (lists included) is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _normalize_optimizers(items: Any, where: str) -> Any:
+    """Allow `- adamw` as shorthand for `- {name: adamw}`."""
+    if not isinstance(items, list):
+        return items
+    return [{"name": item} if isinstance(item, str) else item for item in items]
+
+
+def _validate(suite: Suite, where: str) -> None:
+    d = suite.defaults
+    _one_of(d.device, DEVICES, f"{where}: defaults.device")
+    _one_of(d.dtype, DTYPES, f"{where}: defaults.dtype")
+    _one_of(d.lr_schedule.kind, SCHEDULES, f"{where}: defaults.lr_schedule.kind")
+    for key in ("steps", "batch_size", "grad_accum", "eval_batches"):
+        _positive(getattr(d, key), f"{where}: defaults.{key}")
+    if not 0 <= d.seed < 2**63:
+        raise OptbenchError(f"{where}: defaults.seed: {d.seed} is out of range; accepted 0 <= seed < 2^63")
+    # Steps 1-2 run under the memory tracker and the first `warmup` are untimed. (A meta
+    # suite trains nothing: it traces steps 1 and 2 whatever `steps` says.)
+    if d.device != "meta" and (d.warmup < 0 or d.steps <= max(d.warmup, 2)):
+        raise OptbenchError(
+            f"{where}: defaults.warmup: {d.warmup} with steps {d.steps} leaves no timed step; "
+            f"accepted: 0 <= warmup and steps > max(warmup, 2)"
+        )
+    if d.lr_schedule.warmup_steps < 0:
+        raise OptbenchError(f"{where}: defaults.lr_schedule.warmup_steps: must be >= 0")
+    if not 0.0 <= d.lr_schedule.min_ratio <= 1.0:
+        raise OptbenchError(f"{where}: defaults.lr_schedule.min_ratio: accepted 0..1")
+    if d.grad_clip is not None and d.grad_clip <= 0:
+        raise OptbenchError(f"{where}: defaults.grad_clip: must be > 0 (or null to disable)")
+    if d.timeout_s is not None and d.timeout_s <= 0:
+        raise OptbenchError(f"{where}: defaults.timeout_s: must be > 0 (or null for no limit)")
+    _validate_grid(suite.grid, where)
+    validate_data_config(suite.data, f"{where}: data")
+
+
+def _validate_grid(grid: Grid, where: str) -> None:
+    for key in ("models", "optimizers", "seq_lens"):
+        if not getattr(grid, key):
+            raise OptbenchError(f"{where}: grid.{key}: must list at least one entry")
+    for i, model in enumerate(grid.models):
+        _named(lambda: get_model_size(model), f"{where}: grid.models[{i}]")
+    for i, choice in enumerate(grid.optimizers):
+        key = f"{where}: grid.optimizers[{i}]"
+        _named(lambda: get_spec(choice.name), key)
+        for model in grid.models:
+            _named(lambda: resolve_hparams(choice.name, choice.hparams, model), f"{key}.hparams")
+    labels = [c.display for c in grid.optimizers]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise OptbenchError(
+            f"{where}: grid.optimizers: '{dupes[0]}' appears twice; give each setup a distinct `label`"
+        )
+    for i, seq_len in enumerate(grid.seq_lens):
+        _positive(seq_len, f"{where}: grid.seq_lens[{i}]")
+        for model in grid.models:
+            limit = get_model_size(model).max_position_embeddings
+            if seq_len > limit:
+                raise OptbenchError(
+                    f"{where}: grid.seq_lens[{i}]: {seq_len} exceeds {model}'s max_seq {limit}"
+                )
+
+
+def _named(lookup, where: str) -> None:
+    """Re-raise a registry's error with the file and key in front."""
+    try:
+        lookup()
+    except OptbenchError as exc:
+        raise OptbenchError(f"{where}: {exc}") from None
+
+
+def _one_of(value: str, accepted: tuple[str, ...], where: str) -> None:
+    if value not in accepted:
+        raise OptbenchError(f"{where}: '{value}' is not accepted; accepted: {', '.join(accepted)}")
+
+
+def _positive(value: int, where: str) -> None:
+    if value <= 0:
+        raise OptbenchError(f"{where}: {value} must be a positive integer")

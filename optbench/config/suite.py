@@ -1,0 +1,182 @@
+"""A suite and its cells as frozen dataclasses: what a benchmark is, once its YAML is read.
+
+A suite is a grid (model × optimizer × sequence length) sharing one set of training
+defaults and one data source. `expand` turns it into cells, each fully resolved (hparams,
+device) and carrying its identity — config and fingerprint — computed once, when it is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from optbench.config.schedules import LRSchedule
+from optbench.data import DataConfig, corpus_key
+from optbench.models import get_model_size
+from optbench.optimizers import get_spec, resolve_hparams
+
+# Bump when what a run measures, or how, changes: old results then stop matching.
+MEASUREMENT_VERSION = "2"  # 2: temporaries split from activations in the peak breakdown
+# meta: nothing is trained; each cell's peak memory is traced on fake tensors
+# (optbench.engine.trace) and stored with status "estimated".
+DEVICES = ("auto", "cpu", "cuda", "meta")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Training and measurement settings shared by every cell of a suite."""
+
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | meta (estimate memory only)
+    dtype: str = "fp32"  # dtype of the weights (and so of grads and most optimizer state)
+    autocast: bool = False  # bf16 autocast of forward/backward on top of the weights' dtype
+    seed: int = 0  # seeds weights, batch order and any randomness in the optimizer
+    steps: int = 50  # optimizer steps per cell
+    warmup: int = 3  # first steps left out of the timing (compile, allocator, lazy state)
+    batch_size: int = 8  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr_schedule: LRSchedule = field(default_factory=LRSchedule)
+    grad_clip: float | None = 1.0  # max global grad norm; null disables clipping
+    eval_batches: int = 4  # held-out batches for eval loss / perplexity
+    timeout_s: float | None = None  # limit on a cell's training loop (after data and model load); past it 'crashed'
+
+
+@dataclass(frozen=True)
+class OptimizerChoice:
+    """One optimizer of the grid: a registry name, hparam overrides, and a display label."""
+
+    name: str
+    hparams: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # defaults to the name; needed to tell two setups of one name apart
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The axes of the benchmark: every combination is one cell."""
+
+    models: tuple[str, ...]
+    optimizers: tuple[OptimizerChoice, ...]
+    seq_lens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A benchmark suite, exactly the keys of its YAML file (plus `include:`)."""
+
+    name: str
+    grid: Grid
+    description: str = ""
+    defaults: Defaults = field(default_factory=Defaults)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model × optimizer × seq_len run, fully resolved (hparams and device included).
+
+    Made by `make_cell`, which computes `config` and `fingerprint` once: both are read for
+    every store look-up, and building them means registry and model look-ups and a hash.
+    """
+
+    suite: str
+    model: str
+    optimizer: OptimizerChoice
+    seq_len: int
+    defaults: Defaults
+    data: DataConfig
+    corpus: str  # content hash of the data (data.corpus_key)
+    config: dict[str, Any] = field(compare=False)  # everything that determines the result
+    fingerprint: str = ""  # hash of `config` with the data named by its content
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}/{self.optimizer.display}/seq{self.seq_len}"
+
+
+def make_cell(suite: str, model: str, optimizer: OptimizerChoice, seq_len: int,
+              defaults: Defaults, data: DataConfig, corpus: str) -> Cell:
+    """A cell with its config and fingerprint computed."""
+    config = cell_config(model, optimizer, seq_len, defaults, data)
+    return Cell(suite, model, optimizer, seq_len, defaults, data, corpus, config,
+                fingerprint(config, corpus))
+
+
+def cell_config(model: str, optimizer: OptimizerChoice, seq_len: int, defaults: Defaults,
+                data: DataConfig) -> dict[str, Any]:
+    """Everything that determines a result; stored with it and hashed into the fingerprint."""
+    spec = get_spec(optimizer.name)
+    return {
+        "model": dataclasses.asdict(get_model_size(model)),
+        "optimizer": {
+            "name": spec.name,
+            "label": optimizer.display,
+            "hparams": _jsonable(optimizer.hparams),
+            "version": spec.version,
+            "source": spec.source,
+            "policy": spec.policy,  # which params get which treatment: part of fairness
+        },
+        "seq_len": seq_len,
+        "defaults": dataclasses.asdict(defaults),
+        "data": dataclasses.asdict(data),
+        "measurement_version": MEASUREMENT_VERSION,
+    }
+
+
+# Settings that bound a run but do not change what it measures stay out of the hash.
+_NOT_FINGERPRINTED = ("timeout_s",)
+
+
+def fingerprint(config: dict[str, Any], corpus: str) -> str:
+    """Hash of the resolved config, with the data named by its content, not its path."""
+    view = json.loads(json.dumps(config, default=str))
+    for key in _NOT_FINGERPRINTED:
+        view["defaults"].pop(key, None)
+    view["data"].pop("path", None)
+    view["optimizer"].pop("label", None)  # a display name: relabelling is not a new experiment
+    view["data"]["corpus"] = corpus
+    blob = json.dumps(view, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples -> lists so a config survives a JSON round trip unchanged."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def expand(suite: Suite, corpus: str | None = None) -> list[Cell]:
+    """Cells in grid order (model, then seq_len, then optimizer), hparams and device resolved.
+
+    The corpus is hashed here unless `corpus` is given (every cell of a suite shares it).
+    """
+    defaults = dataclasses.replace(suite.defaults, device=resolve_device(suite.defaults.device))
+    corpus = corpus_key(suite.data) if corpus is None else corpus
+    return list(_cells(suite, defaults, corpus))
+
+
+def _cells(suite: Suite, defaults: Defaults, corpus: str) -> Iterator[Cell]:
+    for model in suite.grid.models:
+        for seq_len in suite.grid.seq_lens:
+            for choice in suite.grid.optimizers:
+                hparams = resolve_hparams(choice.name, choice.hparams, model)
+                # Store the registry's name (an alias like `adam` stays visible as the label).
+                resolved = dataclasses.replace(choice, name=get_spec(choice.name).name,
+                                               hparams=hparams, label=choice.display)
+                yield make_cell(suite.name, model, resolved, seq_len, defaults, suite.data, corpus)

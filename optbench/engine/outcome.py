@@ -1,0 +1,74 @@
+"""The typed records of a cell's run: what the worker produces, and what the store keeps.
+
+A `CellOutcome` crosses the process boundary as JSON (worker -> runner); a `RunResult` is the
+outcome joined with the cell's identity, as `optbench.results.store` saves it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from optbench.config.suite import Cell
+
+Curve = list[tuple[int, float, float]]  # (step, loss, lr)
+
+
+@dataclass
+class CellOutcome:
+    """What running (or tracing) one cell produced."""
+
+    status: str  # one of optbench.metrics.STATUSES
+    error: str | None = None
+    traceback: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    curve: Curve = field(default_factory=list)
+    env: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "CellOutcome":
+        names = {f.name for f in dataclasses.fields(cls)}
+        outcome = cls(**{k: v for k, v in doc.items() if k in names})
+        outcome.curve = [tuple(point) for point in outcome.curve]
+        return outcome
+
+
+@dataclass
+class RunResult:
+    """One finished (or failed) cell, as stored."""
+
+    suite: str
+    cell_id: str
+    fingerprint: str
+    model: str
+    optimizer: str
+    optimizer_name: str
+    seq_len: int
+    device: str
+    dtype: str
+    status: str
+    config: dict[str, Any]
+    error: str | None = None
+    traceback: str | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    curve: Curve = field(default_factory=list)
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    @classmethod
+    def of(cls, cell: Cell, outcome: CellOutcome) -> "RunResult":
+        return cls(
+            suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint, model=cell.model,
+            optimizer=cell.optimizer.display, optimizer_name=cell.optimizer.name,
+            seq_len=cell.seq_len, device=cell.defaults.device, dtype=cell.defaults.dtype,
+            status=outcome.status, config=cell.config, error=outcome.error,
+            traceback=outcome.traceback, env=outcome.env, metrics=outcome.metrics,
+            curve=outcome.curve, started_at=outcome.started_at, ended_at=outcome.ended_at,
+        )

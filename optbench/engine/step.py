@@ -1,0 +1,55 @@
+"""One training step — forward, backward, clip, `optimizer.step()`, zero grad — as every path
+runs it: a measured run (optbench.engine.train), a traced estimate (optbench.engine.trace) on
+fake tensors, and the real-tensor peak an estimate is held against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How a step runs, apart from the model, the optimizer and the batch."""
+
+    device_type: str = "cpu"  # autocast's device type
+    autocast: bool = False  # bf16 autocast around forward+backward
+    create_graph: bool = False  # backward keeps its graph: the optimizer differentiates p.grad
+    grad_clip: float | None = None  # max global grad norm; None: no clipping
+
+
+def lm_loss(model: torch.nn.Module, window: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on a [batch, seq_len+1] window, computed in float32."""
+    logits = model(input_ids=window[:, :-1]).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), window[:, 1:].flatten())
+
+
+def forward_backward(model: torch.nn.Module, windows: list[torch.Tensor],
+                     opts: StepOptions) -> float:
+    """Forward and backward over the micro-batches (grads accumulate); the mean loss."""
+    total = 0.0
+    for window in windows:
+        with torch.autocast(opts.device_type, torch.bfloat16, enabled=opts.autocast):
+            loss = lm_loss(model, window) / len(windows)
+        loss.backward(create_graph=opts.create_graph)
+        total += loss.item()
+    return total
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   grad_clip: float | None) -> None:
+    """Clip, step, and drop the gradients (set_to_none, as the next backward re-creates them)."""
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               windows: list[torch.Tensor], opts: StepOptions) -> float:
+    """One whole step; its loss."""
+    loss = forward_backward(model, windows, opts)
+    optimizer_step(model, optimizer, opts.grad_clip)
+    return loss

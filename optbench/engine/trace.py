@@ -1,0 +1,382 @@
+"""Peak training memory without a GPU: one training step traced on fake tensors.
+
+The model is built on the `meta` device (no memory, no init compute), then each parameter is
+re-created under `FakeTensorMode`: tensors with shapes, dtypes and storages but no data. The
+same MemTracker that measures real CPU runs (`measure.tracked_peak`) then follows a training
+step on them, so an estimate and a measurement count exactly the same bytes.
+
+Forward and backward do not depend on the optimizer, and the optimizer step does not depend on
+the batch. So a workload's forward+backward is traced once, each optimizer's two first steps
+once (on fake gradients), and the peak of a whole step is
+
+    max(forward+backward peak + optimizer state,   # step 2: the state is held throughout
+        each traced optimizer step's own peak)      # params + grads + state + its scratch
+
+which is what a single trace of the whole step would see. Optimizers whose step needs the
+backward graph (AdaHessian, Sophia: Hessian-vector products) are traced whole instead.
+
+Assumptions, stated with every estimate: CPU kernels' memory behaviour (SDPA's flash kernel
+keeps the output and log-sum-exp, never seq x seq scores, as CUDA's flash kernel does; CPU
+autocast's cast lists), and no allocator caching or fragmentation (a CUDA run's
+`max_memory_allocated` is the closest real number; `reserved` is higher).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from optbench.engine import measure
+from optbench.engine.measure import peak_parts
+from optbench.engine.outcome import CellOutcome
+from optbench.engine.state_bytes import state_tensors
+from optbench.engine.step import StepOptions, forward_backward, optimizer_step, train_step
+from optbench.errors import OptbenchError, informative_line
+from optbench.metrics import DTYPES, MEMORY_PARTS, part_metric
+from optbench.models import build_model, get_model_size, torch_dtype
+from optbench.optimizers import get_spec, resolve_hparams
+
+PAPER_BYTES_PER_VALUE = 2  # the papers' tables count every weight and state value in bf16
+# Past this many logits (batch x seq x vocab) a tensor's byte size no longer fits in int64.
+MAX_LOGIT_ELEMENTS = 2**56
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one training step processes: the shape of the traced step."""
+
+    model: str
+    seq_len: int
+    batch_size: int
+    dtype: str = "bf16"  # fp32 | bf16: weights, grads and (for most optimizers) state
+    autocast: bool = False  # bf16 autocast around forward+backward
+    grad_accum: int = 1
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        get_model_size(self.model)  # unknown name -> OptbenchError with the known ones
+        if self.dtype not in DTYPES:
+            raise OptbenchError(f"dtype '{self.dtype}' is not one of: {', '.join(DTYPES)}")
+        for key in ("seq_len", "batch_size", "grad_accum"):
+            if getattr(self, key) < 1:
+                raise OptbenchError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        logits = self.batch_size * self.seq_len * get_model_size(self.model).vocab_size
+        if logits > MAX_LOGIT_ELEMENTS:
+            raise OptbenchError(f"batch size {self.batch_size} × seq len {self.seq_len} is too large "
+                                f"to trace: the logits alone would exceed 2^56 elements")
+
+    def step_options(self, create_graph: bool = False, device_type: str = "cpu") -> StepOptions:
+        return StepOptions(device_type, self.autocast, create_graph, self.grad_clip)
+
+
+@dataclass
+class Estimate:
+    """One optimizer's estimated peak on one workload, in bytes."""
+
+    label: str
+    optimizer: str
+    hparams: dict[str, Any]
+    workload: Workload
+    parts: dict[str, int] = field(default_factory=dict)  # MEMORY_PARTS -> bytes at the peak
+    optimizer_state_bytes: int = 0
+    n_params: int = 0
+    param_bytes: int = 0  # the weights alone, as a measured run stores it
+    paper_state_values: int = 0  # state elements, floating ones counted at 2 bytes
+    paper_bytes: int = 0
+    attention: str = ""
+    note: str = ""
+    error: str | None = None
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(self.parts.values())
+
+    def metrics(self) -> dict[str, float]:
+        """The metric names a measured run stores, so reports, compare and check read both."""
+        m = {part_metric(part): self.parts.get(part, 0) for part in MEMORY_PARTS}
+        m.update(tracked_peak_bytes=self.peak_bytes, peak_allocated_bytes=self.peak_bytes,
+                 optimizer_state_bytes=self.optimizer_state_bytes, n_params=self.n_params,
+                 param_bytes=self.param_bytes,
+                 paper_memory_bytes=self.paper_bytes)
+        return m
+
+
+class NotTraceable(Exception):
+    """An optimizer step that fake tensors cannot follow (the reason is the message)."""
+
+
+class _PlaceholderScalars(torch.utils._python_dispatch.TorchDispatchMode):
+    """Answers the few value-dependent ops fake tensors cannot: `.item()` reads 1.0 / 1 /
+    True; `nonzero` and boolean-mask indexing select every element. Scalar reads are mostly
+    step counters and norms that decide no allocation; where memory does depend on values
+    (SPAM keeps moments only for its masked entries, density 1 by default) selecting
+    everything is the upper bound. `selections` counts those, so an estimate can say so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.selections = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        aten = torch.ops.aten
+        if func is aten._local_scalar_dense.default:
+            dtype = args[0].dtype
+            return True if dtype == torch.bool else 1.0 if dtype.is_floating_point else 1
+        if func is aten.nonzero.default:
+            self.selections += 1
+            t = args[0]
+            return torch.empty((t.numel(), t.dim()), dtype=torch.long, device=t.device)
+        if func in _MASK_INDEXING and any(_is_mask(i) for i in args[1]):
+            self.selections += 1
+            args = (args[0], _full_selections(args[1]), *args[2:])
+        return func(*args, **(kwargs or {}))
+
+
+_MASK_INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default,
+                  torch.ops.aten.index_put_.default, torch.ops.aten._index_put_impl_.default)
+
+
+def _is_mask(index) -> bool:
+    return isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)
+
+
+def _full_selections(indices) -> list:
+    """Each boolean mask of k dims -> k integer indices as long as the mask: all selected."""
+    out = []
+    for index in indices:
+        if _is_mask(index):
+            out += [torch.empty(index.numel(), dtype=torch.long, device=index.device)] * index.dim()
+        else:
+            out.append(index)
+    return out
+
+
+class Estimator:
+    """Traces for one model and dtype, cached, so many optimizers and workloads share them."""
+
+    def __init__(self, model: str, dtype: str = "bf16") -> None:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        self.model_name, self.dtype = model, dtype
+        self.meta_model = build_model(model, torch_dtype(dtype), "meta")
+        self._fake_mode = FakeTensorMode()
+        self._fwd_bwd: dict[Workload, dict[str, int]] = {}
+        self._steps: dict[tuple, tuple] = {}
+
+    def estimate(self, workload: Workload, optimizer: str, hparams: dict | None = None,
+                 label: str | None = None) -> Estimate:
+        """The peak of a full training step (the larger of steps 1 and 2), or an error row."""
+        self._check(workload)
+        name = get_spec(optimizer).name
+        resolved = resolve_hparams(name, hparams or {}, workload.model)
+        est = Estimate(label or name, name, resolved, workload)
+        with warnings.catch_warnings():
+            # Library chatter (create_graph reference cycles, fake data pointers) is not news here.
+            warnings.simplefilter("ignore", UserWarning)
+            self._trace_into(est)
+        return est
+
+    def _check(self, workload: Workload) -> None:
+        if (workload.model, workload.dtype) != (self.model_name, self.dtype):
+            raise ValueError(f"this Estimator traces {self.model_name} in {self.dtype}, "
+                             f"not {workload.model} in {workload.dtype}")
+
+    def _trace_into(self, est: Estimate) -> None:
+        name = est.optimizer
+        try:
+            if get_spec(name).needs_create_graph:
+                self._estimate_whole(est)
+            else:
+                self._estimate_composed(est)
+        except NotTraceable as exc:
+            est.error = str(exc)
+
+    # -- the two ways to get a peak
+
+    def _estimate_composed(self, est: Estimate) -> None:
+        state, step_peaks, selections, attention = self._optimizer_steps(est)
+        fb = self.fwd_bwd_peak(est.workload)
+        candidates = [{**fb, "optimizer_state": state["bytes"]}, *step_peaks]
+        est.parts = max(candidates, key=lambda parts: sum(parts.values()))
+        self._fill(est, state, selections, attention)
+
+    def _estimate_whole(self, est: Estimate) -> None:
+        w = est.workload
+        model = self._fake_model()
+        with self._fake_mode, _PlaceholderScalars() as placeholders:
+            optimizer = _build(est, model)
+            windows = self._windows(w)
+            opts = w.step_options(create_graph=get_spec(est.optimizer).needs_create_graph)
+            peaks = []
+            with _not_traceable(est.optimizer, "a training step"):
+                for _ in range(2):
+                    with measure.tracked_peak(model, optimizer) as peak:
+                        train_step(model, optimizer, windows, opts)
+                    peaks.append(peak)
+            state = _state_summary(optimizer)
+        est.parts = peak_parts(max(peaks, key=lambda p: p["tracked_peak_bytes"]))
+        self._fill(est, state, placeholders.selections, _attention(model))
+
+    def _fill(self, est: Estimate, state: dict, selections: int, attention: str) -> None:
+        size = get_model_size(self.model_name)
+        est.n_params = size.n_params()
+        est.param_bytes = est.n_params * torch_dtype(self.dtype).itemsize
+        est.optimizer_state_bytes = state["bytes"]
+        est.paper_state_values = state["paper_bytes"] // PAPER_BYTES_PER_VALUE
+        est.paper_bytes = PAPER_BYTES_PER_VALUE * est.n_params + state["paper_bytes"]
+        est.attention = attention
+        if selections:
+            est.note = f"upper bound: {selections} mask selections taken as full"
+
+    # -- traces
+
+    def fwd_bwd_peak(self, workload: Workload) -> dict[str, int]:
+        """Peak parts of forward+backward alone (no optimizer state), cached per workload."""
+        self._check(workload)
+        key = dataclasses.replace(workload, grad_clip=None)
+        if key not in self._fwd_bwd:
+            model = self._fake_model()
+            with self._fake_mode, _PlaceholderScalars():  # the loss's .item()
+                windows = self._windows(workload)
+                with measure.tracked_peak(model, None) as peak:
+                    forward_backward(model, windows, workload.step_options())
+            self._fwd_bwd[key] = peak_parts(peak)
+        return self._fwd_bwd[key]
+
+    def _optimizer_steps(self, est: Estimate) -> tuple[dict, list[dict], int, str]:
+        """State summary, the peak parts of steps 1 and 2, value-dependent selections, attention."""
+        key = (est.optimizer, repr(sorted(est.hparams.items())), est.workload.grad_clip)
+        if key not in self._steps:
+            model = self._fake_model()
+            with self._fake_mode, _PlaceholderScalars() as placeholders:
+                optimizer = _build(est, model)
+                peaks = []
+                for _ in range(2):
+                    for p in model.parameters():
+                        p.grad = torch.empty_like(p) if p.requires_grad else None
+                    with _not_traceable(est.optimizer, "optimizer.step()"):
+                        with measure.tracked_peak(model, optimizer) as peak:
+                            optimizer_step(model, optimizer, est.workload.grad_clip)
+                    peaks.append(peak_parts(peak))
+                state = _state_summary(optimizer)
+            self._steps[key] = (state, peaks, placeholders.selections, _attention(model))
+        return self._steps[key]
+
+    def _fake_model(self) -> torch.nn.Module:
+        """A fresh fake copy: an optimizer may change its model (AdaHessian: eager attention)."""
+        model = copy.deepcopy(self.meta_model)
+        with self._fake_mode:
+            for module in model.modules():
+                for registry in (module._parameters, module._buffers):
+                    for key, t in registry.items():
+                        if t is not None:
+                            registry[key] = _fake_like(t)
+        return model
+
+    def _windows(self, w: Workload) -> list[torch.Tensor]:
+        vocab = get_model_size(w.model).vocab_size
+        return [torch.randint(0, vocab, (w.batch_size, w.seq_len + 1)) for _ in range(w.grad_accum)]
+
+
+def _fake_like(t: torch.Tensor) -> torch.Tensor:
+    fake = torch.empty(t.shape, dtype=t.dtype, device="cpu")
+    if isinstance(t, torch.nn.Parameter):
+        return torch.nn.Parameter(fake, requires_grad=t.requires_grad)
+    return fake
+
+
+def _build(est: Estimate, model: torch.nn.Module) -> torch.optim.Optimizer:
+    with _not_traceable(est.optimizer, "its constructor"):
+        return get_spec(est.optimizer).factory(model, est.hparams)
+
+
+@contextlib.contextmanager
+def _not_traceable(optimizer: str, where: str) -> Iterator[None]:
+    """Any failure inside becomes NotTraceable with a one-line reason (the row says why)."""
+    try:
+        yield
+    except Exception as exc:
+        first = informative_line(str(exc))[:160]
+        raise NotTraceable(f"{optimizer} cannot be traced on fake tensors: {where} raised "
+                           f"{type(exc).__name__}: {first}") from exc
+
+
+def _state_summary(optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Real bytes of the state, and its bytes under the papers' 2-bytes-a-value convention
+    (integer state, e.g. 8-bit moments and their indices, keeps its own width)."""
+    tensors = state_tensors(optimizer)
+    real = sum(t.untyped_storage().nbytes() for t in tensors)
+    paper = sum(t.numel() * (PAPER_BYTES_PER_VALUE if t.is_floating_point() else t.element_size())
+                for t in tensors)
+    return {"bytes": real, "paper_bytes": paper}
+
+
+def _attention(model: torch.nn.Module) -> str:
+    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    if impl == "sdpa":
+        return "sdpa (flash kernel: output + log-sum-exp kept, no seq×seq scores)"
+    return f"{impl} (seq×seq attention scores kept for backward)"
+
+
+@functools.lru_cache(maxsize=8)
+def estimator(model: str, dtype: str) -> Estimator:
+    """One shared Estimator per model and dtype within a process."""
+    return Estimator(model, dtype)
+
+
+def workload_of(cell) -> Workload:
+    """The traced step of a suite cell (its model, seq len, batch, dtype, autocast, ...)."""
+    d = cell.defaults
+    return Workload(cell.model, cell.seq_len, d.batch_size, d.dtype, d.autocast, d.grad_accum,
+                    d.grad_clip)
+
+
+def estimate_cell(cell, emit: Callable[[dict], None]) -> CellOutcome:
+    """A `device: meta` cell: the estimate stored like a run, with status "estimated"."""
+    emit({"event": "start"})
+    w = workload_of(cell)
+    est = estimator(cell.model, w.dtype).estimate(w, cell.optimizer.name, cell.optimizer.hparams,
+                                                  cell.optimizer.display)
+    if est.error:
+        return CellOutcome("error", est.error)
+    metrics = est.metrics()
+    meta_model = estimator(cell.model, w.dtype).meta_model
+    metrics["expected_optimizer_state_bytes"] = get_spec(est.optimizer).expected_state_bytes(
+        meta_model, est.hparams)
+    return CellOutcome("estimated", metrics=metrics)
+
+
+def measured_peak(workload: Workload, optimizer: str, hparams: dict | None = None,
+                  device: str = "cpu", seed: int = 0) -> dict[str, int]:
+    """The same two steps on real tensors: what an estimate is held against.
+
+    On CPU the peak comes from the same tracker; on CUDA also `max_memory_allocated`
+    (as `cuda_max_allocated_bytes`), the allocator's own count.
+    """
+    torch.manual_seed(seed)
+    name = get_spec(optimizer).name
+    resolved = resolve_hparams(name, hparams or {}, workload.model)
+    model = build_model(workload.model, torch_dtype(workload.dtype), device)
+    opt = get_spec(name).factory(model, resolved)
+    vocab = get_model_size(workload.model).vocab_size
+    windows = [torch.randint(0, vocab, (workload.batch_size, workload.seq_len + 1), device=device)
+               for _ in range(workload.grad_accum)]
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    opts = workload.step_options(get_spec(name).needs_create_graph, device_type)
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    peaks = []
+    for _ in range(2):
+        with measure.tracked_peak(model, opt) as peak:
+            train_step(model, opt, windows, opts)
+        peaks.append(peak)
+    out = max(peaks, key=lambda p: p["tracked_peak_bytes"])
+    if device_type == "cuda":
+        out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    return out

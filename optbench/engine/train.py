@@ -1,0 +1,176 @@
+"""One training burst of one cell, in the current process: the code the worker runs.
+
+The loop is a trimmed pretraining loop (nanoGPT's bench.py in spirit): seeded batches of
+packed windows, optional grad accumulation, clipping, a schedule, and measurements taken
+around it without perturbing the timed steps: steps 1-2 run under the memory tracker and are
+never timed; the others are timed with the tracker off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from optbench.config.schedules import lr_factor
+from optbench.config.suite import Cell
+from optbench.data import load_tokens
+from optbench.engine import measure
+from optbench.engine.outcome import CellOutcome
+from optbench.engine.state_bytes import optimizer_state_bytes
+from optbench.engine.step import StepOptions, forward_backward, lm_loss, optimizer_step, train_step
+from optbench.models import build_model, get_model_size, torch_dtype
+from optbench.optimizers import build_optimizer, get_spec
+
+# Step 1 allocates the optimizer state and does first-time work (projectors, a first Hessian
+# estimate); step 2 is the first to run with that state held. The peak is the larger of the two.
+TRACKED_STEPS = (1, 2)
+FINAL_LOSS_WINDOW = 5  # final train loss = mean of the last steps, a less noisy number
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class Diverged(Exception):
+    """Loss became NaN or infinite."""
+
+
+@dataclass
+class Burst:
+    """What a training burst accumulates as it goes."""
+
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)
+    fwd_bwd_ms: list[float] = field(default_factory=list)
+    opt_ms: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def keep_larger_peak(self, peak: dict[str, int], step: int) -> None:
+        if peak["tracked_peak_bytes"] > self.metrics.get("tracked_peak_bytes", -1):
+            self.metrics.update(peak, tracked_peak_step=step)
+
+
+def step_options(cell: Cell) -> StepOptions:
+    d = cell.defaults
+    return StepOptions(torch.device(d.device).type, d.autocast,
+                       get_spec(cell.optimizer.name).needs_create_graph, d.grad_clip)
+
+
+def skip_reason(cell: Cell) -> str | None:
+    """Why this cell cannot run on this machine, or None."""
+    device = torch.device(cell.defaults.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "CUDA requested but not available on this machine"
+    spec = get_spec(cell.optimizer.name)
+    if device.type not in spec.devices:
+        return f"{spec.name} runs only on {', '.join(spec.devices)}, not {device.type}"
+    return None
+
+
+def train_cell(cell: Cell, emit: Emit) -> CellOutcome:
+    """Train, measure, evaluate; raises on bugs (the worker maps them to a status)."""
+    if (why := skip_reason(cell)) is not None:
+        return CellOutcome("skipped", why)
+    d, device = cell.defaults, torch.device(cell.defaults.device)
+    torch.manual_seed(d.seed)
+    tokens = load_tokens(cell.data, get_model_size(cell.model).vocab_size, corpus=cell.corpus)
+    batches = tokens.train_batches(cell.seq_len, d.batch_size, d.seed)
+    model = build_model(cell.model, torch_dtype(d.dtype), device)
+    optimizer = build_optimizer(cell.optimizer.name, model, **cell.optimizer.hparams)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(d.lr_schedule, d.steps))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    burst = Burst(metrics=_static_metrics(cell, model))
+    status, error = "ok", None
+    emit({"event": "start"})  # data and model are ready: the cell's time limit starts here
+    try:
+        for step in range(1, d.steps + 1):
+            windows = [next(batches).to(device, non_blocking=True) for _ in range(d.grad_accum)]
+            _one_step(cell, model, optimizer, windows, step, burst)
+            scheduler.step()
+            emit({"event": "step", "step": step, "steps": d.steps, "loss": burst.losses[-1],
+                  "tokens_per_s": _tokens_per_s(cell, burst.step_ms[-1:])})
+    except Diverged as exc:
+        status, error = "diverged", str(exc)
+    if device.type == "cuda":
+        burst.metrics.update(measure.cuda_memory(device))
+    if status == "ok":
+        burst.metrics.update(_evaluate(cell, model, tokens, device))
+    _summarize(cell, burst)
+    curve = [(i + 1, loss, lr) for i, (loss, lr) in enumerate(zip(burst.losses, burst.lrs))]
+    return CellOutcome(status, error, metrics=burst.metrics, curve=curve)
+
+
+def _one_step(cell: Cell, model, optimizer, windows, step: int, burst: Burst) -> None:
+    """One step, either tracked (memory) or timed (speed); its loss and lr go into `burst`."""
+    opts = step_options(cell)
+    burst.lrs.append(optimizer.param_groups[0]["lr"])
+    if step in TRACKED_STEPS:
+        with measure.tracked_peak(model, optimizer) as peak:
+            loss = train_step(model, optimizer, windows, opts)
+        burst.keep_larger_peak(peak, step)
+    else:
+        device = torch.device(cell.defaults.device)
+        with measure.stopwatch(device) as total:
+            with measure.stopwatch(device) as fwd_bwd:
+                loss = forward_backward(model, windows, opts)
+            with measure.stopwatch(device) as opt:
+                optimizer_step(model, optimizer, opts.grad_clip)
+        if step > cell.defaults.warmup:
+            burst.step_ms.append(total.ms)
+            burst.fwd_bwd_ms.append(fwd_bwd.ms)
+            burst.opt_ms.append(opt.ms)
+    burst.losses.append(loss)
+    if step == 1:  # the state is allocated lazily, in the first step
+        burst.metrics["optimizer_state_bytes"] = optimizer_state_bytes(optimizer)
+    if not math.isfinite(loss):
+        raise Diverged(f"loss is {loss} at step {step}")
+
+
+def _static_metrics(cell: Cell, model: torch.nn.Module) -> dict[str, float]:
+    """What is known before training: sizes, and the registry's state formula — beside the
+    measurement in a report, a mismatch is a red flag."""
+    return {
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "param_bytes": measure.param_bytes(model),
+        "expected_optimizer_state_bytes": get_spec(cell.optimizer.name).expected_state_bytes(
+            model, cell.optimizer.hparams),
+    }
+
+
+def _tokens_per_s(cell: Cell, step_ms: list[float]) -> float | None:
+    ms = measure.median(step_ms)
+    if not ms:
+        return None
+    d = cell.defaults
+    return d.batch_size * d.grad_accum * cell.seq_len / (ms / 1e3)
+
+
+@torch.no_grad()
+def _evaluate(cell: Cell, model, tokens, device) -> dict[str, float]:
+    model.eval()
+    batches = tokens.eval_batches(cell.seq_len, cell.defaults.batch_size, cell.defaults.eval_batches)
+    # The last held-out batch may be short: weight each batch's mean loss by its rows.
+    total = sum(lm_loss(model, b.to(device)).item() * len(b) for b in batches)
+    model.train()
+    eval_loss = total / sum(len(b) for b in batches)
+    return {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 700.0))}
+
+
+def _summarize(cell: Cell, burst: Burst) -> None:
+    m = burst.metrics
+    m["steps"] = len(burst.losses)
+    if burst.losses:
+        tail = burst.losses[-FINAL_LOSS_WINDOW:]
+        m["final_train_loss"] = sum(tail) / len(tail)
+    for name, values in (("step_ms", burst.step_ms), ("fwd_bwd_ms", burst.fwd_bwd_ms),
+                         ("optimizer_step_ms", burst.opt_ms)):
+        if values:
+            m[name] = measure.median(values)
+    tps = _tokens_per_s(cell, burst.step_ms)
+    if tps:
+        m["tokens_per_s"] = tps
+    if "peak_allocated_bytes" not in m and "tracked_peak_bytes" in m:
+        m["peak_allocated_bytes"] = m["tracked_peak_bytes"]

@@ -1,0 +1,1 @@
+"""Every output format: Markdown, PNG figures, Rich tables, JUnit / GitHub annotations."""

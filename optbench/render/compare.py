@@ -1,0 +1,248 @@
+"""Render a comparison: terminal tables, Markdown with figures, CSV and JSON.
+
+Figures share the suite report's look (optbench.render.figures): the same colour, line style and
+marker per optimizer, the same loss and memory-breakdown figures, plus a throughput-vs-memory
+scatter and, with `--by`, one metric against sequence length or model size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+
+from optbench.metrics import MIB, PART_METRICS, Metric, column_unit, format_number
+from optbench.render.figures import (THROUGHPUT_LABEL, new_figure, optimizer_handles,
+                                     optimizer_styles, plot_loss, plot_memory, safe_name,
+                                     save_figure, thousands)
+from optbench.render.frames import model_order, optimizer_order, prepare_runs
+from optbench.render.markdown import generated_line, rows_table
+from optbench.results.store import StoredRun, runs_frame
+
+STATUS_STYLE = {"ok": "green", "estimated": "yellow", "missing": "red"}
+
+
+def fmt_cell(metric: Metric, value: float, ratio: float, best: bool) -> str:
+    """'12.0 MiB (0.08×) ★': value, ratio to the baseline, and a star where best."""
+    text = format_number(metric, value)
+    if np.isfinite(ratio):
+        text += f" ({ratio:.2f}×)"
+    return text + (" ★" if best else "")
+
+
+@dataclass
+class Comparison:
+    """Everything a rendering needs; `tables` are compare.table_rows frames, one per pair."""
+
+    names: list[str]
+    baseline: str
+    metrics: list[Metric]
+    tables: list[pd.DataFrame]
+    notes: list[list[str]]  # per table: how the rows' setups differ
+    titles: list[str]
+    runs: list[StoredRun]  # the selected stored runs (for figures)
+
+
+def _header(m: Metric) -> str:
+    unit = column_unit(m)
+    return f"{m.label} ({unit})" if unit and unit.lower() != m.label.lower() else m.label
+
+
+def _cells(frame: pd.DataFrame, cmp: Comparison, metrics: list[Metric]) -> list[list[str]]:
+    out = []
+    for _, row in frame.iterrows():
+        # The baseline's own ratios are 1.00× by definition: leave them out.
+        ratio = (lambda m: np.nan) if row["optimizer"] == cmp.baseline else (
+            lambda m: row[f"{m.name}_vs_{cmp.baseline}"])
+        values = [fmt_cell(m, row[m.name], ratio(m), m.name in row["best"]) for m in metrics]
+        out.append([row["optimizer"], row["status"], row["config"] or "—", *values])
+    return out
+
+
+def caption(cmp: Comparison) -> str:
+    return (f"(×) = ratio to {cmp.baseline} · ★ = best in the column · MiB = 2^20 bytes · "
+            f"— = not measured · Config = suite and config fingerprint of the row")
+
+
+def terminal_metrics(cmp: Comparison, chosen: bool) -> list[Metric]:
+    """The terminal gets the headline columns unless metrics were chosen; parts go to the Markdown."""
+    return cmp.metrics if chosen else [m for m in cmp.metrics if m.name not in PART_METRICS]
+
+
+def rich_tables(cmp: Comparison, chosen: bool = False) -> list[Table]:
+    metrics = terminal_metrics(cmp, chosen)
+    note = "" if chosen else " · parts of the peak in the report"
+    tables = []
+    for frame, title, notes in zip(cmp.tables, cmp.titles, cmp.notes):
+        table = Table(title=title, caption=caption(cmp) + note + "".join(f"\n⚠ setups differ: {n}" for n in notes))
+        for col in ["Optimizer", "Status", "Config", *(_header(m) for m in metrics)]:
+            table.add_column(col, justify="left" if col in ("Optimizer", "Status", "Config") else "right",
+                             no_wrap=col == "Config")
+        for cells in _cells(frame, cmp, metrics):
+            table.add_row(cells[0], f"[{STATUS_STYLE.get(cells[1], 'red')}]{cells[1]}[/]", *cells[2:])
+        tables.append(table)
+    return tables
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def long_frame(cmp: Comparison) -> pd.DataFrame:
+    """All tables as one frame of raw numbers (bytes, not MiB), for CSV."""
+    frame = pd.concat(cmp.tables, ignore_index=True)
+    frame["best"] = frame["best"].map(";".join)
+    frame["run_id"] = frame["run_id"].astype("Int64")
+    for m in cmp.metrics:  # bytes are integers: no '71526628.0' in a spreadsheet
+        if m.unit == "bytes":
+            frame[m.name] = frame[m.name].round().astype("Int64")
+    return frame
+
+
+def to_json(cmp: Comparison) -> str:
+    tables = []
+    for frame, notes in zip(cmp.tables, cmp.notes):
+        rows = []
+        for _, row in frame.iterrows():
+            metrics = {m.name: {"value": _num(row[m.name]), "unit": m.unit,
+                                f"vs_{cmp.baseline}": _num(row[f"{m.name}_vs_{cmp.baseline}"]),
+                                "best": m.name in row["best"], "higher_is_better": m.higher_is_better}
+                       for m in cmp.metrics}
+            rows.append({"optimizer": row["optimizer"], "status": row["status"],
+                         "config": row["config"] or None, "run_id": _num(row["run_id"]), "metrics": metrics})
+        tables.append({"model": frame["model"].iloc[0], "seq_len": int(frame["seq_len"].iloc[0]),
+                       "setup_differences": notes, "rows": rows})
+    doc = {"baseline": cmp.baseline, "optimizers": cmp.names, "tables": tables}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def _num(value):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return None
+    return int(value) if float(value).is_integer() else float(value)
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def write_markdown(cmp: Comparison, curves: pd.DataFrame, out_dir: Path, command: str,
+                   by: str | None, by_metric: Metric) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# optbench compare: {', '.join(cmp.names)}", "",
+             generated_line(command), "",
+             f"Each row is the latest ok result of that optimizer at that model and sequence"
+             f" length in the results store. {caption(cmp)}.", ""]
+    for frame, title, notes in zip(cmp.tables, cmp.titles, cmp.notes):
+        header = ["Optimizer", "Status", "Config", *(_header(m) for m in cmp.metrics)]
+        cells = _cells(frame, cmp, cmp.metrics)
+        lines += [f"## {title}", "", rows_table(header, cells), ""]
+        if notes:
+            lines += ["**Setups differ** (these rows are not like for like):", "",
+                      *[f"- `{n}`" for n in notes], ""]
+    written = []
+    for alt, path in figures(cmp, curves, out_dir, by, by_metric):
+        lines += [f"![{alt}]({path.name})", ""]
+        written.append(path)
+    summary = out_dir / "summary.md"
+    summary.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return [summary, *written]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _plot_frame(cmp: Comparison) -> pd.DataFrame:
+    """The selected runs labelled by optimizer name, as optbench.report's figures expect."""
+    runs = runs_frame(cmp.runs)
+    runs["optimizer"] = runs["optimizer_name"]
+    return prepare_runs(runs)
+
+
+def figures(cmp: Comparison, curves: pd.DataFrame, out_dir: Path, by: str | None,
+            by_metric: Metric) -> list[tuple[str, Path]]:
+    if not cmp.runs:
+        return []
+    runs = _plot_frame(cmp)
+    styles = optimizer_styles(runs["optimizer"])
+    out = []
+    for model in model_order(runs):
+        model_runs = runs[runs["model"] == model]
+        name = safe_name(model)
+        out += [
+            (f"{model}: training loss", plot_loss(
+                model, model_runs, curves, styles, cmp.baseline, out_dir / f"loss_{name}.png")),
+            (f"{model}: peak memory by component", plot_memory(
+                model, model_runs, cmp.baseline, out_dir / f"memory_{name}.png")),
+            (f"{model}: throughput vs peak memory", _plot_scatter(
+                model, model_runs, styles, cmp.baseline, out_dir / f"throughput_vs_memory_{name}.png")),
+        ]  # fmt: skip
+    if by:
+        out.append((f"{by_metric.name} by {by}", _plot_by(
+            runs, by, by_metric, styles, cmp.baseline, out_dir / f"{by_metric.name}_by_{by}.png")))
+    return [(alt, path) for alt, path in out if path is not None]
+
+
+def _plot_scatter(model: str, runs: pd.DataFrame, styles, baseline: str, path: Path) -> Path | None:
+    """Tokens/s against peak MiB, one marker per optimizer; up and to the left is better."""
+    ok = runs[np.isfinite(runs["tokens_per_s"]) & np.isfinite(runs["peak_allocated_bytes"])]
+    if ok.empty:
+        return None
+    labels = optimizer_order(ok["optimizer"], baseline)
+    several = ok["seq_len"].nunique() > 1
+    fig = new_figure(7.5, 4.8)
+    ax = fig.subplots()
+    for label in labels:
+        rows = ok[ok["optimizer"] == label].sort_values("seq_len")
+        style = styles[label]
+        ax.plot(rows["peak_allocated_bytes"] / MIB, rows["tokens_per_s"], ls=":" if several else "none",
+                color=style["color"], marker=style["marker"], ms=9, mfc="none", mew=1.8, label=label)
+        if several:  # which point is which sequence length
+            for x, y, seq in zip(rows["peak_allocated_bytes"] / MIB, rows["tokens_per_s"], rows["seq_len"]):
+                ax.annotate(f"{seq}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8, color="gray")
+    ax.set_xlabel("peak memory (MiB)")
+    ax.set_ylabel(THROUGHPUT_LABEL)
+    thousands(ax.xaxis)
+    thousands(ax.yaxis)
+    # Room right of and above the highest point for the seq-len labels.
+    ax.set_xlim(0, ok["peak_allocated_bytes"].max() / MIB * 1.12)
+    ax.set_ylim(0, ok["tokens_per_s"].max() * 1.12)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", title="optimizer")
+    note = " (labels: seq len)" if several else ""
+    ax.set_title(f"{model}: throughput vs peak memory{note}\nbetter: up and to the left", fontsize=11)
+    return save_figure(fig, path)
+
+
+def _plot_by(runs: pd.DataFrame, by: str, metric: Metric, styles, baseline: str, path: Path) -> Path | None:
+    """`metric` against seq len (one panel per model) or model (one panel per seq len)."""
+    ok = runs[np.isfinite(runs[metric.name])] if metric.name in runs else runs.iloc[0:0]
+    if ok.empty:
+        return None
+    models = [m for m in model_order(runs) if m in set(ok["model"])]
+    panels = models if by == "seq_len" else sorted(ok["seq_len"].unique())
+    fig = new_figure(2.0 + 4.2 * len(panels), 4.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    scale = MIB if metric.unit == "bytes" else 1
+    for ax, panel in zip(axes, panels):
+        at = ok[ok["model"] == panel] if by == "seq_len" else ok[ok["seq_len"] == panel]
+        xs = sorted(at["seq_len"].unique()) if by == "seq_len" else [m for m in models if m in set(at["model"])]
+        for label in optimizer_order(at["optimizer"], baseline):
+            rows = at[at["optimizer"] == label].set_index(by)
+            present = [x for x in xs if x in rows.index]
+            ax.plot([xs.index(x) for x in present], rows.loc[present, metric.name] / scale, **styles[label],
+                    label=label, ms=8, mfc="none", mew=1.6)
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+        ax.set_xlabel("sequence length (tokens)" if by == "seq_len" else "model (by size)")
+        ax.set_title(str(panel) if by == "seq_len" else f"seq {panel}", fontsize=10)
+        ax.grid(alpha=0.3)
+        thousands(ax.yaxis)
+    unit = column_unit(metric)
+    axes[0].set_ylabel(f"{metric.name}" + (f" ({unit})" if unit else ""))
+    handles = optimizer_handles(optimizer_order(ok["optimizer"], baseline), styles, marker=True)
+    fig.legend(handles=handles, loc="outside right upper", title="optimizer")
+    better = "higher" if metric.higher_is_better else "lower"
+    fig.suptitle(f"{metric.label} by {'sequence length' if by == 'seq_len' else 'model size'} ({better} is better)")
+    return save_figure(fig, path)

@@ -1,0 +1,231 @@
+"""The suite report: Markdown with PNG figures, and Rich tables for the terminal.
+
+Everything here is a pure function of two DataFrames read from the results store (`runs`: one
+row per cell, optbench.results.store.runs_frame; `curves`: per-step loss in long format), so a
+report can be re-rendered at any time without training anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+from rich.text import Text
+
+from optbench.errors import informative_line
+from optbench.metrics import (DASH, MEMORY_PARTS, RESULT_STATUSES, STATUSES, format_mib,
+                              format_ratio, is_number, part_metric)
+from optbench.render.figures import model_figures, optimizer_styles
+from optbench.render.frames import (group_title, grouped, model_order, prepare_runs,
+                                    resolve_baseline, setup_label)
+from optbench.render.markdown import LEFT_ALIGNED, fence, generated_line, markdown_table
+
+__all__ = ["rich_tables", "summary_frame", "write_report"]
+
+ERROR_CHARS = 60
+
+
+
+def _fmt(value, spec: str) -> str:
+    return format(float(value), spec) if is_number(value) else DASH
+
+
+def _status_text(row: pd.Series) -> str:
+    line = informative_line(row["error"])
+    if row["status"] in RESULT_STATUSES or not line:
+        return str(row["status"])
+    short = line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 1].rstrip() + "…"
+    return f"{row['status']}: {short}"
+
+
+PART_COLUMNS = tuple(f"{label} (MiB)" for label in MEMORY_PARTS.values())
+# The terminal gets the headline columns; the breakdown lives in summary.md.
+BREAKDOWN_COLUMNS = (*PART_COLUMNS, "fwd+bwd / opt (ms)")
+
+
+def _columns(baseline: str) -> list[str]:
+    return [
+        "Optimizer", "Status", "State (MiB)", "Peak (MiB)", *PART_COLUMNS,
+        f"Peak vs {baseline}", f"State vs {baseline}",
+        "Tokens/s", "Step (ms)", "fwd+bwd / opt (ms)", "Final train loss", "Eval ppl",
+    ]  # fmt: skip
+
+
+def _format_row(row: pd.Series, base: pd.Series | None, baseline: str) -> list[str]:
+    """One table row. Failed rows keep only name and status: their metrics are partial at best."""
+    if row["status"] not in RESULT_STATUSES:
+        return [str(row["optimizer"]), _status_text(row)] + [DASH] * (len(_columns(baseline)) - 2)
+    ok_base = base is not None and base["status"] in RESULT_STATUSES
+    peak_base = base["peak_allocated_bytes"] if ok_base else np.nan
+    state_base = base["optimizer_state_bytes"] if ok_base else np.nan
+    split = DASH
+    if is_number(row["fwd_bwd_ms"]) or is_number(row["optimizer_step_ms"]):
+        split = f"{_fmt(row['fwd_bwd_ms'], ',.1f')} / {_fmt(row['optimizer_step_ms'], ',.1f')}"
+    return [
+        str(row["optimizer"]),
+        str(row["status"]),
+        format_mib(row["optimizer_state_bytes"]),
+        format_mib(row["peak_allocated_bytes"]),
+        *(format_mib(row[part_metric(part)]) for part in MEMORY_PARTS),
+        format_ratio(row["peak_allocated_bytes"], peak_base),
+        format_ratio(row["optimizer_state_bytes"], state_base),
+        _fmt(row["tokens_per_s"], ",.0f"),
+        _fmt(row["step_ms"], ",.1f"),
+        split,
+        _fmt(row["final_train_loss"], ".3f"),
+        _fmt(row["eval_ppl"], ",.1f"),
+    ]
+
+
+def _group_frame(group: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Formatted rows of one (model, seq_len) group, baseline first."""
+    base_rows = group[group["optimizer"] == baseline]
+    base = base_rows.iloc[0] if len(base_rows) else None
+    rows = [_format_row(row, base, baseline) for _, row in group.iterrows()]
+    return pd.DataFrame(rows, columns=_columns(baseline))
+
+
+def summary_frame(runs: pd.DataFrame, baseline: str = "adamw") -> pd.DataFrame:
+    """Human-facing summary, one formatted row (strings) per (model, seq_len, optimizer).
+
+    Sorted by model size, then seq_len, then optimizer with `baseline` first. Memory is in
+    MiB (2**20 bytes); ratios are against the `baseline` row of the same model and seq_len.
+    """
+    baseline = resolve_baseline(runs, baseline)
+    columns = ["Model", "Seq len", *_columns(baseline)]
+    frames = []
+    for model, seq_len, group in grouped(prepare_runs(runs), baseline):
+        frame = _group_frame(group, baseline)
+        frame.insert(0, "Seq len", seq_len)
+        frame.insert(0, "Model", model)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def rich_tables(runs: pd.DataFrame, baseline: str = "adamw") -> list[Table]:
+    """The summary for the terminal: one table per (model, seq_len)."""
+    tables = []
+    baseline = resolve_baseline(runs, baseline)
+    for model, seq_len, group in grouped(prepare_runs(runs), baseline):
+        full = _group_frame(group, baseline)
+        # The terminal gets the headline columns; the breakdown lives in summary.md.
+        frame = full[[c for c in full.columns if c not in BREAKDOWN_COLUMNS]]
+        table = Table(title=group_title(model, seq_len, group),
+                      caption="MiB = 2^20 bytes · breakdown in summary.md")
+        for col in frame.columns:
+            table.add_column(col, justify="left" if col in LEFT_ALIGNED else "right")
+        for cells in frame.itertuples(index=False):
+            status = Text(cells[1], style="green" if cells[1] in RESULT_STATUSES else "red")
+            table.add_row(cells[0], status, *cells[2:])
+        tables.append(table)
+    return tables
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _legend_lines(baseline: str) -> list[str]:
+    return [
+        "**Columns** (MiB = 2^20 bytes; a `—` means not measured or not applicable):",
+        "",
+        f"- **Status** — {', '.join(STATUSES)}; a row without results shows"
+        " the start of its error (full text under Failures) and no metrics.",
+        "- **State (MiB)** — bytes of optimizer state, measured after the first optimizer step"
+        " (state is allocated lazily).",
+        "- **Peak (MiB)** — peak memory of training: on CUDA `torch.cuda.max_memory_allocated`"
+        " over the whole run; on CPU the tensor tracker's peak of live tensors over steps 1 and 2"
+        " (state allocation and first-time work, then a step with the state held).",
+        f"- **{' / '.join(MEMORY_PARTS.values())} (MiB)** — what the live tensors were at the"
+        " peak moment; Temps are activation gradients and whatever a step allocates outside"
+        " forward, backward and the optimizer step, and when the peak falls inside"
+        " `optimizer.step()` the optimizer part includes that step's temporaries. They sum to Peak"
+        " on CPU; on CUDA the allocator's Peak can be a little larger.",
+        f"- **Peak vs {baseline}** — this row's Peak divided by the {baseline} row's Peak at the"
+        f" same model and sequence length (`—` when {baseline} is missing or not ok).",
+        f"- **State vs {baseline}** — the same ratio for optimizer state.",
+        "- **Tokens/s** — training throughput, median over the timed steps after warm-up.",
+        "- **Step (ms)** — wall time of one training step, median over the timed steps;"
+        " **fwd+bwd / opt (ms)** splits it into forward+backward and `optimizer.step()`.",
+        "- **Final train loss** — training loss (nats/token), mean over the last 5 steps.",
+        "- **Eval ppl** — perplexity, exp(eval loss), on held-out batches.",
+    ]
+
+
+def _failure_lines(runs: pd.DataFrame, baseline: str) -> list[str]:
+    lines = []
+    for model, seq_len, group in grouped(runs, baseline):
+        for _, row in group[~group["status"].isin(RESULT_STATUSES)].iterrows():
+            error = row["error"].strip() if isinstance(row["error"], str) else ""
+            text = error or "(no error text recorded)"
+            rule = fence(text)
+            where = f"{model} · seq {seq_len} · {row['optimizer']}"
+            lines += [
+                f"- **{where}** — {row['status']} (run {row['run_id']}, cell `{row['cell_id']}`)",
+                "",
+                f"  {rule}text",
+                *[f"  {line}" for line in text.splitlines()],
+                f"  {rule}",
+                "",
+            ]
+    return lines
+
+
+def _provenance_line(runs: pd.DataFrame, command: str, store: str) -> str:
+    n_ok = int((runs["status"] == "ok").sum())
+    n_est = int((runs["status"] == "estimated").sum())
+    counts = f"{n_ok} ok" + (f", {n_est} estimated" if n_est else "")
+    what = f"{len(runs)} results ({counts})" + (f" in `{store}`" if store else "")
+    return generated_line(command, what)
+
+
+def _model_heading(model: str, model_runs: pd.DataFrame) -> str:
+    n_params = model_runs["n_params"].max()
+    return f"## {model} ({n_params / 1e6:.1f}M parameters)" if is_number(n_params) else f"## {model}"
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    out_dir: Path,
+    title: str,
+    description: str = "",
+    baseline: str = "adamw",
+    command: str = "",
+    store: str = "",
+) -> list[Path]:
+    """Write out_dir/summary.md and its PNG figures; return the paths written (summary first).
+    `command` (the real command line) and `store` (the results database) go in its provenance."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    baseline = resolve_baseline(runs, baseline)
+    runs = prepare_runs(runs)
+    styles = optimizer_styles(runs["optimizer"])
+    lines = [f"# {title}", ""]
+    if description.strip():
+        lines += [description.strip(), ""]
+    lines += [_provenance_line(runs, command, store), "", *_legend_lines(baseline), ""]
+    if runs.empty:
+        lines += ["No results to report.", ""]
+    written: list[Path] = []
+    for model in model_order(runs):
+        model_runs = runs[runs["model"] == model]
+        lines += [_model_heading(model, model_runs), ""]
+        for _, seq_len, group in grouped(model_runs, baseline):
+            setup = setup_label(group)
+            lines += [f"### seq {seq_len}" + (f" · {setup}" if setup else ""), ""]
+            lines += [markdown_table(_group_frame(group, baseline)), ""]
+        for alt, path in model_figures(model, model_runs, curves, styles, baseline, out_dir):
+            lines += [f"![{alt}]({path.name})", ""]
+            written.append(path)
+    if (~runs["status"].isin(RESULT_STATUSES)).any():
+        lines += ["## Failures", "", *_failure_lines(runs, baseline)]
+    summary = out_dir / "summary.md"
+    summary.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return [summary, *written]

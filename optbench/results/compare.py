@@ -1,0 +1,213 @@
+"""What `optbench compare` selects and computes: named optimizers side by side, per model ×
+seq len, from the store.
+
+For each (model, seq len, optimizer) the latest ok result is taken, whatever suite made it
+(an `estimated` one, memory only, when there is no measured one). Rows of one table may then
+come from different setups; each row names its config, and a note under the table says which
+settings differ, so results are never mixed silently. Missing results are found here (and run
+by optbench.commands.compare) with the setup the table's other rows share when they share one
+(so the new rows are comparable), else with a default setup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from optbench.config import schema
+from optbench.config.suite import Cell, Defaults, OptimizerChoice, make_cell, resolve_device
+from optbench.data import DataConfig, corpus_key
+from optbench.errors import OptbenchError
+from optbench.metrics import COMPARE_DEFAULT, RESULT_STATUSES, Metric, get_metric
+from optbench.models import get_model_size
+from optbench.optimizers import get_spec, resolve_hparams
+from optbench.results.store import ResultStore, StoredRun, latest
+
+DEFAULT_MODEL, DEFAULT_SEQ_LEN = "llama_9m", 128  # the quick suite's smaller model and longer seq
+BY_AXES = ("seq_len", "model")
+Pair = tuple[str, int]  # (model, seq_len): one table
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked to compare (names as typed; canonicalized by `resolve`)."""
+
+    names: tuple[str, ...]
+    baseline: str = "adamw"
+    models: tuple[str, ...] = ()
+    seq_lens: tuple[int, ...] = ()
+    suite: str | None = None  # a stored suite name (a YAML file is resolved by the command)
+    metrics: tuple[str, ...] = ()
+    steps: int | None = None
+    device: str | None = None
+
+
+def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
+    """(canonical names, baseline first; baseline name; metrics) or one-line errors."""
+    names = [get_spec(n).name for n in req.names]
+    baseline = get_spec(req.baseline).name
+    for model in req.models:
+        get_model_size(model)
+    metrics = [get_metric(m) for m in (req.metrics or COMPARE_DEFAULT)]
+    return list(dict.fromkeys([baseline, *names])), baseline, metrics
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def select(store: ResultStore, names: list[str], req: Request,
+           suite_name: str | None) -> list[StoredRun]:
+    """One run per (model, seq_len, optimizer name): the latest ok run, else the latest usable."""
+    runs = store.runs(optimizer_names=names, models=req.models, seq_lens=req.seq_lens,
+                      suite=suite_name, statuses=RESULT_STATUSES)
+    return latest(runs, key=lambda r: (r.model, r.seq_len, r.optimizer_name))
+
+
+def _at(runs: list[StoredRun], pair: Pair) -> list[StoredRun]:
+    return [r for r in runs if (r.model, r.seq_len) == pair]
+
+
+def wanted_pairs(runs: list[StoredRun], req: Request) -> list[Pair]:
+    """(model, seq_len) tables to show: the asked product, else what is stored, else a default."""
+    if req.models and req.seq_lens:
+        return [(m, s) for m in req.models for s in req.seq_lens]
+    stored = sorted({(r.model, int(r.seq_len)) for r in runs})
+    if stored:
+        return stored
+    return [(m, s) for m in (req.models or (DEFAULT_MODEL,)) for s in (req.seq_lens or (DEFAULT_SEQ_LEN,))]
+
+
+Setup = tuple[Defaults, DataConfig]
+
+
+def missing_cells(runs: list[StoredRun], pairs: list[Pair], names: list[str], req: Request,
+                  suite_setup: Setup | None, suite_name: str | None = None) -> list[Cell]:
+    """Cells to run so that every table has every optimizer; stored under `suite_name` (the
+    --suite given, so that they pass its filter next time) or 'compare'."""
+    have = {(r.model, int(r.seq_len), r.optimizer_name) for r in runs}
+    cells, corpora = [], {}
+    for model, seq_len in pairs:
+        todo = [n for n in names if (model, seq_len, n) not in have]
+        if not todo:
+            continue
+        defaults, data = suite_setup or _shared_setup(_at(runs, (model, seq_len))) or _default_setup()
+        defaults = _with_overrides(defaults, req)
+        _check_fits(model, seq_len, defaults)
+        corpus = corpora.setdefault(json.dumps(dataclasses.asdict(data)), corpus_key(data))
+        for name in todo:
+            choice = OptimizerChoice(name, resolve_hparams(name, {}, model), label=name)
+            cells.append(make_cell(suite_name or "compare", model, choice, seq_len, defaults,
+                                   data, corpus))
+    return cells
+
+
+def _shared_setup(group: list[StoredRun]) -> Setup | None:
+    """(Defaults, DataConfig) that every stored row of this table shares, else None."""
+    setups = {json.dumps({k: r.config[k] for k in ("defaults", "data")}, sort_keys=True)
+              for r in group}
+    if len(setups) != 1:
+        return None
+    setup = json.loads(setups.pop())
+    return schema.build(Defaults, setup["defaults"], "stored config: defaults"), \
+        schema.build(DataConfig, setup["data"], "stored config: data")
+
+
+def _default_setup() -> Setup:
+    return Defaults(device="auto"), DataConfig()
+
+
+def _with_overrides(defaults: Defaults, req: Request) -> Defaults:
+    changes = {k: v for k, v in (("steps", req.steps), ("device", req.device)) if v is not None}
+    defaults = dataclasses.replace(defaults, **changes)
+    return dataclasses.replace(defaults, device=resolve_device(defaults.device))
+
+
+def _check_fits(model: str, seq_len: int, defaults: Defaults) -> None:
+    limit = get_model_size(model).max_position_embeddings
+    if seq_len > limit:
+        raise OptbenchError(f"--seq-len {seq_len}: exceeds {model}'s max_seq {limit}")
+    if defaults.steps <= max(defaults.warmup, 2):
+        raise OptbenchError(f"--steps {defaults.steps}: must be > {max(defaults.warmup, 2)} "
+                            f"(steps 1-2 are tracked and the first {defaults.warmup} untimed)")
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def config_label(run: StoredRun) -> str:
+    """'quick a7521b91': the suite that made the row and its config's fingerprint."""
+    return f"{run.suite} {str(run.fingerprint)[:8]}"
+
+
+def table_rows(runs: list[StoredRun], names: list[str], pair: Pair, metrics: list[Metric],
+               baseline: str) -> pd.DataFrame:
+    """One row per name in `names` order for one (model, seq_len); absent ones as 'missing'."""
+    model, seq_len = pair
+    by_name = {r.optimizer_name: r for r in _at(runs, pair)}
+    base = by_name.get(baseline)
+    rows = []
+    for name in names:
+        run = by_name.get(name)
+        out: dict[str, Any] = {"model": model, "seq_len": seq_len, "optimizer": name,
+                               "status": "missing" if run is None else run.status,
+                               "config": "" if run is None else config_label(run),
+                               "run_id": None if run is None else run.run_id}
+        for m in metrics:
+            value = np.nan if run is None else run.metric(m.name)
+            out[m.name] = value
+            out[f"{m.name}_vs_{baseline}"] = _ratio(value, np.nan if base is None else base.metric(m.name))
+        rows.append(out)
+    frame = pd.DataFrame(rows)
+    frame["best"] = _best(frame, metrics)
+    return frame
+
+
+def _ratio(value: float, base: float) -> float:
+    return value / base if np.isfinite(value) and np.isfinite(base) and base != 0 else np.nan
+
+
+def _best(frame: pd.DataFrame, metrics: list[Metric]) -> list[list[str]]:
+    """Per row, the metrics where it is best; none when a column has one value or all tie."""
+    best = [[] for _ in range(len(frame))]
+    for m in metrics:
+        values = frame[m.name].to_numpy(dtype=float)
+        finite = values[np.isfinite(values)]
+        if len(np.unique(finite)) < 2:
+            continue
+        top = finite.max() if m.higher_is_better else finite.min()
+        for i, v in enumerate(values):
+            if v == top:
+                best[i].append(m.name)
+    return best
+
+
+def config_notes(runs: list[StoredRun], pair: Pair) -> list[str]:
+    """What differs between the setups of one table's rows (the optimizer part aside)."""
+    flat = {config_label(r): _flatten({k: v for k, v in r.config.items() if k != "optimizer"})
+            for r in _at(runs, pair)}
+    if len({json.dumps(f, sort_keys=True) for f in flat.values()}) < 2:
+        return []
+    keys = sorted({k for f in flat.values() for k in f})
+    differ = [k for k in keys if len({json.dumps(f.get(k)) for f in flat.values()}) > 1]
+    return [f"{k}: " + ", ".join(f"{json.dumps(f.get(k))} ({label})" for label, f in flat.items())
+            for k in differ]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def group_title(runs: list[StoredRun], pair: Pair) -> str:
+    model, seq_len = pair
+    setups = " / ".join(dict.fromkeys(f"{r.device} {r.dtype}" for r in _at(runs, pair)))
+    return " · ".join(p for p in (model, f"seq {seq_len}", setups) if p)

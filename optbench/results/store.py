@@ -1,0 +1,237 @@
+"""SQLite results store: the single source of truth for reports, compare and check.
+
+One row per run (config, status, environment), its metrics (name -> value, the unit in
+the name) and its loss curve. Each run is written in one transaction the moment it ends,
+so an interrupted suite loses nothing already finished. WAL mode lets a report read while
+a suite writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable
+
+import pandas as pd
+
+from optbench.engine.outcome import RunResult
+from optbench.errors import OptbenchError
+from optbench.metrics import RESULT_STATUSES
+
+DEFAULT_DB = Path("results/optbench.sqlite")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    suite TEXT NOT NULL,
+    cell_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    optimizer TEXT NOT NULL,
+    optimizer_name TEXT NOT NULL,
+    seq_len INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    dtype TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    traceback TEXT,
+    config_json TEXT NOT NULL,
+    env_json TEXT NOT NULL,
+    started_at REAL,
+    ended_at REAL
+);
+CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint, status);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL REFERENCES runs (run_id),
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS loss_curves (
+    run_id INTEGER NOT NULL REFERENCES runs (run_id),
+    step INTEGER NOT NULL,
+    loss REAL,
+    lr REAL,
+    PRIMARY KEY (run_id, step)
+);
+"""
+
+
+@dataclass
+class StoredRun(RunResult):
+    """A run as read back: what was saved, plus its row id (later runs have larger ids)."""
+
+    run_id: int = 0
+
+    @property
+    def usable(self) -> bool:
+        """It carries results (ok, or estimated memory)."""
+        return self.status in RESULT_STATUSES
+
+    def metric(self, name: str) -> float:
+        """The stored value, NaN when not measured."""
+        value = self.metrics.get(name)
+        return float("nan") if value is None else float(value)
+
+
+class ResultStore:
+    """Open (creating if needed) the store at `path`."""
+
+    def __init__(self, path: str | Path = DEFAULT_DB):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, timeout=30)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise OptbenchError(f"{self.path}: not a usable optbench results database ({exc})") from None
+        except OSError as exc:
+            raise OptbenchError(f"{self.path}: cannot open results database ({exc.strerror})") from None
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise OptbenchError(
+                f"{self.path}: written by a newer optbench (schema {version}); upgrade optbench"
+            )
+        with self.conn:
+            self.conn.executescript(_SCHEMA)
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def save(self, r: RunResult) -> int:
+        """Insert one run with its metrics and curve in a single transaction; returns run_id."""
+        with self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO runs (suite, cell_id, fingerprint, model, optimizer, optimizer_name,"
+                " seq_len, device, dtype, status, error, traceback, config_json, env_json,"
+                " started_at, ended_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (r.suite, r.cell_id, r.fingerprint, r.model, r.optimizer, r.optimizer_name,
+                 r.seq_len, r.device, r.dtype, r.status, r.error, r.traceback,
+                 json.dumps(r.config, sort_keys=True), json.dumps(r.env, sort_keys=True),
+                 r.started_at, r.ended_at),
+            )
+            run_id = int(cur.lastrowid)
+            self.conn.executemany(
+                "INSERT INTO metrics (run_id, name, value) VALUES (?,?,?)",
+                [(run_id, k, _finite_or_none(v)) for k, v in sorted(r.metrics.items())],
+            )
+            self.conn.executemany(
+                "INSERT INTO loss_curves (run_id, step, loss, lr) VALUES (?,?,?,?)",
+                [(run_id, int(s), _finite_or_none(loss), lr) for s, loss, lr in r.curve],
+            )
+        return run_id
+
+    def has_result(self, fingerprint: str) -> bool:
+        """True when the cell has a result (ok, or estimated for a `device: meta` cell)."""
+        marks = ",".join("?" * len(RESULT_STATUSES))
+        row = self.conn.execute(
+            f"SELECT 1 FROM runs WHERE fingerprint = ? AND status IN ({marks}) LIMIT 1",
+            (fingerprint, *RESULT_STATUSES),
+        ).fetchone()
+        return row is not None
+
+    def runs(self, fingerprints: Iterable[str] | None = None, optimizer_names: Iterable[str] = (),
+             models: Iterable[str] = (), seq_lens: Iterable[int] = (), suite: str | None = None,
+             statuses: Iterable[str] = ()) -> list[StoredRun]:
+        """Every stored run matching all the filters given (an empty filter matches all),
+        oldest first, with its metrics."""
+        where, params = [], []
+        filters = (("fingerprint", fingerprints), ("optimizer_name", optimizer_names),
+                   ("model", models), ("seq_len", seq_lens), ("status", statuses),
+                   ("suite", [suite] if suite is not None else ()))
+        for column, values in filters:
+            if values is None:
+                continue
+            values = list(values)
+            if column == "fingerprint" or values:  # no fingerprints given: nothing matches
+                where.append(f"{column} IN ({','.join('?' * len(values))})")
+                params += values
+        sql = f"SELECT * FROM runs WHERE {' AND '.join(where) or '1'} ORDER BY run_id"
+        cursor = self.conn.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        runs = [_stored_run(dict(zip(names, row))) for row in cursor.fetchall()]
+        self._attach_metrics(runs)
+        return runs
+
+    def latest_runs(self, fingerprints: Iterable[str], prefer_results: bool = True) -> list[StoredRun]:
+        """Per fingerprint, in the order given, the latest run with a result (else the latest
+        of any status); with `prefer_results=False` the latest whatever its status (a gate
+        must see a new failure)."""
+        fps = list(dict.fromkeys(fingerprints))
+        chosen = latest(self.runs(fps), key=lambda r: r.fingerprint,
+                        preference=RESULT_STATUSES if prefer_results else ())
+        order = {fp: i for i, fp in enumerate(fps)}
+        return sorted(chosen, key=lambda r: order[r.fingerprint])
+
+    def _attach_metrics(self, runs: list[StoredRun]) -> None:
+        by_id = {r.run_id: r for r in runs}
+        ids = list(by_id)
+        for start in range(0, len(ids), _SQL_VARIABLES):  # SQLite caps bound parameters
+            chunk = ids[start:start + _SQL_VARIABLES]
+            rows = self.conn.execute(
+                f"SELECT run_id, name, value FROM metrics WHERE run_id IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall()
+            for run_id, name, value in rows:
+                if value is not None:
+                    by_id[run_id].metrics[name] = float(value)
+
+    def curves(self, run_ids: Iterable[int]) -> pd.DataFrame:
+        ids = [int(i) for i in run_ids]
+        if not ids:
+            return pd.DataFrame(columns=["run_id", "cell_id", "step", "loss", "lr"])
+        marks = ",".join("?" * len(ids))
+        return pd.read_sql_query(
+            f"SELECT c.run_id, r.cell_id, c.step, c.loss, c.lr FROM loss_curves c"
+            f" JOIN runs r USING (run_id) WHERE c.run_id IN ({marks}) ORDER BY c.run_id, c.step",
+            self.conn, params=ids,
+        )
+
+    def count_runs(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if value == value and abs(value) != float("inf") else None
+
+
+_SQL_VARIABLES = 900
+
+
+def _stored_run(row: dict[str, Any]) -> StoredRun:
+    config, env = json.loads(row.pop("config_json")), json.loads(row.pop("env_json"))
+    return StoredRun(**row, config=config, env=env)
+
+
+def latest(runs: Iterable[StoredRun], key: Callable[[StoredRun], Hashable],
+           preference: tuple[str, ...] = RESULT_STATUSES) -> list[StoredRun]:
+    """Per `key`, the one run that stands for it: the latest with the most preferred status
+    (`preference` in order), else the latest of any status. The one selection rule of the store:
+    reports, compare and check all pick through it."""
+    rank = {status: len(preference) - i for i, status in enumerate(preference)}
+    best: dict[Hashable, StoredRun] = {}
+    for run in runs:
+        k = key(run)
+        if k not in best or (rank.get(run.status, 0), run.run_id) > (
+                rank.get(best[k].status, 0), best[k].run_id):
+            best[k] = run
+    return list(best.values())
+
+
+RUN_COLUMNS = ("run_id", "suite", "cell_id", "fingerprint", "model", "optimizer", "optimizer_name",
+               "seq_len", "device", "dtype", "status", "error")
+
+
+def runs_frame(runs: Iterable[StoredRun]) -> pd.DataFrame:
+    """One row per run, its metrics as columns: what the report and figure renderers read."""
+    rows = [{**{c: getattr(r, c) for c in RUN_COLUMNS}, **r.metrics} for r in runs]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(RUN_COLUMNS))

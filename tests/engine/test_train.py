@@ -1,0 +1,96 @@
+"""Model sizes, the lr schedule, bf16/grad-accum bursts, and the worker's fault mapping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from optbench.models import MODEL_SIZES, build_model
+from optbench.config.loader import load_suite
+from optbench.config.schedules import LRSchedule, lr_factor
+from optbench.config.suite import expand
+from optbench.engine.train import train_cell
+from tests.conftest import TINY_SUITE
+
+# Parameter counts of the GaLore / APOLLO / SCALE configs, computed by hand from
+# (vocab 32000, hidden h, intermediate i, layers L): 2*32000*h + L*(4h^2 + 3hi + 2h) + h.
+PAPER_PARAMS = {
+    "llama_60m": 58_073_600,
+    "llama_130m": 134_105_856,
+    "llama_350m": 367_969_280,
+    "llama_1b": 1_339_082_752,
+    "llama_7b": 6_738_415_616,
+}
+
+
+@pytest.mark.parametrize("name", list(PAPER_PARAMS))
+def test_paper_sizes_have_the_papers_parameter_counts(name):
+    model = build_model(name, device="meta")  # shapes only: nothing is allocated
+    assert sum(p.numel() for p in model.parameters()) == PAPER_PARAMS[name]
+    assert model.lm_head.weight is not model.model.embed_tokens.weight  # untied
+    assert model.config.rms_norm_eps == 1e-6 and model.config.vocab_size == 32000
+
+
+def test_every_size_matches_its_formula():
+    for name, size in MODEL_SIZES.items():
+        model = build_model(name, device="meta")
+        assert sum(p.numel() for p in model.parameters()) == size.n_params(), name
+
+
+def test_cosine_schedule_with_warmup():
+    f = lr_factor(LRSchedule(kind="cosine", warmup_steps=4, min_ratio=0.1), steps=14)
+    assert [f(i) for i in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert f(4) == pytest.approx(1.0)
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+    linear = lr_factor(LRSchedule(kind="linear", warmup_steps=0, min_ratio=0.0), steps=10)
+    assert [linear(i) for i in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+    # REX at z = 1/2: (1 - 1/2) / (1/2 + 1/4) = 2/3, above linear's 1/2 (it decays late)
+    rex = lr_factor(LRSchedule(kind="rex", warmup_steps=0, min_ratio=0.0), steps=10)
+    assert [rex(i) for i in (0, 5, 10)] == pytest.approx([1.0, 2 / 3, 0.0])
+    constant = lr_factor(LRSchedule(kind="constant", warmup_steps=0), steps=10)
+    assert [constant(i) for i in (0, 5, 9)] == [1.0, 1.0, 1.0]
+
+
+def _cell(write_suite, extra: str, optimizer: str = "adamw"):
+    text = TINY_SUITE.replace("[adamw, sgd, scale]", f"[{optimizer}]").replace(
+        "eval_batches: 1", "eval_batches: 1\n" + extra)
+    (cell,) = expand(load_suite(write_suite(text, "cell.yaml")))
+    return cell
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "scale"])
+def test_bf16_weights_train_and_state_is_bf16(write_suite, optimizer):
+    cell = _cell(write_suite, "  dtype: bf16", optimizer)
+    result = train_cell(cell, emit=lambda e: None)
+    assert result.status == "ok"
+    m = result.metrics
+    assert m["param_bytes"] == 2 * m["n_params"]
+    assert math.isfinite(m["eval_loss"])
+
+
+def test_grad_accum_runs_every_micro_batch_and_is_tracked(write_suite):
+    """grad_accum 2 consumes twice the tokens per step (MemTracker handles the second forward)."""
+    events = []
+    two = train_cell(_cell(write_suite, "  grad_accum: 2"), emit=events.append)
+    steps = [e for e in events if e["event"] == "step"]
+    assert two.status == "ok" and len(steps) == 6 and events[0]["event"] == "start"
+    one = train_cell(_cell(write_suite, "  grad_accum: 1"), emit=lambda e: None)
+    assert two.metrics["peak_allocated_bytes"] > 0
+    # a different stream of batches, so a different curve from step 2 on
+    assert [p[1] for p in two.curve][1:] != [p[1] for p in one.curve][1:]
+
+
+def test_autocast_runs_on_cpu(write_suite):
+    result = train_cell(_cell(write_suite, "  autocast: true"), emit=lambda e: None)
+    assert result.status == "ok"
+
+
+def test_worker_maps_cpu_allocation_failure_to_oom():
+    from optbench.engine.worker import is_oom
+
+    assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not is_oom(RuntimeError("shape mismatch"))
