@@ -1,5 +1,5 @@
-"""Runs frames (one row per run, metrics as columns) put in report order: the latest row per
-label, models by size, the baseline first. Shared by every renderer of stored runs."""
+"""Runs frames (one row per run, metrics as columns) put in report order: models by size, seq
+lens ascending, the baseline first. Shared by every renderer of stored runs."""
 
 from __future__ import annotations
 
