@@ -83,12 +83,13 @@ def train_cell(cell: Cell, emit: Emit) -> CellOutcome:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     burst = Burst(metrics=_static_metrics(cell, model))
+    opts = step_options(cell)
     status, error = "ok", None
     emit({"event": "start"})  # data and model are ready: the cell's time limit starts here
     try:
         for step in range(1, d.steps + 1):
             windows = [next(batches).to(device, non_blocking=True) for _ in range(d.grad_accum)]
-            _one_step(cell, model, optimizer, windows, step, burst)
+            _one_step(cell, opts, model, optimizer, windows, step, burst)
             scheduler.step()
             emit({"event": "step", "step": step, "steps": d.steps, "loss": burst.losses[-1],
                   "tokens_per_s": _tokens_per_s(cell, burst.step_ms[-1:])})
@@ -103,16 +104,16 @@ def train_cell(cell: Cell, emit: Emit) -> CellOutcome:
     return CellOutcome(status, error, metrics=burst.metrics, curve=curve)
 
 
-def _one_step(cell: Cell, model, optimizer, windows, step: int, burst: Burst) -> None:
+def _one_step(cell: Cell, opts: StepOptions, model, optimizer, windows, step: int,
+              burst: Burst) -> None:
     """One step, either tracked (memory) or timed (speed); its loss and lr go into `burst`."""
-    opts = step_options(cell)
     burst.lrs.append(optimizer.param_groups[0]["lr"])
     if step in TRACKED_STEPS:
         with measure.tracked_peak(model, optimizer) as peak:
             loss = train_step(model, optimizer, windows, opts)
         burst.keep_larger_peak(peak, step)
     else:
-        device = torch.device(cell.defaults.device)
+        device = torch.device(cell.defaults.device)  # stopwatch synchronizes it
         with measure.stopwatch(device) as total:
             with measure.stopwatch(device) as fwd_bwd:
                 loss = forward_backward(model, windows, opts)
