@@ -1,13 +1,14 @@
-"""Gradient-projection optimizers: GaLore, Fira, Conda from pytorch_optimizer; APOLLO(-Mini)
-in-house (`optbench.optimizers.apollo`, the official update).
+"""Gradient-projection optimizers: GaLore, Fira, Conda from pytorch_optimizer, on their authors'
+projector refresh schedule (`optbench.optimizers.projection`); APOLLO(-Mini) in-house
+(`optbench.optimizers.apollo`, the official update).
 
 Policy, as the papers' training scripts run it: the projection applies to the attention and MLP
 weights only (role hidden_matrix); embedding, lm_head and norm weights get plain AdamW in the
 same optimizer, with the same lr. In pytorch_optimizer's GaLore and Fira, and in the in-house
 APOLLO, a group is projected iff it has a "rank" key, so the AdamW params simply go in a group
 without one.
-Conda projects every 2-D parameter of every group, so `PolicyConda` restricts it to the groups
-marked "projected" (the official Conda code projects only its attn/mlp group).
+Conda projects every 2-D parameter of every group, so `PolicyConda` (in `projection`) restricts
+it to the groups marked "projected" (the official Conda code projects only its attn/mlp group).
 
 Rank: r = min(rank, rows, cols) per matrix, so small models (llama_tiny is 64 wide) work; the
 official APOLLO code would otherwise draw an [r, n] random "projection" to a dimension larger
@@ -26,27 +27,22 @@ State after the first step (projectors are created then). For a projected [m, n]
 Conda keeps full-size moments and a full SVD basis (see `conda_state_bytes`). Steps are Python
 ints in the param groups (APOLLO: per param, with the projector seed), 0 B.
 
-pytorch_optimizer takes seconds to import, so it is imported by the factories, and PolicyConda
-(a Conda subclass) is defined on first use (`policy_conda`): importing this module does not.
+pytorch_optimizer takes seconds to import, so the library's classes are subclassed on first use
+(`projection.authors_galore()` ...): importing this module does not import the library.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from optbench.optimizers.apollo import Apollo
-from optbench.optimizers.common import run_closure
 from optbench.optimizers.policy import NamedParams, Policy
+from optbench.optimizers.projection import authors_fira, authors_galore, policy_conda
 from optbench.optimizers.registry import OptimizerSpec, StateBytes, register
 from optbench.optimizers.state_formulas import elements_bytes, params_bytes, tensor_bytes
-
-if TYPE_CHECKING:
-    from pytorch_optimizer import Fira, GaLore
 
 DEFAULT_RANK = 128  # the papers' 60M rank; other paper sizes get theirs via defaults_by_model
 
@@ -119,22 +115,18 @@ def _projection(hp: dict) -> dict:
     return {"update_proj_gap": hp["update_proj_gap"], "scale": hp["scale"]}
 
 
-def build_galore(model: nn.Module, hp: dict) -> GaLore:
-    from pytorch_optimizer import GaLore
-
+def build_galore(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
     groups = lowrank_param_groups(
         model, "galore projection", hp["rank"], projection_type=hp["proj_type"], **_projection(hp)
     )
-    return GaLore(groups, **_adam_options(hp))
+    return authors_galore()(groups, **_adam_options(hp))
 
 
-def build_fira(model: nn.Module, hp: dict) -> Fira:
-    from pytorch_optimizer import Fira
-
+def build_fira(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
     groups = lowrank_param_groups(
         model, "fira projection", hp["rank"], projection_type=hp["proj_type"], **_projection(hp)
     )
-    return Fira(groups, **_adam_options(hp))
+    return authors_fira()(groups, **_adam_options(hp))
 
 
 def build_apollo(model: nn.Module, hp: dict) -> Apollo:
@@ -145,69 +137,6 @@ def build_apollo(model: nn.Module, hp: dict) -> Apollo:
         model, "apollo projection", hp["rank"], scale_type=hp["scale_type"], **_projection(hp)
     )
     return Apollo(groups, **_adam_options(hp))
-
-
-@functools.cache
-def policy_conda() -> type[torch.optim.Optimizer]:
-    """The class PolicyConda, defined on first use: subclassing Conda imports pytorch_optimizer
-    (seconds), which only a conda run should pay, not every `optbench` command."""
-    from pytorch_optimizer.optimizer.conda import Conda
-    from pytorch_optimizer.optimizer.utils.galore import update_unprojected_foreach
-
-    class PolicyConda(Conda):
-        """Conda projecting only groups with group["projected"]; the others get the library's
-        AdamW, the path Conda itself runs for its 1-D params (`update_unprojected_foreach`)."""
-
-        @torch.no_grad()
-        def step(self, closure: Callable[[], Any] | None = None) -> Any:
-            loss = run_closure(closure)
-            all_groups = self.param_groups
-            # Conda.step walks self.param_groups and projects every 2-D param it finds there.
-            self.param_groups = [g for g in all_groups if g["projected"]]
-            try:
-                super().step()
-            finally:
-                self.param_groups = all_groups
-            for group in all_groups:
-                if not group["projected"]:
-                    self._adamw_step(group)
-            return loss
-
-        def _adamw_step(self, group: dict) -> None:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                return
-            states = [self.state[p] for p in params]
-            for p, state in zip(params, states):
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-            group["step"] = group.get("step", 0) + 1
-            beta1, beta2 = group["betas"]
-            step_size = (
-                group["lr"]
-                * math.sqrt(self.debias(beta2, group["step"]))
-                / self.debias(beta1, group["step"])
-            )
-            update_unprojected_foreach(
-                group,
-                params,
-                [p.grad for p in params],
-                [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states],
-                step_size,
-                group["lr"],
-                self.maximize,
-            )
-
-    PolicyConda.__qualname__ = "PolicyConda"  # pickled by name: found through __getattr__
-    return PolicyConda
-
-
-def __getattr__(name: str) -> Any:
-    if name == "PolicyConda":
-        return policy_conda()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def conda_param_groups(model: nn.Module) -> list[dict]:
@@ -231,10 +160,19 @@ _ADAMW_TERM = (
     "AdamW params (embedding, lm_head, norms): 2 × numel × bytes/elem (exp_avg, exp_avg_sq)"
 )
 _STEP_TERM = "steps are Python ints in the param groups (0 B); exact at the default hparams"
-_COMMON_DEVIATIONS = (
-    "Projector refresh on group steps 1, gap, 2·gap, ... "
-    "(official: before updates 1, gap+1, 2·gap+1, ...). "
+_SCHEDULE_NOTE = (
+    "; refreshes its projector on the authors' schedule, before updates 1, gap+1, 2·gap+1, ... "
+    "(optbench.optimizers.projection: the library's own refreshes before 1, gap, 2·gap)"
 )
+# Defaults of the GaLore paper's LLaMA-60M run, as its README's torchrun_main.py command has
+# them; Fira's scripts repeat them (alpha = scale 0.25).
+_GALORE_DEFAULTS = "jiaweizzhao/GaLore: README.md (torchrun_main.py command, LLaMA-60M)"
+_GALORE_OPTIMIZER = "jiaweizzhao/GaLore: galore_torch/adamw.py (AdamW.__init__)"
+_FIRA_DEFAULTS = "xichen-fy/Fira: pre_training_c4/scripts/llama_60m.sh"
+_FIRA_OPTIMIZER = "xichen-fy/Fira: optimizer_torch/fira_adamw.py (AdamW.__init__)"
+_CONDA_SCRIPT = "jie040109/Conda: examples/llama/scripts/llama_60m_conda.sh"
+_CONDA_OPTIMIZER = "jie040109/Conda: conda_torch/conda.py (Conda.__init__)"
+_RANK_NOTE = "; per model size: the paper's Table 2 rank (defaults_by_model)"
 
 
 def _lowrank_formula(rank: int, limiter: bool) -> str:
@@ -324,13 +262,7 @@ register(
     OptimizerSpec(
         name="galore",
         factory=build_galore,
-        source=(
-            "pytorch_optimizer.GaLore 4.1.0 (groups with 'rank' are projected), compared with "
-            "github.com/jiaweizzhao/GaLore galore_torch/adamw.py and torchrun_main.py. "
-            "Deviations: in float32 the official projector keeps a view of the whole SVD factor "
-            "(min(m, n)² elements), the library clones the r columns/rows (r × min(m, n)). "
-            + _COMMON_DEVIATIONS
-        ),
+        source="pytorch_optimizer.GaLore 4.1.0 (groups with 'rank' are projected)" + _SCHEDULE_NOTE,
         paper=(
             "Zhao, Zhang, Chen, Wang, Anandkumar, Tian, GaLore: Memory-Efficient LLM Training by "
             "Gradient Low-Rank Projection, ICML 2024, arXiv:2403.03507"
@@ -339,7 +271,29 @@ register(
         default_hparams=_galore_hparams(),
         state_formula=_lowrank_formula(DEFAULT_RANK, limiter=False),
         expected_state_bytes=_lowrank_state_bytes("galore projection", False),
+        version="2",  # 2: the authors' refresh schedule
         defaults_by_model=_by_model(rank=GALORE_RANKS),
+        reference=(
+            "jiaweizzhao/GaLore: galore_torch/adamw.py (AdamW.step), "
+            "galore_torch/galore_projector.py, torchrun_main.py (param groups)"
+        ),
+        deviations=(
+            "The projector keeps the r rows/columns of the SVD factor it uses (r × min(m, n) "
+            "elements); in float32 the authors' keeps a view of the whole factor (min(m, n)²). "
+            "The update is the same; optbench reports the memory the library's class needs.",
+            "The rank is capped at min(m, n) per matrix, so the tiny CPU sizes run; never binds "
+            "at the paper sizes and ranks.",
+        ),
+        default_sources={
+            "lr": _GALORE_DEFAULTS,
+            "betas": _GALORE_OPTIMIZER,
+            "eps": _GALORE_OPTIMIZER,
+            "weight_decay": _GALORE_DEFAULTS + " (weight_decay 0, the script's default)",
+            "rank": _GALORE_DEFAULTS + _RANK_NOTE,
+            "update_proj_gap": _GALORE_DEFAULTS,
+            "scale": _GALORE_DEFAULTS + " (galore_scale 0.25)",
+            "proj_type": "jiaweizzhao/GaLore: torchrun_main.py (proj_type 'std')",
+        },
     )
 )
 
@@ -347,12 +301,7 @@ register(
     OptimizerSpec(
         name="fira",
         factory=build_fira,
-        source=(
-            "pytorch_optimizer.Fira 4.1.0 (groups with 'rank' are projected), compared with "
-            "github.com/xichen-fy/Fira optimizer_torch/fira_adamw.py: same update (scale = the "
-            "official alpha; norm-based scaling of the residual, norm-growth limiter 1.01). "
-            + _COMMON_DEVIATIONS
-        ),
+        source="pytorch_optimizer.Fira 4.1.0 (groups with 'rank' are projected)" + _SCHEDULE_NOTE,
         paper=(
             "Chen et al., Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank "
             "Constraint?, 2024, arXiv:2410.01623"
@@ -361,7 +310,26 @@ register(
         default_hparams=_galore_hparams(),
         state_formula=_lowrank_formula(DEFAULT_RANK, limiter=True),
         expected_state_bytes=_lowrank_state_bytes("fira projection", True),
+        version="2",  # 2: the authors' refresh schedule
         defaults_by_model=_by_model(rank=GALORE_RANKS),
+        reference=(
+            "xichen-fy/Fira: optimizer_torch/fira_adamw.py (AdamW.step: norm-based scaling of "
+            "the residual, norm-growth limiter 1.01), optimizer_torch/gradient_projection.py"
+        ),
+        deviations=(
+            "The rank is capped at min(m, n) per matrix, so the tiny CPU sizes run; never binds "
+            "at the paper sizes and ranks.",
+        ),
+        default_sources={
+            "lr": _FIRA_DEFAULTS,
+            "betas": _FIRA_OPTIMIZER,
+            "eps": _FIRA_OPTIMIZER,
+            "weight_decay": _FIRA_DEFAULTS,
+            "rank": _FIRA_DEFAULTS + _RANK_NOTE,
+            "update_proj_gap": _FIRA_DEFAULTS,
+            "scale": _FIRA_DEFAULTS + " (alpha 0.25)",
+            "proj_type": "xichen-fy/Fira: optimizer_torch/gradient_projection.py (proj_type 'std')",
+        },
     )
 )
 
@@ -404,12 +372,8 @@ register(
         name="conda",
         factory=build_conda,
         source=(
-            "pytorch_optimizer Conda 4.1.0 via PolicyConda (projects only the 'projected' group), "
-            "compared with github.com/jie040109/Conda conda_torch/conda.py and the LLaMA-60M "
-            "script (lr 0.01, betas 0.9/0.99, conda_scale 0.25, gap 2000). Deviations: the library "
-            "projects every 2-D param of every group (PolicyConda restores the official attn/mlp "
-            "group); the official projector.py was not available to compare. "
-            + _COMMON_DEVIATIONS
+            "pytorch_optimizer Conda 4.1.0 via PolicyConda (projects only the 'projected' group)"
+            + _SCHEDULE_NOTE
         ),
         paper=(
             "Conda: Column-Normalized Adam for Training Large Language Models Faster, 2025, "
@@ -422,5 +386,24 @@ register(
             f"2 × m × n exp_avg, exp_avg_sq) × bytes/elem, all in the param dtype; {_STEP_TERM}"
         ),
         expected_state_bytes=conda_state_bytes,
+        version="2",  # 2: the authors' refresh schedule
+        reference=(
+            "jie040109/Conda: conda_torch/conda.py (Conda.step), conda_torch/projector.py "
+            "(CondaProjector), examples/llama/torchrun_main.py (param groups)"
+        ),
+        deviations=(
+            "The library's Conda projects every 2-D param of every group; PolicyConda restricts "
+            "it to the hidden matrices, the authors' attn/mlp group, and gives the others the "
+            "library's AdamW, which is the authors' un-projected path.",
+        ),
+        default_sources={
+            "lr": _CONDA_SCRIPT,
+            "betas": _CONDA_SCRIPT,
+            "eps": _CONDA_OPTIMIZER,
+            "weight_decay": _CONDA_SCRIPT,
+            "update_proj_gap": _CONDA_SCRIPT,
+            "scale": _CONDA_SCRIPT + " (conda_scale 0.25)",
+            "proj_type": "jie040109/Conda: examples/llama/torchrun_main.py (--proj_type 'std')",
+        },
     )
 )

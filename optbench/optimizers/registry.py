@@ -44,6 +44,18 @@ class OptimizerSpec:
     defaults_by_model: dict[str, dict] = field(default_factory=dict)
     # step() differentiates p.grad again (Hessian-vector products): backward(create_graph=True)
     needs_create_graph: bool = False
+    # The code this entry is held against ("repository: file", the authors' where it exists),
+    # what still differs from it, each with its reason, and where each default comes from
+    # ({hparam: "repository: file"}). Descriptive, so not part of the cell fingerprint: a
+    # change of the update itself bumps `version`.
+    reference: str = ""
+    deviations: tuple[str, ...] = ()
+    default_sources: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.default_sources) - set(self.default_hparams)
+        if unknown:
+            raise ValueError(f"{self.name}: default_sources names no hparam: {sorted(unknown)}")
 
 
 _SPECS: dict[str, OptimizerSpec] = {}
