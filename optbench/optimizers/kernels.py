@@ -13,6 +13,22 @@ import math
 import torch
 
 MUON_NS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton-Schulz coefficients (a, b, c)
+# ROOT's per-shape coefficients, keyed by (min, max) of the matrix shape: COEFF_MAP_CANONICAL
+# of the authors' `root5` (huawei-noah/Efficient-Computing, Optimization/ROOT). Every other
+# shape falls back to MUON_NS there.
+ROOT_NS = {
+    (2048, 2048): (3.4916, -4.8224, 2.1095),
+    (2048, 16384): (3.1943, -3.8221, 1.5322),
+    (2048, 3072): (3.4509, -4.5790, 1.9325),
+    (2048, 8192): (2.9794, -3.6674, 1.6207),
+}
+
+
+def root_ns_coefficients(m: int, n: int) -> tuple[float, float, float]:
+    """ROOT's quintic coefficients for an [m, n] matrix: the table's, else Muon's."""
+    return ROOT_NS.get((min(m, n), max(m, n)), MUON_NS)
+
+
 _BLOCK_ELEMS = 1 << 18  # 1 MB of float32: a row block that stays in L2 between its two ops
 
 

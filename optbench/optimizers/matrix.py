@@ -18,11 +18,13 @@ then p <- p - lr*D(G):
   Tall matrices whiten the [n, n] side: G~(G~^T G~)^{-1/2} is the same matrix, full rank.
 - sinkgd (Scetbon et al., arXiv:2502.06742, SR-Sinkhorn, Alg. 3): L times,
   X <- sqrt(n) X / ||row||, then X <- sqrt(m) X / ||column||.
-- root (He et al., arXiv:2511.20626, and the authors' example code): M <- mu*M + G,
+- root (He et al., arXiv:2511.20626, and the authors' `class ROOT` / `root5`): M <- mu*M + G,
   U = G + mu*M (Nesterov); B = U - T_eps(U), T the soft-threshold at eps = the 0.9-quantile
-  of |U| (so B is U clipped to [-eps, eps]); D = 0.2*sqrt(max(m, n)) * NS5(B). The paper's
-  AdaNewton coefficients are tabulated only for 2048-wide shapes; others (all of ours) use
-  Muon's, as the authors' code falls back to.
+  of |U| (so B is U clipped to [-eps, eps]); D = 0.2*sqrt(max(m, n)) * NS5(B), the quintic
+  coefficients looked up by (min, max) of the shape in the authors' table (`ROOT_NS`, the
+  2048-wide shapes, e.g. llama_1b's attention), Muon's for any other shape. Its AdamW part
+  (embedding, lm_head, norms) is the authors' too: the ROOT lr and weight decay, eps added
+  before bias correction (SCALE's Adam form, `Scale` role "adam").
 - colnorm: SCALE's normalization, g / rms over the input dim (vocab for the embedding).
 - rownorm: the other axis. sign: sign(g). newton_schulz: Muon's quintic iteration on g.
 - sgd, and sgd with EMA momentum m <- beta*m + (1-beta)*g (lm_head only).
@@ -48,6 +50,7 @@ from optbench.optimizers.kernels import (
     newton_schulz,
     normalized_step_,
     quantile,
+    root_ns_coefficients,
     sinkhorn,
     whiten,
 )
@@ -131,7 +134,8 @@ class MatrixSGD(torch.optim.Optimizer):
 
     A group with momentum mu > 0 keeps one buffer per parameter (its only state) and feeds D,
     by momentum_form: "ema" m = mu*m + (1-mu)*g (SCALE's last-layer momentum); "sum"
-    M = mu*M + g; "nesterov" g + mu*M with that M (Keller Jordan's Muon form, ROOT's).
+    M = mu*M + g; "nesterov" g + mu*M with that M (ROOT's code). Keller Jordan's Muon uses
+    the EMA form (lerp) instead, as torch.optim.Muon does: the muon entry runs that.
     Direction options (eps, ns_steps, ...) live in the group: printed and saved with it.
     """
 
@@ -252,12 +256,14 @@ def _ns(x: torch.Tensor, group: dict) -> torch.Tensor:
 
 def _root(x: torch.Tensor, group: dict) -> torch.Tensor:
     """ROOT: B = U - T_eps(U) with soft-threshold T at eps = 0.9-quantile of |U|, which is U
-    clipped to [-eps, eps]; then Newton-Schulz, times Moonlight's 0.2*sqrt(max(m, n))."""
+    clipped to [-eps, eps]; then Newton-Schulz with the shape's coefficients (`ROOT_NS`, else
+    Muon's), times Moonlight's 0.2*sqrt(max(m, n))."""
     t = quantile(x.abs().flatten(-2), group["threshold_quantile"]) + 1e-9
     t = t[:, None, None]
     clipped = torch.minimum(torch.maximum(x, -t), t)
     m, n = x.shape[-2:]
-    return 0.2 * math.sqrt(max(m, n)) * newton_schulz(clipped, group["ns_steps"], group["eps"])
+    update = newton_schulz(clipped, group["ns_steps"], group["eps"], root_ns_coefficients(m, n))
+    return 0.2 * math.sqrt(max(m, n)) * update
 
 
 DIRECTIONS: dict[str, Callable[[dict, list, list], None]] = {
@@ -287,12 +293,38 @@ def _adamw_role_bytes(model: nn.Module) -> int:
     return role_bytes(model, *NON_MATRIX, bytes_of=adamw_bytes)
 
 
+def _int_step_adam_role_bytes(model: nn.Module) -> int:
+    """`Scale`'s Adam state (two moments, int step) on every parameter outside the hidden
+    matrices."""
+    return role_bytes(model, *NON_MATRIX, bytes_of=lambda p: 2 * tensor_bytes(p))
+
+
 # --- makers and hparams ---------------------------------------------------------------
 
 ADAMW_HPARAMS = {
     "adamw_lr": 1e-3,
     "adamw_betas": (0.9, 0.999),
     "adamw_eps": 1e-8,
+    "adamw_weight_decay": 0.0,
+}
+
+
+_KJ_MUON = "KellerJordan/Muon: muon.py"
+_ROOT_CODE = "huawei-noah/Efficient-Computing: Optimization/ROOT (main script)"
+_TORCH_ADAMW = "torch.optim.AdamW default (the AdamW part)"
+_ADAMW_DEFAULT_SOURCES = {
+    "adamw_lr": _TORCH_ADAMW,
+    "adamw_betas": _TORCH_ADAMW,
+    "adamw_eps": _TORCH_ADAMW,
+    "adamw_weight_decay": "optbench choice: 0, no decay on embedding, lm_head and norms "
+                          "(torch's AdamW default is 0.01)",
+}
+
+# KellerJordan/Muon muon.py, (SingleDevice)MuonWithAuxAdam: the adam groups' defaults.
+MUON_ADAMW_HPARAMS = {
+    "adamw_lr": 3e-4,
+    "adamw_betas": (0.9, 0.95),
+    "adamw_eps": 1e-10,
     "adamw_weight_decay": 0.0,
 }
 
@@ -330,16 +362,25 @@ def _root_maker(groups: Groups, hp: dict) -> torch.optim.Optimizer:
     )
 
 
-def _scale_adam(groups: Groups, hp: dict) -> torch.optim.Optimizer:
-    """SCALE's own Adam form (eps before bias correction, int step) for the ablations' vectors."""
+def _eps_first_adam(groups: Groups, lr: float, betas: tuple, eps: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with eps added to sqrt(v) before bias correction, p *= 1 - lr*wd first, and a
+    Python-int step: the form of SCALE's and ROOT's code (`Scale`'s "adam" role)."""
     adam_groups = [{**g, "role": "adam"} for g in groups]
-    return Scale(
-        adam_groups,
-        adam_lr=hp["adam_lr"],
-        adam_betas=hp["adam_betas"],
-        adam_eps=hp["adam_eps"],
-        weight_decay=hp["weight_decay"],
-    )
+    return Scale(adam_groups, adam_lr=lr, adam_betas=betas, adam_eps=eps,
+                 weight_decay=weight_decay)
+
+
+def _scale_adam(groups: Groups, hp: dict) -> torch.optim.Optimizer:
+    """SCALE's own Adam form for the ablations' vectors."""
+    return _eps_first_adam(groups, hp["adam_lr"], hp["adam_betas"], hp["adam_eps"],
+                           hp["weight_decay"])
+
+
+def _root_adamw(groups: Groups, hp: dict) -> torch.optim.Optimizer:
+    """ROOT's AdamW part: the ROOT lr and weight decay, its own betas and eps (authors' code)."""
+    return _eps_first_adam(groups, hp["lr"], hp["adamw_betas"], hp["adamw_eps"],
+                           hp["weight_decay"])
 
 
 def _spec(
@@ -351,7 +392,9 @@ def _spec(
     hparams: dict,
     state_formula: str,
     state_bytes: Callable[[nn.Module], int],
+    **described: Any,
 ) -> OptimizerSpec:
+    """`described`: version, reference, deviations, default_sources (OptimizerSpec fields)."""
     return OptimizerSpec(
         name=name,
         factory=lambda model, hp: build_composite(model, policy, makers, hp),
@@ -361,8 +404,8 @@ def _spec(
         default_hparams=hparams,
         state_formula=state_formula,
         expected_state_bytes=lambda model, hp: state_bytes(model),
-        version="1",
         devices=("cpu", "cuda"),
+        **described,
     )
 
 
@@ -377,6 +420,31 @@ register(
     _spec(
         "muon",
         source="torch.optim.Muon on hidden matrices + torch.optim.AdamW (optbench Composite)",
+        version="2",  # 2: the authors' AdamW betas (0.9, 0.95) and eps 1e-10
+        reference=(
+            f"{_KJ_MUON} (SingleDeviceMuonWithAuxAdam.step, muon_update, adam_update, "
+            "zeropower_via_newtonschulz5)"
+        ),
+        deviations=(
+            "torch.optim.Muon divides by max(||X||_F, eps) before Newton-Schulz where the authors "
+            "divide by ||X||_F + 1e-7: identical unless the momentum is near zero.",
+            "The authors' Adam part is its own loop (eps after the bias correction); torch's "
+            "AdamW computes the same update.",
+        ),
+        default_sources={
+            "lr": _KJ_MUON + " (SingleDeviceMuonWithAuxAdam: muon group lr 0.02)",
+            "weight_decay": _KJ_MUON + " (muon group weight_decay 0)",
+            "momentum": _KJ_MUON + " (muon group momentum 0.95)",
+            "nesterov": _KJ_MUON + " (muon_update nesterov=True)",
+            "ns_coefficients": _KJ_MUON + " (zeropower_via_newtonschulz5)",
+            "eps": _KJ_MUON + " (zeropower_via_newtonschulz5: + 1e-7)",
+            "ns_steps": _KJ_MUON + " (muon_update ns_steps=5)",
+            "adjust_lr_fn": _KJ_MUON + " (muon_update: max(1, rows/cols)**0.5, torch's 'original')",
+            "adamw_lr": _KJ_MUON + " (adam groups lr 3e-4)",
+            "adamw_betas": _KJ_MUON + " (adam groups betas (0.9, 0.95))",
+            "adamw_eps": _KJ_MUON + " (adam groups eps 1e-10)",
+            "adamw_weight_decay": _KJ_MUON + " (adam groups weight_decay 0)",
+        },
         paper=(
             "Jordan et al., Muon: An optimizer for hidden layers in neural networks, 2024 "
             "(kellerjordan.github.io/posts/muon); Liu et al., Muon is Scalable for LLM "
@@ -393,7 +461,7 @@ register(
             "eps": 1e-7,
             "ns_steps": 5,
             "adjust_lr_fn": "original",  # a string: the registry's null type accepts no names
-            **ADAMW_HPARAMS,
+            **MUON_ADAMW_HPARAMS,
         },
         state_formula="hidden-matrix params × bytes/elem (momentum_buffer) + " + ADAMW_FORMULA,
         state_bytes=lambda m: role_bytes(m, "hidden_matrix") + _adamw_role_bytes(m),
@@ -411,6 +479,27 @@ register(
         policy=POLICIES["swan"],
         makers={"swan": _matrix_sgd("swan", "eps", "ns_steps"), "adamw": _adamw},
         hparams={"lr": 1e-3, "weight_decay": 0.0, "eps": 1e-8, "ns_steps": 10, **ADAMW_HPARAMS},
+        reference=(
+            "paper arXiv:2412.13148 (Alg. 1-3: GradNorm, GradWhitening); no authors' code is "
+            "public (announced for microsoft/msr_optim)"
+        ),
+        deviations=(
+            "ns_steps 10 is unconfirmed: the paper's iteration count could not be read here; 10 "
+            "(with beta 0.8) is what third-party code attributes to it. 10 steps of the coupled "
+            "iteration from X/||X||_F stay far from the exact whitening: relative distance to "
+            "U V^T 0.43 on a 2048 x 2048 Gaussian gradient, 0.96 on a rank-8-plus-noise one "
+            "(0.05 and 0.30 at 20 steps); raise ns_steps to get closer.",
+            "The update is rescaled to RMS 1 (sqrt(mn) D / ||D||_F) so lr means the same for every "
+            "shape; the paper's scale could not be confirmed.",
+        ),
+        default_sources={
+            "lr": "optbench choice: 1e-3, no paper value could be confirmed",
+            "weight_decay": "optbench choice: 0, as the GaLore-style LLaMA runs the paper follows",
+            "eps": "optbench choice: GradNorm's std floor and the whitening's norm floor",
+            "ns_steps": "third-party SWAN code's 'beta 0.8, ns_steps 10' for arXiv:2412.13148; "
+                        "unconfirmed against the paper",
+            **_ADAMW_DEFAULT_SOURCES,
+        },
         state_formula="0 B on hidden matrices (stateless) + " + ADAMW_FORMULA,
         state_bytes=_adamw_role_bytes,
     )
@@ -429,6 +518,21 @@ register(
         hparams={
             "lr": 1e-3, "weight_decay": 0.0, "eps": 1e-8, "sinkhorn_iters": 5, **ADAMW_HPARAMS
         },
+        reference=(
+            "paper arXiv:2502.06742 (Alg. 3, SR-Sinkhorn); no authors' code is public "
+            "(announced for microsoft/msr_optim)"
+        ),
+        deviations=(
+            "Held against the paper's algorithm only, in float64 (tests/optimizers/"
+            "test_optimizers_matrix.py): there is no authors' code to compare.",
+        ),
+        default_sources={
+            "lr": "optbench choice: 1e-3, no paper value for these sizes",
+            "weight_decay": "optbench choice: 0",
+            "eps": "optbench choice: the row/column norm floor",
+            "sinkhorn_iters": "optbench choice: 5 (the paper's L unconfirmed here)",
+            **_ADAMW_DEFAULT_SOURCES,
+        },
         state_formula="0 B on hidden matrices (stateless) + " + ADAMW_FORMULA,
         state_bytes=_adamw_role_bytes,
     )
@@ -439,27 +543,50 @@ register(
     _spec(
         "root",
         source=(
-            "in-house (optbench.optimizers.matrix, MatrixSGD 'root'), after the authors' "
-            "example code (huawei-noah Efficient-Computing/Optimization/ROOT) + torch.optim.AdamW"
+            "in-house (optbench.optimizers.matrix, MatrixSGD 'root', and Scale's Adam form for "
+            "embedding, lm_head and norms)"
         ),
+        version="2",  # 2: per-shape coefficients; the authors' AdamW part and weight decay
+        reference=_ROOT_CODE + " (ROOT.step, root5, simple_quantile, get_optimizer)",
+        deviations=(
+            "The authors' script ties lm_head to the embedding; optbench's LLaMA models are "
+            "untied, and both get the AdamW part, as the authors' param split does.",
+            "Newton-Schulz runs batched over same-shape matrices (the same arithmetic per "
+            "matrix); the authors' root5 is torch.compile'd, one matrix at a time.",
+        ),
+        default_sources={
+            "lr": _ROOT_CODE + " (ROOT.__init__ lr 1e-3)",
+            "weight_decay": _ROOT_CODE + " (ROOT.__init__ wd 0.1, both parts)",
+            "momentum": _ROOT_CODE + " (ROOT.__init__ momentum 0.95)",
+            "nesterov": _ROOT_CODE + " (ROOT.__init__ nesterov True)",
+            "threshold_quantile": _ROOT_CODE + " (ROOT.step: simple_quantile(|g|, 0.9))",
+            "eps": _ROOT_CODE + " (root5: X / (||X|| + 1e-7))",
+            "ns_steps": _ROOT_CODE + " (ROOT.__init__ root_steps 5)",
+            "adamw_betas": _ROOT_CODE + " (ROOT.__init__ adamw_betas (0.9, 0.95))",
+            "adamw_eps": _ROOT_CODE + " (ROOT.__init__ adamw_eps 1e-8)",
+        },
         paper=(
             "He, Han, Zhou, Chen, Liu, Chen, Wang, ROOT: Robust Orthogonalized Optimizer for "
             "Neural Network Training, arXiv:2511.20626"
         ),
         policy=POLICIES["root"],
-        makers={"root": _root_maker, "adamw": _adamw},
+        makers={"root": _root_maker, "adamw": _root_adamw},
         hparams={
             "lr": 1e-3,
-            "weight_decay": 0.0,
+            "weight_decay": 0.1,
             "momentum": 0.95,
             "nesterov": True,
             "threshold_quantile": 0.9,
             "eps": 1e-7,
             "ns_steps": 5,
-            **ADAMW_HPARAMS,
+            "adamw_betas": (0.9, 0.95),
+            "adamw_eps": 1e-8,
         },
-        state_formula="hidden-matrix params × bytes/elem (momentum_buffer) + " + ADAMW_FORMULA,
-        state_bytes=lambda m: role_bytes(m, "hidden_matrix") + _adamw_role_bytes(m),
+        state_formula=(
+            "hidden-matrix params × bytes/elem (momentum_buffer) + 2 × (embedding + lm_head + "
+            "1-D) params × bytes/elem (AdamW moment1, moment2; int step, 0 B)"
+        ),
+        state_bytes=lambda m: role_bytes(m, "hidden_matrix") + _int_step_adam_role_bytes(m),
     )
 )
 
@@ -489,6 +616,16 @@ def _ablation(name: str, what: str, policy: Policy, makers: dict, hparams: dict,
         hparams={**hparams, "weight_decay": 0.0, **SCALE_ADAM_HPARAMS},
         state_formula=formula,
         state_bytes=state_bytes,
+        reference=(
+            "paper arXiv:2506.16659 (SCALE's ablations of normalization and momentum); the "
+            "norms' Adam is the form of the SCALE authors' code (optbench.optimizers.scale)"
+        ),
+        default_sources={
+            **{k: "optbench choice: the ablations' lr and options are not published per size"
+               for k in hparams},
+            "weight_decay": "optbench choice: 0, as the scale entry",
+            **{k: "as the scale entry's (optbench.optimizers.scale)" for k in SCALE_ADAM_HPARAMS},
+        },
     )
 
 

@@ -11,7 +11,7 @@ import torch
 from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.models import build_model
 from optbench.optimizers import expected_state_bytes, build_optimizer, get_spec
-from optbench.optimizers import matrix
+from optbench.optimizers import kernels, matrix
 from optbench.optimizers.kernels import newton_schulz, whiten
 from optbench.optimizers.matrix import Composite
 
@@ -26,8 +26,9 @@ SCALE_POLICY = set(SCALE_ABLATIONS)
 HP = {
     "swan": {"lr": 0.003, "weight_decay": 0.1, "ns_steps": 7},
     "sinkgd": {"lr": 0.003, "weight_decay": 0.1, "sinkhorn_iters": 3},
+    # ROOT's AdamW part shares its lr and weight decay, as the authors' class does.
     "root": {"lr": 0.003, "weight_decay": 0.1, "momentum": 0.9, "threshold_quantile": 0.8,
-             "ns_steps": 4},
+             "ns_steps": 4, "adamw_betas": (0.8, 0.9), "adamw_eps": 1e-6},
     "colnorm_sgd": {"lr": 0.02},
     "rownorm_sgd": {"lr": 0.02},
     "signsgd": {"lr": 0.002},
@@ -41,6 +42,8 @@ SCALE_ADAM_HP = {"adam_lr": 0.004, "adam_betas": (0.8, 0.95), "adam_eps": 1e-6,
 
 
 def _hparams(name: str) -> dict:
+    if name == "root":
+        return dict(HP[name])
     return {**HP[name], **(SCALE_ADAM_HP if name in SCALE_POLICY else ADAMW_HP)}
 
 
@@ -94,9 +97,19 @@ def _sinkgd(g: torch.Tensor, hp: dict) -> torch.Tensor:
     return x
 
 
-def _muon_ns(g: torch.Tensor, hp: dict) -> torch.Tensor:
+MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+# The authors' root5 COEFF_MAP_CANONICAL (huawei-noah/Efficient-Computing, Optimization/ROOT).
+AUTHORS_ROOT_TABLE = {
+    (2048, 2048): (3.4916, -4.8224, 2.1095),
+    (2048, 16384): (3.1943, -3.8221, 1.5322),
+    (2048, 3072): (3.4509, -4.5790, 1.9325),
+    (2048, 8192): (2.9794, -3.6674, 1.6207),
+}
+
+
+def _muon_ns(g: torch.Tensor, hp: dict, coefficients=MUON_COEFFICIENTS) -> torch.Tensor:
     """Muon's quintic Newton-Schulz: X <- aX + b(XX^T)X + c(XX^T)^2 X from X = G/(||G||_F+eps)."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    a, b, c = coefficients
     x = g if g.shape[0] <= g.shape[1] else g.T
     x = x / (x.norm() + 1e-7)
     for _ in range(hp["ns_steps"]):
@@ -105,14 +118,14 @@ def _muon_ns(g: torch.Tensor, hp: dict) -> torch.Tensor:
     return x if g.shape[0] <= g.shape[1] else x.T
 
 
-def _root(u: torch.Tensor, hp: dict) -> torch.Tensor:
-    """ROOT: O = soft-threshold of U at its quantile, B = U - O, AdaNewton(B), Moonlight scale.
-
-    AdaNewton's per-shape coefficients exist only for 2048-wide shapes: Muon's here.
-    """
+def _root(u: torch.Tensor, hp: dict, table: dict) -> torch.Tensor:
+    """ROOT (the authors' ROOT.step and root5): O = soft-threshold of U at its quantile,
+    B = U - O, Newton-Schulz with the coefficients of B's (min, max) shape from `table`
+    (Muon's for any other shape), Moonlight's 0.2*sqrt(max(m, n))."""
     eps = torch.quantile(u.abs().flatten(), hp["threshold_quantile"]) + 1e-9
     outliers = u.sign() * torch.relu(u.abs() - eps)
-    return 0.2 * math.sqrt(max(u.shape)) * _muon_ns(u - outliers, hp)
+    coefficients = table.get((min(u.shape), max(u.shape)), MUON_COEFFICIENTS)
+    return 0.2 * math.sqrt(max(u.shape)) * _muon_ns(u - outliers, hp, coefficients)
 
 
 def _rms_normalized(g: torch.Tensor, dim: int) -> torch.Tensor:
@@ -123,7 +136,7 @@ def _input_dim(role: str) -> int:
     return 0 if role == "embedding" else 1  # the embedding is [vocab=input, hidden]
 
 
-def _matrix_direction(name: str, role: str, g: torch.Tensor, hp: dict) -> torch.Tensor:
+def _matrix_direction(name: str, role: str, g: torch.Tensor, hp: dict, table: dict) -> torch.Tensor:
     if name == "swan":
         return _swan(g, hp)
     if name == "sinkgd":
@@ -137,17 +150,21 @@ def _matrix_direction(name: str, role: str, g: torch.Tensor, hp: dict) -> torch.
     if name == "nsnorm_sgd":
         return _muon_ns(g, hp)
     if name == "root":
-        return _root(g, hp)
+        return _root(g, hp, table)
     return g  # sgd_lastlayer_momentum: g, or the lm_head's EMA (applied by the caller)
 
 
-def _reference_step(name: str, params: dict, grads: dict, state: dict, t: int) -> None:
+def _reference_step(name: str, params: dict, grads: dict, state: dict, t: int,
+                    table: dict = AUTHORS_ROOT_TABLE) -> None:
     hp = _hparams(name)
     scale_policy = name in SCALE_POLICY
     for key, p in params.items():
         g, role = grads[key], _role(key, p)
         if role == "vector" or (role != "hidden_matrix" and not scale_policy):
-            _adam_reference(p, g, state, key, t, hp, scale_form=scale_policy)
+            if name == "root":
+                _root_adamw_reference(p, g, state, key, t, hp)
+            else:
+                _adam_reference(p, g, state, key, t, hp, scale_form=scale_policy)
             continue
         p.mul_(1 - hp["lr"] * hp.get("weight_decay", 0.0))
         if name == "sgd_lastlayer_momentum" and role == "lm_head":
@@ -155,7 +172,7 @@ def _reference_step(name: str, params: dict, grads: dict, state: dict, t: int) -
         if name == "root":  # M = mu*M + G, Nesterov: U = G + mu*M
             state[key] = hp["momentum"] * state.get(key, 0) + g
             g = g + hp["momentum"] * state[key]
-        p.sub_(hp["lr"] * _matrix_direction(name, role, g, hp))
+        p.sub_(hp["lr"] * _matrix_direction(name, role, g, hp, table))
 
 
 def _adam_reference(p, g, state, key, t, hp, scale_form: bool) -> None:
@@ -171,6 +188,16 @@ def _adam_reference(p, g, state, key, t, hp, scale_form: bool) -> None:
         p.sub_(lr / (1 - b1**t) * m / (v.sqrt() / math.sqrt(1 - b2**t) + eps))
 
 
+def _root_adamw_reference(p, g, state, key, t, hp) -> None:
+    """The authors' ROOT "AdamW backup": the ROOT lr and weight decay (p *= 1 - lr*wd first),
+    its own betas and eps, eps added to sqrt(v) before the bias correction."""
+    (b1, b2), eps = hp["adamw_betas"], hp["adamw_eps"]
+    p.mul_(1 - hp["lr"] * hp["weight_decay"])
+    m = state[key + ".m"] = b1 * state.get(key + ".m", 0) + (1 - b1) * g
+    v = state[key + ".v"] = b2 * state.get(key + ".v", 0) + (1 - b2) * g * g
+    p.sub_(hp["lr"] * math.sqrt(1 - b2**t) / (1 - b1**t) * m / (v.sqrt() + eps))
+
+
 @pytest.mark.parametrize("name", IN_HOUSE)
 def test_two_steps_match_float64_reference(name):
     _assert_two_steps_match_reference(name)
@@ -181,7 +208,26 @@ def test_one_matrix_per_batch_matches_the_reference(monkeypatch):
     _assert_two_steps_match_reference("root")
 
 
-def _assert_two_steps_match_reference(name: str) -> None:
+def test_root_takes_each_shape_s_coefficients_from_the_table(monkeypatch):
+    """llama_tiny has no 2048-wide matrix, so its two shapes are put in the table: the square
+    attention weights and the [172, 64] / [64, 172] MLP weights (keyed by (min, max)) then
+    run on the authors' 2048 x 2048 and 2048 x 8192 coefficients."""
+    table = {(64, 64): AUTHORS_ROOT_TABLE[(2048, 2048)], (64, 172): AUTHORS_ROOT_TABLE[(2048, 8192)]}
+    monkeypatch.setattr(kernels, "ROOT_NS", table)
+    _assert_two_steps_match_reference("root", table)
+    with pytest.raises(AssertionError):  # Muon's coefficients everywhere are another update
+        _assert_two_steps_match_reference("root", {})
+
+
+def test_root_table_is_the_authors_and_keys_by_min_max():
+    assert kernels.ROOT_NS == AUTHORS_ROOT_TABLE
+    assert kernels.root_ns_coefficients(2048, 2048) == (3.4916, -4.8224, 2.1095)  # llama_1b attn
+    assert kernels.root_ns_coefficients(8192, 2048) == kernels.root_ns_coefficients(2048, 8192)
+    assert kernels.root_ns_coefficients(5461, 2048) == kernels.MUON_NS  # llama_1b MLP: untabulated
+    assert kernels.root_ns_coefficients(4096, 4096) == kernels.MUON_NS  # llama_7b
+
+
+def _assert_two_steps_match_reference(name: str, table: dict = AUTHORS_ROOT_TABLE) -> None:
     torch.manual_seed(0)
     model = build_model("llama_tiny", torch.float64)
     reference = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -192,7 +238,7 @@ def _assert_two_steps_match_reference(name: str) -> None:
         for key, p in model.named_parameters():
             p.grad = grads[key].clone()
         opt.step()
-        _reference_step(name, reference, grads, state, t)
+        _reference_step(name, reference, grads, state, t, table)
     for key, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), reference[key], rtol=1e-10, atol=1e-13, msg=key)
 
@@ -286,7 +332,8 @@ def _muon_alone(model: torch.nn.Module) -> list[torch.optim.Optimizer]:
     rest = [p for n, p in model.named_parameters() if not n.endswith("proj.weight")]
     return [
         torch.optim.Muon(hidden, lr=hp["lr"], weight_decay=0.0, momentum=hp["momentum"]),
-        torch.optim.AdamW(rest, lr=hp["adamw_lr"], betas=hp["adamw_betas"], weight_decay=0.0),
+        torch.optim.AdamW(rest, lr=hp["adamw_lr"], betas=hp["adamw_betas"], eps=hp["adamw_eps"],
+                          weight_decay=0.0),
     ]
 
 
@@ -331,3 +378,30 @@ def test_state_dict_round_trip(name):
     clone.step()  # the loaded state is what the parts use
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), after[n], rtol=0, atol=0, msg=n)
+
+
+# ---------------------------------------------------------------- the authors' defaults
+
+
+def test_muon_runs_keller_jordan_s_defaults():
+    """KellerJordan/Muon muon.py, SingleDeviceMuonWithAuxAdam: muon groups lr 0.02, momentum
+    0.95, wd 0; adam groups lr 3e-4, betas (0.9, 0.95), eps 1e-10, wd 0."""
+    opt = build_optimizer("muon", build_model("llama_tiny"))
+    (muon_group,) = opt.parts["muon"].param_groups
+    assert (muon_group["lr"], muon_group["momentum"], muon_group["weight_decay"]) == (0.02, 0.95, 0)
+    assert muon_group["nesterov"] and muon_group["ns_steps"] == 5
+    for group in opt.parts["adamw"].param_groups:
+        assert group["lr"] == 3e-4 and tuple(group["betas"]) == (0.9, 0.95)
+        assert group["eps"] == 1e-10 and group["weight_decay"] == 0
+    overridden = build_optimizer("muon", build_model("llama_tiny"), adamw_betas=(0.8, 0.99))
+    assert all(tuple(g["betas"]) == (0.8, 0.99) for g in overridden.parts["adamw"].param_groups)
+
+
+def test_root_adamw_part_shares_lr_and_weight_decay():
+    """The authors' ROOT class: one lr and wd 0.1 for both parts, AdamW betas (0.9, 0.95)."""
+    opt = build_optimizer("root", build_model("llama_tiny"), lr=0.004)
+    for part in opt.parts.values():
+        for group in part.param_groups:
+            assert group["lr"] == 0.004 and group["weight_decay"] == 0.1
+    for group in opt.parts["adamw"].param_groups:
+        assert tuple(group["adam_betas"]) == (0.9, 0.95) and group["adam_eps"] == 1e-8
