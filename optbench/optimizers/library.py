@@ -163,6 +163,36 @@ def _spec(name: str, **fields) -> None:
     register(OptimizerSpec(name=name, version="1", devices=_DEVICES, **fields))
 
 
+# Provenance (`reference`, `deviations`, `default_sources`). No test here compares a library
+# class with the authors' code, so each reference says so.
+def _runs(what: str) -> str:
+    return f"runs {what}, not held against it in a test"
+
+
+def _po_default(cls: str) -> str:
+    return f"library default: pytorch_optimizer.{cls}"
+
+
+def _torch_default(cls: str) -> str:
+    return f"torch.optim.{cls} default"
+
+
+_ADAFACTOR_ALG6 = "paper arXiv:1804.04235, Algorithm 6 (proposed hyperparameters)"
+_ADABELIEF_INIT = (
+    "juntang-zhuang/Adabelief-Optimizer: pypi_packages/adabelief_pytorch0.2.1/adabelief_pytorch/"
+    "AdaBelief.py (AdaBelief.__init__)"
+)
+_EXADAM_INIT = "AhmedMostafa16/EXAdam: exadam.py (EXAdam.__init__)"
+_SPAM_INIT = "TianjinYellow/SPAM-Optimizer: galore_torch/SPAM.py (AdamW.__init__)"
+_STABLE_INIT = "TianjinYellow/StableSPAM: galore_torch/stablespam.py (StableSPAM.__init__)"
+_ADAHESSIAN_INIT = "amirgholami/adahessian: instruction/adahessian.py (Adahessian.__init__)"
+_EAGER = (
+    "The model is switched to eager attention and every step runs backward(create_graph=True), "
+    "since SDPA has no double backward: the same math, but step time and activation memory are "
+    "not comparable with the other entries'."
+)
+
+
 _spec(
     "sgd_momentum",
     factory=_build_sgd_momentum,
@@ -176,6 +206,26 @@ _spec(
     default_hparams={"lr": 1e-2, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False},
     state_formula="params × B (momentum_buffer, param dtype)",
     expected_state_bytes=per_param(tensor_bytes),
+    reference=(
+        "no authors' code found (Sutskever et al. 2013; Polyak 1964); runs torch.optim.SGD "
+        "(SGD.step, momentum=0.9), the heavy-ball form buf = μ·buf + g, p -= lr·buf"
+    ),
+    deviations=(
+        "Momentum is fixed at 0.9 (at 0 torch keeps no buffer and the state formula would not "
+        "hold); Sutskever et al. raise μ over training towards a μ_max of 0.9 to 0.999.",
+        "torch applies the current lr to the whole buffer (p -= lr_t·buf) where the paper's "
+        "velocity accumulates lr·g (v = μ·v - ε·g); the same for a constant lr, but under a "
+        "schedule past gradients move with the current lr.",
+    ),
+    default_sources={
+        "lr": (
+            "optbench choice, no recorded reason (torch.optim.SGD's default is 1e-3); suites "
+            "pass their own"
+        ),
+        "dampening": _torch_default("SGD"),
+        "weight_decay": _torch_default("SGD") + " (coupled L2: added to the gradient)",
+        "nesterov": _torch_default("SGD"),
+    },
 )
 
 _spec(
@@ -203,6 +253,34 @@ _spec(
         "per 1-D param: n × B (variance); + 4 B float32 `step` per param tensor"
     ),
     expected_state_bytes=per_param(_adafactor_bytes),
+    reference=(
+        "tensorflow/tensor2tensor: tensor2tensor/utils/adafactor.py (AdafactorOptimizer), the "
+        "code the paper points to; " + _runs(f"torch.optim.Adafactor {torch.__version__}")
+    ),
+    deviations=(
+        "torch floors the variance estimate at eps1² (eps1 None: the param dtype's machine "
+        "epsilon, 1.2e-7 in fp32 and 7.8e-3 in bf16) where the paper and tensor2tensor add "
+        "eps1 = 1e-30 to g²; in bf16 this shrinks the update of every entry whose gradient RMS "
+        "is below 7.8e-3.",
+        "lr caps the relative step, rho_t = min(lr, 1/sqrt(t)), where the paper has a constant "
+        "1e-2: the same at the default lr.",
+        "The row and column factors are kept in the param dtype (bf16 in bf16 runs); "
+        "tensor2tensor keeps its slots in float32.",
+        "Weight decay is torch's decoupled lr × weight_decay, which the paper does not have; no "
+        "effect at the default 0.",
+    ),
+    default_sources={
+        "lr": _ADAFACTOR_ALG6 + ": rho_t = min(1e-2, 1/sqrt(t)); = torch.optim.Adafactor default",
+        "beta2_decay": _ADAFACTOR_ALG6 + ": beta2_t = 1 - t^-0.8; = torch.optim.Adafactor default",
+        "eps": (
+            _torch_default("Adafactor") + ": eps2 1e-3 as in Algorithm 6; eps1 None (machine "
+            "epsilon) instead of the paper's 1e-30"
+        ),
+        "d": _ADAFACTOR_ALG6 + ": d = 1; = torch.optim.Adafactor default",
+        "weight_decay": _torch_default("Adafactor"),
+        "foreach": _torch_default("Adafactor") + " (None: the per-tensor loop)",
+        "maximize": _torch_default("Adafactor"),
+    },
 )
 
 _spec(
@@ -223,6 +301,23 @@ _spec(
         "qmaps (256 entries each); step is a Python int (0 B)"
     ),
     expected_state_bytes=_adamw8bit_bytes,
+    reference=(
+        "bitsandbytes-foundation/bitsandbytes: bitsandbytes/optim/adamw.py (AdamW8bit), "
+        "bitsandbytes/optim/optimizer.py (Optimizer2State): the authors' own library, run as-is"
+    ),
+    deviations=(
+        "The model keeps its plain nn.Embedding, with 8-bit states like every other matrix; the "
+        "paper trains its language models with the stable embedding layer "
+        "(bnb.nn.StableEmbedding: layer norm, 32-bit states), left out so that every optimizer "
+        "trains the same model.",
+        "Since bitsandbytes 0.44 the states are quantized in blocks of 256 elements, not the "
+        "paper's 2048 (CHANGELOG.md: more accurate); the state formula counts 256.",
+    ),
+    default_sources={
+        key: "bitsandbytes-foundation/bitsandbytes: bitsandbytes/optim/adamw.py "
+        "(AdamW8bit.__init__)"
+        for key in ("lr", "betas", "eps", "weight_decay")
+    },
 )
 
 _spec(
@@ -235,6 +330,16 @@ _spec(
     default_hparams={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0},
     state_formula="params × B (exp_avg, param dtype); step lives in the param group (0 B)",
     expected_state_bytes=per_param(tensor_bytes),
+    reference="google/automl: lion/lion_pytorch.py (Lion.step); " + _runs(_po_source("Lion")),
+    deviations=(
+        "pytorch_optimizer forms the interpolation and the momentum with lerp, m + (1-β)(g - m), "
+        "where the authors write β·m + (1-β)·g: equal up to rounding, which can only flip the "
+        "sign of an entry whose interpolation is about 0.",
+    ),
+    default_sources={
+        key: "google/automl: lion/lion_pytorch.py (Lion.__init__); = " + _po_default("Lion")
+        for key in ("lr", "betas", "weight_decay")
+    },
 )
 
 _spec(
@@ -259,6 +364,30 @@ _spec(
         "+ 4 B (0-d v_mean) + 4 B (0-d float32 `dimension`)"
     ),
     expected_state_bytes=_adam_mini_bytes,
+    reference=(
+        "zyushun/Adam-mini: adam_mini/adam_mini.py (Adam_mini.step, v1.1.1), examples/llama/"
+        "train.py (its Llama setup); " + _runs(_po_source("AdamMini"))
+    ),
+    deviations=(
+        "pytorch_optimizer.AdamMini has the authors' partition before v1.1.0 (Oct 2024): plain "
+        "Adam for embedding and lm_head, one v per tensor for v_proj, o_proj and the MLP. Since "
+        "v1.1.0 the authors keep one v per row (token) for embedding and lm_head and one per "
+        "output neuron for v_proj, o_proj and the MLP, so optbench keeps more state for the "
+        "former and a coarser v for the latter than the authors' current code.",
+        "All state is float32 whatever the param dtype; the authors' follows the param dtype "
+        "(bf16 in bf16 runs), so the bf16 state here is larger than theirs.",
+    ),
+    default_sources={
+        "lr": (
+            "zyushun/Adam-mini: adam_mini/adam_mini.py (Adam_mini.__init__; the library's "
+            "default is 1.0); examples/llama/train_configs/*.toml use 1e-4 to 2e-4"
+        ),
+        "betas": "zyushun/Adam-mini: examples/llama/train.py (Adam_mini(betas=(0.9, 0.95)))",
+        "eps": "zyushun/Adam-mini: adam_mini/adam_mini.py (Adam_mini.__init__); = library default",
+        "weight_decay": (
+            "zyushun/Adam-mini: examples/llama/train.py (weight_decay=0.1); = library default"
+        ),
+    },
 )
 
 _ADAM_LIKE = "2 × params × B (exp_avg, {second}, param dtype); step lives in the param group"
@@ -283,6 +412,22 @@ _spec(
     },
     state_formula=_ADAM_LIKE.format(second="exp_avg_var"),
     expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p)),
+    reference=(
+        "juntang-zhuang/Adabelief-Optimizer: pypi_packages/adabelief_pytorch0.2.1/"
+        "adabelief_pytorch/AdaBelief.py (AdaBelief.step); " + _runs(_po_source("AdaBelief"))
+    ),
+    deviations=(),
+    default_sources={
+        **{
+            key: _ADABELIEF_INIT + "; = " + _po_default("AdaBelief")
+            for key in ("lr", "betas", "eps", "weight_decay", "weight_decouple")
+        },
+        "rectify": (
+            _po_default("AdaBelief") + "; juntang-zhuang/Adabelief-Optimizer: README.md "
+            "(usage example, rectify=False); the authors' package defaults to True, as does "
+            "their README's Transformer row"
+        ),
+    },
 )
 
 _spec(
@@ -296,6 +441,17 @@ _spec(
     default_hparams={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
     state_formula=_ADAM_LIKE.format(second="exp_avg_sq"),
     expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p)),
+    reference=(
+        "AhmedMostafa16/EXAdam: exadam.py (EXAdam.step, 2025-04 version, without the first "
+        "release's ln(sqrt(2(t+1))) step-size factor); " + _runs(_po_source("EXAdam"))
+    ),
+    deviations=(),
+    default_sources={
+        "lr": _EXADAM_INIT + "; = library default; its README suggests 3e-4 for NLP",
+        "betas": _EXADAM_INIT + "; = library default",
+        "eps": _EXADAM_INIT + "; = library default",
+        "weight_decay": _EXADAM_INIT + "; = library default; its README suggests 1e-5 for NLP",
+    },
 )
 
 _spec(
@@ -318,6 +474,19 @@ _spec(
     },
     state_formula=_ADAM_LIKE.format(second="exp_avg_sq"),
     expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p)),
+    reference=(
+        "clovaai/AdamP: adamp/adamp.py (AdamP.step, AdamP._projection); "
+        + _runs(_po_source("AdamP"))
+    ),
+    deviations=(
+        "pytorch_optimizer adds eps before the bias correction, sqrt(1-β2^t) / (sqrt(v) + eps), "
+        "the authors after it, 1 / (sqrt(v) / sqrt(1-β2^t) + eps): the effective eps is "
+        "eps / sqrt(1-β2^t), ~32× larger at step 1; it matters only while sqrt(v̂) is near eps.",
+    ),
+    default_sources={
+        key: "clovaai/AdamP: adamp/adamp.py (AdamP.__init__); = " + _po_default("AdamP")
+        for key in ("lr", "betas", "eps", "weight_decay", "delta", "wd_ratio", "nesterov")
+    },
 )
 
 
@@ -352,6 +521,32 @@ _spec(
         "(bool mask); total_step/current_step are Python ints (0 B)"
     ),
     expected_state_bytes=per_param(_spam_bytes),
+    reference=(
+        "TianjinYellow/SPAM-Optimizer: galore_torch/SPAM.py (AdamW.step, exported as SPAM), "
+        "torchrun_main.py (param groups); " + _runs(_po_source("SPAM") + " with density 1")
+    ),
+    deviations=(
+        "The library gives every 2-D param a mask (embedding and lm_head too), the authors only "
+        "the attention and MLP weights; at density 1 every mask is all True, so only the state "
+        "differs (the masks, counted in the formula).",
+        "Weight decay reaches the masked params; in the authors' code it does not (it decays a "
+        "copy, p.data[mask].add_(...)). No effect at the default 0.",
+        "The warm-up after each momentum reset runs one step ahead of the authors' "
+        "CosineDecay.get_dr (scale 1 - dr(t+1), theirs 1 - dr(t)); negligible.",
+    ),
+    default_sources={
+        "lr": _SPAM_INIT + " and ReadMe.md (lr=0.001); scripts/130m.sh uses 8e-4",
+        "betas": _SPAM_INIT + "; = library default",
+        "eps": _SPAM_INIT + "; = library default",
+        "weight_decay": _SPAM_INIT + "; the scripts pass --weight_decay 0",
+        "warmup_epoch": (
+            _po_default("SPAM") + "; the authors' class default and ReadMe.md use 150, and "
+            "their torchrun_main.py passes the lr warm-up (--warmup_steps) instead"
+        ),
+        "threshold": _SPAM_INIT + "; = library default",
+        "grad_accu_steps": _SPAM_INIT + "; = library default",
+        "update_proj_gap": _SPAM_INIT + ": DeltaT=500; = library default",
+    },
 )
 
 _spec(
@@ -380,6 +575,30 @@ _spec(
         "v_norm_t, m_max_t), all in param dtype"
     ),
     expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p) + 3 * p.element_size()),
+    reference=(
+        "TianjinYellow/StableSPAM: galore_torch/stablespam.py (StableSPAM.step), utils/setup.py; "
+        + _runs(_po_source("StableSPAM"))
+    ),
+    deviations=(
+        "t_max, the cosine warm-up of beta1 and gamma1 (eta_min 0.5), is off: its None default "
+        "cannot be overridden with an int by registry coercion. The authors' LLaMA runs set it "
+        "to the total steps (total_T, utils/argparse.py default 20000; ReadMe.MD: better LLMs).",
+        "At a momentum reset (every update_proj_gap steps) the library zeroes the moments before "
+        "that step's update and keeps the global step in the norm and max-clipping bias "
+        "corrections; the authors' code still updates with the old moments on that step (bias-"
+        "corrected as step 1) and restarts the per-param step counter of those corrections at 1, "
+        "which loosens the spike clipping for a while after each reset.",
+    ),
+    default_sources={
+        "lr": _STABLE_INIT + "; ReadMe.MD's BF16 LLaMA-130M example uses 8e-4",
+        "betas": _STABLE_INIT + "; = library default",
+        "gamma1": _STABLE_INIT + " and ReadMe.MD usage; its BF16 LLaMA-130M example uses 0.85",
+        "gamma2": _STABLE_INIT + " and ReadMe.MD usage; its BF16 LLaMA-130M example uses 0.99999",
+        "theta": _STABLE_INIT + ": gamma3=0.999, as in every ReadMe.MD example",
+        "eps": _STABLE_INIT,
+        "weight_decay": _STABLE_INIT + "; ReadMe.MD examples pass --weight_decay 0",
+        "update_proj_gap": _STABLE_INIT + " and ReadMe.MD's BF16 LLaMA-130M example",
+    },
 )
 
 _spec(
@@ -397,6 +616,22 @@ _spec(
         "params × B (momentum_buffer) + B per param tensor (0-d gsnr), param dtype"
     ),
     expected_state_bytes=per_param(lambda p: tensor_bytes(p) + p.element_size()),
+    reference=(
+        "AnonymousAlethiometer/SGD_SaI: sgd_sai/sgd_sai.py (SGD_sai.warmup_step, SGD_sai.step; "
+        "v1.0.3); " + _runs(_po_source("SGDSaI") + " with momentum 0.9")
+    ),
+    deviations=(
+        "For 1-D params (the norm weights) the library's lr scale is the gradient norm ||g||, "
+        "not the g-SNR ||g|| / (std(g) + eps) the authors compute for every tensor, so the "
+        "norms' effective lr differs from theirs.",
+        "The momentum buffer starts at zero and is an EMA, so step 1 moves by (1 - momentum)·g "
+        "and the first ~10 steps are smaller; the authors start the buffer at g.",
+    ),
+    default_sources={
+        key: "AnonymousAlethiometer/SGD_SaI: sgd_sai/sgd_sai.py (SGD_sai.__init__); = "
+        + _po_default("SGDSaI")
+        for key in ("lr", "weight_decay", "eps")
+    },
 )
 
 _HESSIAN_POLICY = " (model switched to eager attention: Hessian-vector products)"
@@ -428,6 +663,26 @@ _spec(
     ),
     expected_state_bytes=per_param(lambda p: 3 * tensor_bytes(p)),
     needs_create_graph=True,
+    reference=(
+        "amirgholami/adahessian: instruction/adahessian.py (Adahessian.get_trace, "
+        "Adahessian.step), transformer/fairseq/optim/adahessian.py; "
+        + _runs(_po_source("AdaHessian"))
+    ),
+    deviations=(
+        "No spatial averaging: the authors average |Hv| over each row of a 2-D weight "
+        "(spatial_average_block_size -1; their Transformer script averages blocks of 32) before "
+        "the second moment; the library keeps the per-element estimate, a noisier denominator.",
+        _EAGER,
+    ),
+    default_sources={
+        **{key: _ADAHESSIAN_INIT for key in ("eps", "weight_decay", "hessian_power")},
+        "lr": _ADAHESSIAN_INIT + "; their Transformer script (transformer/config/adahessian.sh) "
+        "uses 0.047",
+        "betas": _ADAHESSIAN_INIT + "; their Transformer script uses (0.9, 0.98)",
+        "update_period": _ADAHESSIAN_INIT + " (a Hessian estimate every step); = library default",
+        "num_samples": _ADAHESSIAN_INIT + " (one vector per step); = library default",
+        "hessian_distribution": _ADAHESSIAN_INIT + " (Rademacher v); = library default",
+    },
 )
 
 _spec(
@@ -455,4 +710,40 @@ _spec(
     ),
     expected_state_bytes=per_param(lambda p: 3 * tensor_bytes(p)),
     needs_create_graph=True,
+    reference=(
+        "Liuhong99/Sophia: sophia.py (SophiaG.step, SophiaG.update_hessian), the authors' only "
+        "released code (Sophia-G); no authors' Sophia-H code found. "
+        + _runs(_po_source("SophiaH") + ", the paper's Hutchinson variant")
+    ),
+    deviations=(
+        "Hutchinson estimate u ⊙ Hu every update_period steps (the paper's Sophia-H); the "
+        "authors' released SophiaG instead uses the Gauss-Newton-Bartlett estimate (squared "
+        "gradients of labels sampled from the model).",
+        "The update is lr·clip(m / max(h, eps), ±p) where the authors write "
+        "lr·clip(m / (ρ·bs·h + 1e-15), 1), bs the tokens per batch: the same form with their "
+        "lr = lr·p, so lr here is not comparable with theirs.",
+        _EAGER,
+        "SophiaH differentiates the gradient only every update_period (10) steps, yet the "
+        "double backward runs on every step: its time and memory are overstated (the authors' "
+        "SophiaG needs no double backward at all).",
+    ),
+    default_sources={
+        "lr": (
+            _po_default("SophiaH") + "; lr × p = 6e-4, the authors' GPT-2 small lr "
+            "(Liuhong99/Sophia: config/train_gpt2_small_sophiag.py)"
+        ),
+        "betas": _po_default("SophiaH") + "; the authors' SophiaG uses (0.965, 0.99)",
+        "p": _po_default("SophiaH") + "; = rho in the authors' README example",
+        "eps": _po_default("SophiaH"),
+        "weight_decay": (
+            _po_default("SophiaH") + "; the authors' SophiaG default is 0.1, their GPT-2 "
+            "configs 0.2"
+        ),
+        "update_period": (
+            _po_default("SophiaH") + "; = the authors' Hessian interval (Liuhong99/Sophia: "
+            "config/train_gpt2_small_sophiag.py, interval = 10)"
+        ),
+        "num_samples": _po_default("SophiaH"),
+        "hessian_distribution": _po_default("SophiaH"),
+    },
 )

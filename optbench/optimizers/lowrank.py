@@ -241,6 +241,38 @@ _APOLLO_SOURCE = (
     "at the paper sizes and ranks), and hidden matrices with different capped ranks go in "
     "separate groups, which can reorder the per-param seeds (never at the paper sizes)."
 )
+# `source` is hashed into every cell's fingerprint: kept word for word while the update is
+# unchanged, so stored APOLLO results stay comparable.
+_APOLLO_REFERENCE = (
+    "zhuhanqing/APOLLO: apollo_torch/apollo.py (AdamW.step), apollo_torch/random_projector.py "
+    "(GradientProjector, stable_randn, next_seed), read through the fork yao-matrix/APOLLO"
+)
+_APOLLO_DEVIATIONS = (
+    "pytorch_optimizer.APOLLO 4.1.0 is not used: it projects the scaled gradient back (a rank-r "
+    "update), applies `scale` twice, draws projectors from the global RNG and decays with the "
+    "bias-corrected step size.",
+    "The rank is capped at min(m, n) per matrix (the authors' code would draw an r > min(m, n) "
+    "projector); never binds at the paper sizes and ranks.",
+    "Hidden matrices with different capped ranks go in separate groups, which can reorder the "
+    "per-param seeds; never at the paper sizes.",
+)
+_APOLLO_SCRIPT = "yao-matrix/APOLLO: scripts/pretrain_c4/llama_60m_apollo.sh"
+_APOLLO_MINI_SCRIPT = "yao-matrix/APOLLO: scripts/pretrain_c4/llama_60m_apollo_mini.sh"
+_APOLLO_OPTIMIZER = "yao-matrix/APOLLO: apollo_torch/apollo.py (AdamW.__init__)"
+
+
+def _apollo_sources(script: str) -> dict[str, str]:
+    return {
+        "lr": script,
+        "betas": _APOLLO_OPTIMIZER,
+        "eps": _APOLLO_OPTIMIZER,
+        "weight_decay": script,
+        "rank": script + _RANK_NOTE,
+        "update_proj_gap": script,
+        "scale": script + " (apollo_scale)",
+        "scale_type": script,
+    }
+
 
 # Per-size ranks the papers trained with (GaLore Table 2 and its 7B run; APOLLO Table 2).
 GALORE_RANKS = {"llama_60m": 128, "llama_130m": 256, "llama_350m": 256, "llama_1b": 512,
@@ -349,6 +381,9 @@ register(
         expected_state_bytes=_lowrank_state_bytes("apollo projection", True),
         version="2",
         defaults_by_model=_by_model(rank=APOLLO_RANKS),
+        reference=_APOLLO_REFERENCE,
+        deviations=_APOLLO_DEVIATIONS,
+        default_sources=_apollo_sources(_APOLLO_SCRIPT),
     )
 )
 
@@ -364,6 +399,18 @@ register(
         expected_state_bytes=_lowrank_state_bytes("apollo projection", True),
         version="2",
         defaults_by_model={"llama_130m": {"scale": 192.0}},  # APOLLO-Mini's 130M setting
+        reference=_APOLLO_REFERENCE,
+        deviations=_APOLLO_DEVIATIONS + (
+            "The authors' APOLLO-Mini scripts pass --scale_front (sqrt(scale) before the "
+            "norm-growth limiter); optbench scales after it. The limiter compares norms of "
+            "successive updates, so the constant factor cancels except in its 1e-8 floor.",
+        ),
+        default_sources={
+            **_apollo_sources(_APOLLO_MINI_SCRIPT),
+            "rank": _APOLLO_MINI_SCRIPT + " (rank 1)",
+            "scale": _APOLLO_MINI_SCRIPT + " (apollo_scale 128; 192 at 130M: "
+                     "llama_130m_apollo_mini.sh)",
+        },
     )
 )
 

@@ -486,9 +486,10 @@ register(
         deviations=(
             "ns_steps 10 is unconfirmed: the paper's iteration count could not be read here; 10 "
             "(with beta 0.8) is what third-party code attributes to it. 10 steps of the coupled "
-            "iteration from X/||X||_F stay far from the exact whitening: relative distance to "
-            "U V^T 0.43 on a 2048 x 2048 Gaussian gradient, 0.96 on a rank-8-plus-noise one "
-            "(0.05 and 0.30 at 20 steps); raise ns_steps to get closer.",
+            "iteration from X/||X||_F stay far from the exact whitening on wide matrices: "
+            "relative distance to U V^T 0.41 on a 2048 x 2048 Gaussian gradient, 0.93 on a "
+            "rank-8-plus-noise one (0.06 and 0.30 at 20 steps; benchmarks/swan_whitening.py); "
+            "raise ns_steps to get closer.",
             "The update is rescaled to RMS 1 (sqrt(mn) D / ||D||_F) so lr means the same for every "
             "shape; the paper's scale could not be confirmed.",
         ),

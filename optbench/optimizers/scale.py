@@ -32,6 +32,12 @@ from optbench.optimizers.state_formulas import params_bytes, tensor_bytes
 
 ROLES = ("matrix", "embedding", "lm_head", "adam")
 
+# The authors' code (OptimAI-Lab/Minimalist_LLM_Pretraining) and its launch scripts.
+_REPO = "OptimAI-Lab/Minimalist_LLM_Pretraining: "
+_OPTIMIZER = _REPO + "mem_eff_pt/pt_scale/scale_optimizer.py"
+_SCRIPTS = _REPO + "scripts/*_scale.sh, 60M to 7B"
+_ARGS = "mem_eff_pt/utils/args.py"
+
 PAPER = (
     "Glentis, Li, Han, Hong, 'A Minimalist Optimizer Design for LLM Pretraining' "
     "(SCALE: Stochastic Column-normAlized Last-layer momEntum), 2025, arXiv:2506.16659"
@@ -202,6 +208,34 @@ register(
             **{m: {"lr": 1e-3, "adam_lr": 2e-2} for m in ("llama_60m", "llama_130m", "llama_350m")},
             "llama_1b": {"lr": 2e-4, "adam_lr": 1e-3},
             "llama_7b": {"lr": 1e-4, "adam_lr": 1e-3},
+        },
+        reference=(
+            _OPTIMIZER + " (SCALE.step), mem_eff_pt/utils/train_utils.py (build_optimizer: param "
+            "groups); in-house, held against a float64 transcription of it in "
+            "tests/optimizers/test_optimizers.py"
+        ),
+        deviations=(
+            "The lm_head buffer stores m/(1-β) (torch.optim.SGD's convention, one fused op) "
+            "where the authors' code stores the EMA m; eps is scaled alike, so the update is the "
+            "same up to rounding, but the saved state's values differ by that factor.",
+            "In bf16 the row RMS is accumulated in float32 and applied in one fused "
+            "p += -lr·sqrt(n)·d·(1/||d||); the authors square, average and divide in bf16. The "
+            "same math; the rounding differs (the bf16 test holds to rtol 1e-2).",
+        ),
+        default_sources={
+            "lr": (
+                _REPO + "scripts/60m_scale.sh, 130m, 350m (--lr 1e-3; 1B and 7B via "
+                "defaults_by_model); the " + _ARGS + " default is 1e-4"
+            ),
+            "momentum": _SCRIPTS + " (--momentum 0.9)",
+            "adam_lr": (
+                _REPO + "scripts/1b_scale.sh, 7b_scale.sh (--adam_lr 1e-3); the 60M-350M "
+                "scripts take the " + _ARGS + " default 2e-2 (defaults_by_model)"
+            ),
+            "adam_betas": _REPO + _ARGS + " (--adam_beta_1 0.9, --adam_beta_2 0.999)",
+            "adam_eps": _REPO + "mem_eff_pt/utils/train_utils.py (build_optimizer: adamw_eps=1e-8)",
+            "weight_decay": _SCRIPTS + " (--weight_decay 0.0)",
+            "eps": _OPTIMIZER + " (SCALE.step: clamp_min_(1e-8), hard-coded there)",
         },
     )
 )

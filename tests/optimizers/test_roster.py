@@ -101,3 +101,32 @@ def test_tracked_run_has_state_at_least_the_counted_state(write_suite, name):
     assert result.status == "ok"
     m = result.metrics
     assert m["peak_optimizer_state_bytes"] >= m["optimizer_state_bytes"]
+
+
+@pytest.mark.parametrize("spec", list_specs(), ids=lambda s: s.name)
+def test_every_entry_names_its_source_of_truth_and_every_default_s_origin(spec):
+    assert spec.reference.strip(), f"{spec.name}: no reference (the code it is held against)"
+    missing = sorted(set(spec.default_hparams) - set(spec.default_sources))
+    assert not missing, f"{spec.name}: defaults without a stated source: {missing}"
+    assert all(d.strip().endswith(".") for d in spec.deviations), spec.deviations
+
+
+def test_a_default_source_for_an_unknown_hparam_is_refused():
+    spec = get_spec("sgd")
+    with pytest.raises(ValueError, match="default_sources names no hparam"):
+        dataclasses.replace(spec, default_sources={"momentun": "somewhere"})
+
+
+def test_reference_deviations_and_default_sources_leave_the_fingerprint_alone(write_suite):
+    """They describe an entry; only a change of what runs (version, source, policy, hparams)
+    makes stored results not comparable."""
+    suite = load_suite(write_suite(TINY_SUITE))
+    (before, *_) = expand(suite)
+    spec = get_spec(before.optimizer.name)
+    described = dataclasses.replace(
+        spec, reference="elsewhere", deviations=("Another one.",),
+        default_sources={k: "somewhere" for k in spec.default_hparams},
+    )
+    with registry.override(described):
+        (after, *_) = expand(suite)
+    assert after.fingerprint == before.fingerprint
