@@ -16,7 +16,10 @@ def list_things(what: str, verbose: bool, suites_dir: Path, console) -> None:
     if what == "models":
         console.print(listing.models_table())
     elif what == "optimizers":
-        console.print(listing.optimizers_table(verbose))
+        if not verbose:
+            console.print(listing.optimizers_table())
+        for table in listing.optimizer_details() if verbose else []:
+            console.print(table)
     else:
         console.print(listing.suites_table(suites_dir, suite_rows(suites_dir)))
 

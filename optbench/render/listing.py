@@ -9,6 +9,7 @@ from rich.table import Table
 
 from optbench.models import MODEL_SIZES
 from optbench.optimizers import list_specs
+from optbench.optimizers.registry import OptimizerSpec
 
 
 def models_table() -> Table:
@@ -22,18 +23,74 @@ def models_table() -> Table:
     return table
 
 
-def optimizers_table(verbose: bool) -> Table:
-    table = Table(title="Optimizers", show_lines=verbose)
-    for col in ("name", "source", "paper", "state size") + (("policy", "defaults", "devices", "version") if verbose else ()):
+def optimizers_table() -> Table:
+    """The registry, one row per entry."""
+    table = Table(title="Optimizers")
+    for col in ("name", "source", "paper", "state size"):
         table.add_column(col, overflow="fold")
     for spec in list_specs():
-        name = spec.name + (f" ({', '.join(spec.aliases)})" if spec.aliases else "")
-        row = [name, spec.source, spec.paper, spec.state_formula]
-        if verbose:
-            defaults = ", ".join(f"{k}={v}" for k, v in spec.default_hparams.items())
-            row += [spec.policy, defaults, ", ".join(spec.devices), spec.version]
-        table.add_row(*row)
+        row = [_display_name(spec), spec.source, spec.paper, spec.state_formula]
+        table.add_row(*(escape(cell) for cell in row))
     return table
+
+
+def optimizer_details() -> list[Table]:
+    """One field/value table per entry: what runs, the code it is held against with the
+    deviations that remain, every default with its source, and the rest of the spec."""
+    tables = []
+    for spec in list_specs():
+        table = Table(title=escape(f"{_display_name(spec)} (version {spec.version})"),
+                      title_justify="left", show_header=False, show_lines=True)
+        table.add_column("field", style="bold", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        for field, value in [
+            ("runs", spec.source),
+            ("paper", spec.paper),
+            ("held against", spec.reference or "not stated"),
+            ("deviations", "\n".join(f"- {d}" for d in spec.deviations) or "none known"),
+            ("defaults", _defaults_text(spec)),
+            ("policy", spec.policy),
+            ("state size", spec.state_formula),
+            ("devices", ", ".join(spec.devices)),
+        ]:
+            table.add_row(field, escape(value))
+        tables.append(table)
+    return tables
+
+
+def _display_name(spec: OptimizerSpec) -> str:
+    return spec.name + (f" ({', '.join(spec.aliases)})" if spec.aliases else "")
+
+
+def _defaults_text(spec: OptimizerSpec) -> str:
+    return "\n".join(
+        f"{k}={v} ← {spec.default_sources.get(k, 'source not stated')}"
+        for k, v in spec.default_hparams.items()
+    )
+
+
+def optimizer_sources_markdown() -> str:
+    """Per entry: the code it is held against, the deviations that remain and where each
+    default comes from, as Markdown (the generated part of docs/optimizers.md)."""
+    lines = []
+    for spec in list_specs():
+        lines += [f"### `{_display_name(spec)}` (version {spec.version})", ""]
+        lines += [f"Runs: {spec.source}.", "", f"Held against: {spec.reference or 'not stated'}.", ""]
+        if spec.deviations:
+            lines += ["Deviations that remain:", "", *(f"- {d}" for d in spec.deviations), ""]
+        else:
+            lines += ["Deviations that remain: none known.", ""]
+        lines += ["| hparam | default | source |", "|---|---|---|"]
+        lines += [
+            f"| `{k}` | `{v}` | {_cell(spec.default_sources.get(k, 'not stated'))} |"
+            for k, v in spec.default_hparams.items()
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def suites_table(suites_dir: Path, rows: list[tuple[str, str, str, str]]) -> Table:
