@@ -405,3 +405,99 @@ def test_root_adamw_part_shares_lr_and_weight_decay():
             assert group["lr"] == 0.004 and group["weight_decay"] == 0.1
     for group in opt.parts["adamw"].param_groups:
         assert tuple(group["adam_betas"]) == (0.9, 0.95) and group["adam_eps"] == 1e-8
+
+
+class KellerJordanMuon:
+    """KellerJordan/Muon muon.py, SingleDeviceMuonWithAuxAdam.step at its defaults: muon_update
+    (EMA momentum, Nesterov, zeropower_via_newtonschulz5 in bfloat16 as written there,
+    max(1, rows/cols)**0.5) on the hidden matrices; adam_update (eps after the bias correction)
+    elsewhere; p *= 1 - lr*wd before each update."""
+
+    def __init__(self, params: dict, ns_dtype: torch.dtype = torch.bfloat16) -> None:
+        self.params = {n: p.detach().clone() for n, p in params.items()}
+        self.state: dict[str, dict] = {n: {} for n in params}
+        self.ns_dtype = ns_dtype
+
+    def _newtonschulz5(self, g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+        a, b, c = MUON_COEFFICIENTS
+        x = g.to(self.ns_dtype)
+        tall = g.size(-2) > g.size(-1)
+        x = x.mT if tall else x
+        x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+        for _ in range(steps):
+            gram = x @ x.mT
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        return x.mT if tall else x
+
+    def step(self, grads: dict) -> None:
+        for name, g in grads.items():
+            p, state = self.params[name], self.state[name]
+            zeros = torch.zeros_like(g)
+            if name.endswith("proj.weight"):  # lr 0.02, momentum 0.95, wd 0
+                buf = torch.lerp(state.get("momentum_buffer", zeros), g, 0.05)
+                state["momentum_buffer"] = buf
+                update = self._newtonschulz5(torch.lerp(g, buf, 0.95))
+                update = update * max(1, g.size(-2) / g.size(-1)) ** 0.5
+                self.params[name] = p - 0.02 * update.to(p.dtype)
+                continue
+            # lr 3e-4, betas (0.9, 0.95), eps 1e-10, wd 0
+            t = state["step"] = state.get("step", 0) + 1
+            m = state["exp_avg"] = torch.lerp(state.get("exp_avg", zeros), g, 0.1)
+            v = state["exp_avg_sq"] = torch.lerp(state.get("exp_avg_sq", zeros), g * g, 0.05)
+            update = (m / (1 - 0.9**t)) / ((v / (1 - 0.95**t)).sqrt() + 1e-10)
+            self.params[name] = p - 3e-4 * update
+
+
+def _muon_steps(model, reference, steps: int = 3) -> None:
+    params = dict(model.named_parameters())
+    opt = build_optimizer("muon", model)
+    for _ in range(steps):
+        grads = _grads(model)
+        for n, p in params.items():
+            p.grad = grads[n].clone()
+        opt.step()
+        reference.step(grads)
+
+
+def _float64_zeropower(grad, ns_coefficients, ns_steps, eps):
+    """torch.optim._muon._zeropower_via_newtonschulz without its cast to bfloat16."""
+    a, b, c = ns_coefficients
+    x = grad.T if grad.size(0) > grad.size(1) else grad
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if grad.size(0) > grad.size(1) else x
+
+
+def test_muon_follows_keller_jordan_s_code_exactly_with_float64_newton_schulz(monkeypatch):
+    """Three steps, gradients with per-row scales and a zero row, Newton-Schulz in float64 on
+    both sides: momentum, Nesterov, the shape factor, the AdamW part and every default are the
+    authors'."""
+    monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz", _float64_zeropower)
+    torch.manual_seed(0)
+    model = build_model("llama_tiny", torch.float64)
+    reference = KellerJordanMuon(dict(model.named_parameters()), ns_dtype=torch.float64)
+    _muon_steps(model, reference)
+    for n, p in model.named_parameters():
+        # rtol 1e-7: torch divides by max(||X||, eps), the authors by ||X|| + 1e-7 (a deviation
+        # of eps/||X||: ~1e-8 of the update here).
+        torch.testing.assert_close(p.detach(), reference.params[n], rtol=1e-7, atol=1e-9, msg=n)
+
+
+def test_muon_as_shipped_agrees_with_keller_jordan_s_bfloat16_code_to_its_rounding():
+    """Both orthogonalize in bfloat16 (torch fuses b*A + c*A@A into addmm, so rounding
+    differs): a few % of the update on the hidden matrices, exact elsewhere."""
+    torch.manual_seed(0)
+    model = build_model("llama_tiny", torch.float64)
+    params = dict(model.named_parameters())
+    start = {n: p.detach().clone() for n, p in params.items()}
+    reference = KellerJordanMuon(params)
+    _muon_steps(model, reference)
+    for n, p in params.items():
+        if n.endswith("proj.weight"):
+            moved = (reference.params[n] - start[n]).norm()
+            assert (p.detach() - reference.params[n]).norm() / moved < 5e-2, n
+        else:
+            torch.testing.assert_close(p.detach(), reference.params[n], rtol=1e-10, atol=1e-13,
+                                       msg=n)

@@ -129,7 +129,7 @@ def _scaled_gradients(params: dict, steps: int) -> list[dict]:
         for n, p in params.items():
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
             rows, cols = fixed[n]
-            step[n] = rows.reshape(-1, *[1] * (p.dim() - 1)) * noise * cols if p.dim() == 2 else noise * rows
+            step[n] = rows[:, None] * noise * cols if p.dim() == 2 else noise * rows
         out.append(step)
     return out
 
@@ -207,7 +207,10 @@ def test_the_library_schedule_alone_fails_this_reference(name):
         groups = built.param_groups
     opt = library([{k: v for k, v in g.items() if k != "step"} for g in groups])
     gaps = {}
-    _run(opt, reference, params, lambda step: gaps.setdefault(step, _relative_gap(params, start, reference)))
+    def record(step: int) -> None:
+        gaps[step] = _relative_gap(params, start, reference)
+
+    _run(opt, reference, params, record)
     assert gaps[1] < 1e-9, gaps
     assert gaps[2] > 0.02, gaps
 
@@ -227,7 +230,9 @@ def test_the_registry_builds_the_authors_schedule_class(name):
 def test_the_projector_refreshes_on_the_authors_count():
     """One projector, gap 3: the library's 1-based steps 1..7 refresh as the authors' 0-based
     counts 0, 3, 6 do, i.e. before updates 1, 4, 7."""
-    projector = projection.authors_step_projector()(rank=2, update_proj_gap=3, scale=1.0, projection_type="std")
+    projector = projection.authors_step_projector()(
+        rank=2, update_proj_gap=3, scale=1.0, projection_type="std"
+    )
     refreshed = []
     for t in range(1, 8):
         before = projector.ortho_matrix
