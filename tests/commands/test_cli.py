@@ -67,6 +67,19 @@ def test_validate_and_list(tiny_suite):
         assert result.exit_code == 0 and word in result.output, result.output
 
 
+def test_list_optimizers_verbose_shows_each_entry_s_source_of_truth():
+    result = runner.invoke(app, ["list", "optimizers", "--verbose"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for words in (
+        "galore (version 2)",
+        "held against",
+        "jiaweizzhao/GaLore: galore_torch/adamw.py",
+        "adamw_betas=(0.9, 0.95) ← KellerJordan/Muon: muon.py",
+        "deviations",
+    ):
+        assert words in result.output, words
+
+
 @pytest.mark.parametrize("args,words", [
     (["run", "no/such.yaml"], ["no/such.yaml", "no such suite file"]),
     (["validate", "BAD"], ["unknown key 'stepz'"]),
