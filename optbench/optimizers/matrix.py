@@ -495,8 +495,9 @@ register(
             "relative distance to U V^T 0.41 on a 2048 x 2048 Gaussian gradient, 0.93 on a "
             "rank-8-plus-noise one (0.06 and 0.30 at 20 steps; benchmarks/swan_whitening.py); "
             "raise ns_steps to get closer.",
-            "The update is rescaled to RMS 1 (sqrt(mn) D / ||D||_F) so lr means the same for every "
-            "shape; the paper's scale could not be confirmed.",
+            "The update is rescaled to the norm of the GradNorm output, D <- ||G~||_F D / ||D||_F "
+            "with ||G~||_F = sqrt(mn) (RMS 1), the 'optional rescaling' third-party summaries of "
+            "the paper give; its exact form in the paper could not be confirmed here.",
         ),
         default_sources={
             "lr": "optbench choice: 1e-3, no paper value could be confirmed",
