@@ -310,7 +310,9 @@ ADAMW_HPARAMS = {
 
 
 _KJ_MUON = "KellerJordan/Muon: muon.py"
-_ROOT_CODE = "huawei-noah/Efficient-Computing: Optimization/ROOT (main script)"
+# The training script in that folder that defines class ROOT and root5 (its file name was not
+# recorded when it was read).
+_ROOT_CODE = "huawei-noah/Efficient-Computing: Optimization/ROOT, training script"
 _TORCH_ADAMW = "torch.optim.AdamW default (the AdamW part)"
 _ADAMW_DEFAULT_SOURCES = {
     "adamw_lr": _TORCH_ADAMW,
@@ -420,7 +422,7 @@ register(
     _spec(
         "muon",
         source="torch.optim.Muon on hidden matrices + torch.optim.AdamW (optbench Composite)",
-        version="2",  # 2: the authors' AdamW betas (0.9, 0.95) and eps 1e-10
+        version="2",  # 2: the authors' AdamW part (lr 3e-4, betas (0.9, 0.95), eps 1e-10)
         reference=(
             f"{_KJ_MUON} (SingleDeviceMuonWithAuxAdam.step, muon_update, adam_update, "
             "zeropower_via_newtonschulz5)"
@@ -491,7 +493,7 @@ register(
         deviations=(
             "ns_steps 10 is unconfirmed: the paper's iteration count could not be read here; 10 "
             "(with beta 0.8) is what third-party code attributes to it. 10 steps of the coupled "
-            "iteration from X/||X||_F stay far from the exact whitening on wide matrices: "
+            "iteration from X/||X||_F stay far from the exact whitening on large matrices: "
             "relative distance to U V^T 0.41 on a 2048 x 2048 Gaussian gradient, 0.93 on a "
             "rank-8-plus-noise one (0.06 and 0.30 at 20 steps; benchmarks/swan_whitening.py); "
             "raise ns_steps to get closer.",

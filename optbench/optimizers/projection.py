@@ -10,9 +10,13 @@ three against float64 references of the authors' step).
 
 The correction is the thinnest there is: the classes stay the library's, and before the
 library's step looks for a projector, `install_projectors` puts one in `state["projector"]`:
-the library's GaLoreProjector, handed the authors' 0-based count t - 1 for the library's
+the library's GaLoreProjector, handed the authors' 0-based count, t - 1 for the library's
 1-based t. The library creates a projector only where none is, so the rest of its step runs
-as written.
+as written. The 1 is not assumed: `library_first_count` probes, once per class, which count
+the installed library hands its projector on update 1, so a release that changes its own
+schedule cannot silently move ours. The library keeps one step count per group where the
+authors keep one per param: the same whenever every param has a gradient at every step, as
+in every optbench run.
 
 Also here: PolicyConda, Conda restricted to the groups marked "projected" (the library projects
 every 2-D parameter of every group; the authors' script projects only its attn/mlp group).
@@ -39,29 +43,73 @@ def authors_step_projector() -> type:
 
     class AuthorsStepProjector(GaLoreProjector):
         """GaLoreProjector refreshing on the authors' count: the library calls project() with
-        its 1-based group step t; the authors' projector sees their 0-based count, t - 1."""
+        its group step, `first_count` on update 1 (1 in 4.1.0); the authors' projector sees
+        their 0-based count, so it is handed num_steps - first_count."""
+
+        def __init__(self, *args: Any, first_count: int = 1, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.first_count = first_count
 
         def project(self, grad: torch.Tensor, num_steps: int, *args: Any, **kwargs: Any):
-            return super().project(grad, num_steps - 1, *args, **kwargs)
+            return super().project(grad, num_steps - self.first_count, *args, **kwargs)
 
     return _named(AuthorsStepProjector)
 
 
+@functools.cache
+def library_first_count(optimizer_cls: type) -> int:
+    """The step count `optimizer_cls` hands its projector on update 1 (pytorch_optimizer 4.1.0:
+    1, as it increments first; the authors' code: 0). Probed once, on one 2 x 2 parameter, so
+    that a library release that changes its own schedule cannot silently shift ours."""
+    from pytorch_optimizer.optimizer.utils.galore import GaLoreProjector
+
+    seen: list[int] = []
+
+    class Recording(GaLoreProjector):
+        def project(self, grad: torch.Tensor, num_steps: int, *args: Any, **kwargs: Any):
+            seen.append(num_steps)
+            return super().project(grad, num_steps, *args, **kwargs)
+
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    p.grad = torch.ones(2, 2)
+    options = {"update_proj_gap": 1, "scale": 1.0, "projection_type": "std"}
+    optimizer = optimizer_cls([{"params": [p], "rank": 2, **options}])
+    optimizer.init_group(optimizer.param_groups[0])  # Conda makes its moments in empty state only
+    optimizer.state[p]["projector"] = Recording(rank=None, **options)
+    optimizer.step()
+    return seen[0]
+
+
 def install_projectors(optimizer: torch.optim.Optimizer, group: dict, rank: int | None) -> None:
-    """An AuthorsStepProjector for each 2-D param of `group` with a gradient and no projector
-    yet: what the library's step would create there, on the authors' schedule."""
+    """An AuthorsStepProjector for each 2-D param of `group` with a gradient: what the library's
+    step would create there, on the authors' schedule. A plain GaLoreProjector already there
+    (state loaded from the library's own class) becomes one, keeping its subspace."""
+    from pytorch_optimizer.optimizer.utils.galore import GaLoreProjector
+
     projector = authors_step_projector()
+    first_count = library_first_count(_library_base(type(optimizer)))
     for p in group["params"]:
         if p.grad is None or p.dim() != 2:
             continue
         state = optimizer.state[p]
-        if "projector" not in state:
+        existing = state.get("projector")
+        if existing is None:
             state["projector"] = projector(
                 rank=rank,
                 update_proj_gap=group["update_proj_gap"],
                 scale=group["scale"],
                 projection_type=group["projection_type"],
+                first_count=first_count,
             )
+        elif type(existing) is GaLoreProjector:
+            converted = projector.__new__(projector)
+            converted.__dict__.update(existing.__dict__, first_count=first_count)
+            state["projector"] = converted
+
+
+def _library_base(cls: type) -> type:
+    """The pytorch_optimizer class an Authors*/Policy* subclass derives from."""
+    return next(c for c in cls.__mro__ if c.__module__.startswith("pytorch_optimizer."))
 
 
 def _named(cls: type) -> type:
@@ -75,6 +123,10 @@ def authors_galore() -> type[torch.optim.Optimizer]:
 
     class AuthorsGaLore(GaLore):
         """pytorch_optimizer.GaLore on the authors' refresh schedule (groups with "rank")."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            library_first_count(GaLore)  # probed now, never inside a measured step
 
         @torch.no_grad()
         def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -94,6 +146,10 @@ def authors_fira() -> type[torch.optim.Optimizer]:
 
     class AuthorsFira(Fira):
         """pytorch_optimizer.Fira on the authors' refresh schedule (groups with "rank")."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            library_first_count(Fira)  # probed now, never inside a measured step
 
         @torch.no_grad()
         def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -116,6 +172,10 @@ def policy_conda() -> type[torch.optim.Optimizer]:
         """Conda on the authors' refresh schedule, projecting only groups with
         group["projected"]; the others get the library's AdamW, the path Conda itself runs for
         its 1-D params (`update_unprojected_foreach`)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            library_first_count(Conda)  # probed now, never inside a measured step
 
         @torch.no_grad()
         def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -249,3 +249,47 @@ def test_the_classes_unpickle_by_name():
         cls = getattr(projection, name)
         assert pickle.loads(pickle.dumps(cls)) is cls
     assert lowrank.build_galore  # the factories stay where the registry entries live
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_installed_library_hands_its_projector_a_1_based_count(name):
+    """pytorch_optimizer 4.1.0 increments first: update 1 is count 1, hence t - 1."""
+    assert projection.library_first_count(_library_class(name)) == 1
+
+
+def test_the_probe_reads_a_library_that_counts_from_0():
+    """A library whose step already passes the authors' 0-based count gets no correction."""
+
+    class CountsFromZero(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {})
+
+        def init_group(self, group):
+            pass
+
+        def step(self, closure=None):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self.state[p]["projector"].project(p.grad, 0)
+
+    assert projection.library_first_count(CountsFromZero) == 0
+
+
+def test_a_projector_loaded_from_the_library_s_own_class_is_put_on_the_authors_schedule():
+    from pytorch_optimizer import GaLore
+    from pytorch_optimizer.optimizer.utils.galore import GaLoreProjector
+
+    p = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
+    group = {"params": [p], "rank": 2, "update_proj_gap": 2, "scale": 1.0, "projection_type": "std"}
+    p.grad = torch.randn_like(p)
+    library = GaLore([dict(group)])
+    library.step()
+    saved = library.state[p]["projector"]
+    assert type(saved) is GaLoreProjector
+    authors = projection.authors_galore()([dict(group)])
+    authors.load_state_dict(library.state_dict())
+    p.grad = torch.randn_like(p)
+    authors.step()  # update 2: the authors' count 1, gap 2: the loaded subspace is kept
+    kept = authors.state[p]["projector"]
+    assert type(kept) is projection.authors_step_projector() and kept.first_count == 1
+    torch.testing.assert_close(kept.ortho_matrix, saved.ortho_matrix)
