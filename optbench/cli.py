@@ -87,13 +87,20 @@ class ListWhat(str, Enum):
 @user_errors
 def list_(
     what: ListWhat = typer.Argument(..., help="What to list: models, optimizers or suites."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show policies, defaults and formulas in full."),
+    names: Optional[list[str]] = typer.Argument(
+        None, help="Optimizers only: just these entries (names or aliases).", show_default=False
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v",
+        help="Optimizers: one table per entry with what runs, the code it is held against, the "
+             "deviations that remain, every default with its source, policy and state formula.",
+    ),
     suites_dir: Path = typer.Option(Path("suites"), "--suites-dir", help="Where to look for suites."),
 ) -> None:
     """List the model sizes, the optimizer registry, or the shipped suites."""
     from optbench.commands.listing import list_things
 
-    list_things(what.value, verbose, suites_dir, console)
+    list_things(what.value, verbose, suites_dir, console, names or [])
 
 
 @app.command()

@@ -7,18 +7,24 @@ from pathlib import Path
 from optbench.config.loader import load_suite
 from optbench.config.suite import expand
 from optbench.errors import OptbenchError
+from optbench.optimizers import get_spec, list_specs
 from optbench.render import listing
 
 KINDS = ("models", "optimizers", "suites")
 
 
-def list_things(what: str, verbose: bool, suites_dir: Path, console) -> None:
+def list_things(what: str, verbose: bool, suites_dir: Path, console,
+                names: list[str] = ()) -> None:
+    if names and what != "optimizers":
+        raise OptbenchError(f"list {what} takes no names (got {', '.join(names)}); "
+                            "only `list optimizers NAME...` selects entries")
     if what == "models":
         console.print(listing.models_table())
     elif what == "optimizers":
+        specs = [get_spec(name) for name in names] or list_specs()  # unknown: did-you-mean
         if not verbose:
-            console.print(listing.optimizers_table())
-        for table in listing.optimizer_details() if verbose else []:
+            console.print(listing.optimizers_table(specs))
+        for table in listing.optimizer_details(specs) if verbose else []:
             console.print(table)
     else:
         console.print(listing.suites_table(suites_dir, suite_rows(suites_dir)))

@@ -23,22 +23,22 @@ def models_table() -> Table:
     return table
 
 
-def optimizers_table() -> Table:
+def optimizers_table(specs: list[OptimizerSpec]) -> Table:
     """The registry, one row per entry."""
     table = Table(title="Optimizers")
     for col in ("name", "source", "paper", "state size"):
         table.add_column(col, overflow="fold")
-    for spec in list_specs():
+    for spec in specs:
         row = [_display_name(spec), spec.source, spec.paper, spec.state_formula]
         table.add_row(*(escape(cell) for cell in row))
     return table
 
 
-def optimizer_details() -> list[Table]:
+def optimizer_details(specs: list[OptimizerSpec]) -> list[Table]:
     """One field/value table per entry: what runs, the code it is held against with the
     deviations that remain, every default with its source, and the rest of the spec."""
     tables = []
-    for spec in list_specs():
+    for spec in specs:
         table = Table(title=escape(f"{_display_name(spec)} (version {spec.version})"),
                       title_justify="left", show_header=False, show_lines=True)
         table.add_column("field", style="bold", no_wrap=True)

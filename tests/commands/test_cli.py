@@ -80,6 +80,14 @@ def test_list_optimizers_verbose_shows_each_entry_s_source_of_truth():
         assert words in result.output, words
 
 
+def test_list_optimizers_selects_entries_by_name_or_alias():
+    result = runner.invoke(app, ["list", "optimizers", "galore", "adam", "-v"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "galore (version 2)" in result.output and "adamw (adam) (version 1)" in result.output
+    assert "muon (version" not in result.output
+
+
 @pytest.mark.parametrize("args,words", [
     (["run", "no/such.yaml"], ["no/such.yaml", "no such suite file"]),
     (["validate", "BAD"], ["unknown key 'stepz'"]),
@@ -117,6 +125,8 @@ def test_failing_cell_is_recorded_and_the_rest_finish(write_suite, tmp_path):
 
 @pytest.mark.parametrize("args,words", [
     (["list", "foo"], ["'foo' is not one of", "models"]),
+    (["list", "optimizers", "galor"], ["unknown optimizer 'galor'", "did you mean 'galore'"]),
+    (["list", "models", "llama_7b"], ["list models takes no names", "list optimizers NAME"]),
     (["run"], ["Missing argument 'SUITE'"]),
     (["run", "x.yaml", "--bogus"], ["No such option: --bogus"]),
     (["estimat"], ["No such command"]),
