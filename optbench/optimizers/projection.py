@@ -117,16 +117,13 @@ def _named(cls: type) -> type:
     return cls
 
 
-@functools.cache
-def authors_galore() -> type[torch.optim.Optimizer]:
-    from pytorch_optimizer import GaLore
+def _on_authors_schedule(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """`base` (GaLore or Fira, which project groups with "rank") on the authors' schedule."""
 
-    class AuthorsGaLore(GaLore):
-        """pytorch_optimizer.GaLore on the authors' refresh schedule (groups with "rank")."""
-
+    class Authors(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            library_first_count(GaLore)  # probed now, never inside a measured step
+            library_first_count(base)  # probed now, never inside a measured step
 
         @torch.no_grad()
         def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -137,30 +134,23 @@ def authors_galore() -> type[torch.optim.Optimizer]:
             super().step()
             return loss
 
-    return _named(AuthorsGaLore)
+    Authors.__name__ = f"Authors{base.__name__}"
+    Authors.__doc__ = f"pytorch_optimizer.{base.__name__} on the authors' refresh schedule."
+    return _named(Authors)
+
+
+@functools.cache
+def authors_galore() -> type[torch.optim.Optimizer]:
+    from pytorch_optimizer import GaLore
+
+    return _on_authors_schedule(GaLore)
 
 
 @functools.cache
 def authors_fira() -> type[torch.optim.Optimizer]:
     from pytorch_optimizer import Fira
 
-    class AuthorsFira(Fira):
-        """pytorch_optimizer.Fira on the authors' refresh schedule (groups with "rank")."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            library_first_count(Fira)  # probed now, never inside a measured step
-
-        @torch.no_grad()
-        def step(self, closure: Callable[[], Any] | None = None) -> Any:
-            loss = run_closure(closure)
-            for group in self.param_groups:
-                if "rank" in group:
-                    install_projectors(self, group, group["rank"])
-            super().step()
-            return loss
-
-    return _named(AuthorsFira)
+    return _on_authors_schedule(Fira)
 
 
 @functools.cache
