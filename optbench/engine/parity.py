@@ -1,0 +1,181 @@
+"""Parity: is an optimizer under DDP / FSDP2 / ZeRO-1 still the same optimizer?
+
+Each rank trains a sharded copy of a tiny LLaMA on its slice of a global batch and, beside it,
+a plain single-process copy on the same global batch, one slice at a time with the gradients
+accumulated and divided by the number of ranks: the arithmetic DDP's averaging does, so that
+what remains is the sharding's own effect, not a different summation order amplified by a
+bfloat16 Newton-Schulz or an SVD. After k steps the sharded parameters, gathered whole, are
+compared with the plain ones. A third copy, fed the whole global batch in one forward (the same
+loss, summed in another order), measures how much the optimizer itself amplifies a change of
+summation order: its noise floor (~1e-6 for AdamW, ~1e-2 after 3 steps for Muon, whose
+Newton-Schulz runs in bfloat16):
+- equivalent: the worst relative error over parameters ||p - p_ref|| / ||p_ref|| is within the
+  dtype's tolerance or within NOISE_FACTOR x the noise floor;
+- differs: beyond it (the worst parameter is named);
+- unsupported: the sharded run raised (the error's first line);
+- error: the single-process run itself raised, so nothing was compared.
+
+Run under torchrun, e.g. on CPU:
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m optbench.engine.parity \\
+        --strategies ddp fsdp2 zero1 --optimizers adamw scale --json parity.json
+
+Groundwork for issue 12: results are printed and written as JSON, not yet stored or rendered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from optbench.engine.parallel import (
+    build_parallel_optimizer,
+    error_line,
+    full_parameters,
+    wrap_model,
+)
+from optbench.engine.step import lm_loss
+from optbench.models import build_model, get_model_size
+from optbench.optimizers import build_optimizer, get_spec, list_specs
+
+TOLERANCE = {torch.float32: 1e-4}
+NOISE_FACTOR = 4  # a sharded run may reorder sums more than one reversal does
+VERDICTS = ("equivalent", "differs", "unsupported", "error")
+
+
+@dataclass(frozen=True)
+class Parity:
+    optimizer: str
+    strategy: str
+    verdict: str
+    worst_relative_error: float | None = None
+    noise_floor: float | None = None
+    parameter: str = ""
+    error: str = ""
+
+
+def global_batch(step: int, world: int, per_rank: int, seq_len: int, vocab: int) -> torch.Tensor:
+    """The same [world * per_rank, seq_len + 1] token windows on every rank, seeded by step."""
+    gen = torch.Generator().manual_seed(10_000 + step)
+    return torch.randint(0, vocab, (world * per_rank, seq_len + 1), generator=gen)
+
+
+def check(name: str, strategy: str, steps: int = 3, model: str = "llama_tiny",
+          per_rank: int = 2, seq_len: int = 16, seed: int = 0) -> Parity:
+    """One optimizer under one strategy against its single-process run, on this rank."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = _device()
+    create_graph = get_spec(name).needs_create_graph
+    reference, whole = (_seeded_model(model, seed, device) for _ in range(2))
+    sharded = _seeded_model(model, seed, device)
+    reference_opt, whole_opt = build_optimizer(name, reference), build_optimizer(name, whole)
+    try:
+        wrapped = wrap_model(sharded, strategy)
+        sharded_opt = build_parallel_optimizer(name, sharded, strategy)
+    except Exception as exc:  # noqa: BLE001 - a strategy that cannot take it is the verdict
+        return Parity(name, strategy, "unsupported", error=error_line(exc))
+    vocab = get_model_size(model).vocab_size
+    for step in range(steps):
+        slices = global_batch(step, world, per_rank, seq_len, vocab).to(device).split(per_rank)
+        try:
+            _step(wrapped, sharded_opt, [slices[rank]], create_graph, scale=1.0)
+        except Exception as exc:  # noqa: BLE001 - the sharded run failing is the verdict
+            return Parity(name, strategy, "unsupported", error=error_line(exc))
+        try:
+            _step(reference, reference_opt, slices, create_graph, scale=1.0 / world)
+            _step(whole, whole_opt, [torch.cat(slices)], create_graph, scale=1.0)
+        except Exception as exc:  # noqa: BLE001 - not the strategy's fault: say so
+            return Parity(name, strategy, "error", error="single-process run: " + error_line(exc))
+    gathered = full_parameters(sharded)
+    floor = max(_relative_errors(full_parameters(whole), reference).values())
+    return verdict_of(name, strategy, _relative_errors(gathered, reference), floor,
+                    next(reference.parameters()).dtype)
+
+
+def _seeded_model(model: str, seed: int, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(model, device=device)
+
+
+def _step(model, optimizer, windows: list[torch.Tensor], create_graph: bool,
+          scale: float) -> None:
+    """Gradients of scale x each window's mean loss, accumulated, then a step (DDP averages the
+    ranks' gradients: in one process each slice counts 1/world)."""
+    for window in windows:
+        (lm_loss(model, window) * scale).backward(create_graph=create_graph)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _relative_errors(params: dict, reference: torch.nn.Module) -> dict[str, float]:
+    return {
+        key: float((params[key].float() - ref.detach().float()).norm()
+                   / ref.detach().float().norm().clamp_min(1e-12))
+        for key, ref in reference.named_parameters()
+    }
+
+
+def verdict_of(name: str, strategy: str, errors: dict[str, float], floor: float,
+             dtype: torch.dtype) -> Parity:
+    worst = max(errors, key=errors.get)
+    bound = max(TOLERANCE.get(dtype, 1e-2), NOISE_FACTOR * floor)
+    verdict = "equivalent" if errors[worst] <= bound else "differs"
+    return Parity(name, strategy, verdict, errors[worst], floor,
+                  worst if verdict == "differs" else "")
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def markdown(results: list[Parity]) -> str:
+    strategies = list(dict.fromkeys(r.strategy for r in results))
+    rows = {}
+    for r in results:
+        cell = r.verdict
+        if r.verdict == "equivalent":
+            cell += f" ({r.worst_relative_error:.0e}; floor {r.noise_floor:.0e})"
+        elif r.verdict == "differs":
+            cell += (f" ({r.worst_relative_error:.1e} at {r.parameter}; "
+                     f"floor {r.noise_floor:.0e})")
+        else:
+            cell += f" ({r.error})"
+        rows.setdefault(r.optimizer, {})[r.strategy] = cell.replace("|", "\\|")
+    lines = ["| optimizer | " + " | ".join(strategies) + " |",
+             "|---|" + "---|" * len(strategies)]
+    lines += [f"| {o} | " + " | ".join(cells.get(s, "") for s in strategies) + " |"
+              for o, cells in rows.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Sharded-vs-single-process parity per optimizer.")
+    parser.add_argument("--optimizers", nargs="+", default=None, help="default: the whole roster")
+    parser.add_argument("--strategies", nargs="+", default=["ddp", "fsdp2", "zero1"])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--json", default=None, help="rank 0 writes the verdicts here")
+    args = parser.parse_args(argv)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(__import__("os").environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend, timeout=timedelta(seconds=120))
+    names = args.optimizers or [s.name for s in list_specs()]
+    results = [check(n, s, args.steps) for n in names for s in args.strategies]
+    if dist.get_rank() == 0:
+        print(markdown(results), flush=True)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump([asdict(r) for r in results], f, indent=1)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
