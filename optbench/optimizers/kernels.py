@@ -47,18 +47,43 @@ def normalized_step_(
     a bf16 addcmul_ with a float32 operand converts whole bf16 tensors to float32 first (5x
     slower step on CPU).
     """
-    root = math.sqrt(d.shape[dim])
+    root = math.sqrt(d.shape[dim])  # a DTensor's shape is the whole matrix's
     inverse = axis_norm(d, dim).clamp_min_(eps * root).reciprocal_()
+    if is_sharded(p):  # FSDP2: update the local shard with its block of the norms
+        p, d = p.to_local(), d.to_local()
     p.addcmul_(d, inverse.to(d.dtype), value=alpha * root)
 
 
+def is_sharded(t: torch.Tensor) -> bool:
+    """A DTensor (an FSDP2 shard); checked by its API, so torch.distributed.tensor (0.5 s) is
+    imported only where one exists."""
+    return hasattr(t, "placements") and hasattr(t, "to_local")
+
+
 def axis_norm(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """||t|| over dim, keepdim, as float32 or wider (reductions accumulate in float32 anyway)."""
+    """||t|| over dim, keepdim, as float32 or wider (reductions accumulate in float32 anyway);
+    for a DTensor, the local block matching its shard (`sharded_axis_norm`)."""
     acc = torch.promote_types(t.dtype, torch.float32)
+    if is_sharded(t):
+        return sharded_axis_norm(t, dim).to(acc)
     if dim == 0 and t.device.type == "cpu":
         return column_norm_cpu(t, acc)
     # No dtype= argument: for bf16 that would first copy the whole tensor to float32.
     return torch.linalg.vector_norm(t, dim=dim, keepdim=True).to(acc)
+
+
+def sharded_axis_norm(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """||t|| over dim of a DTensor, as the plain block that lines up with t's local shard.
+
+    DTensor's own reduction: where `dim` is the sharded one (FSDP2 shards rows, so the
+    embedding's norm over the vocab), the partial norms are all-reduced, one [1, n] vector per
+    step; where it is not (a norm per row), nothing is communicated.
+    """
+    from torch.distributed.tensor import Replicate
+
+    norms = torch.linalg.vector_norm(t, dim=dim, keepdim=True)
+    placements = [Replicate() if p.is_partial() else p for p in norms.placements]
+    return norms.redistribute(placements=placements).to_local()
 
 
 def column_norm_cpu(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
