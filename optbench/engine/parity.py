@@ -5,7 +5,8 @@ a plain single-process copy on the same global batch, one slice at a time with t
 accumulated and divided by the number of ranks: the arithmetic DDP's averaging does, so that
 what remains is the sharding's own effect, not a different summation order amplified by a
 bfloat16 Newton-Schulz or an SVD. After k steps the sharded parameters, gathered whole, are
-compared with the plain ones. A third copy, fed the whole global batch in one forward (the same
+compared with the plain ones, and each rank's optimizer-state bytes are recorded (an FSDP2
+rank counts its shards, a ZeRO-1 rank the state of its share). A third copy, fed the whole global batch in one forward (the same
 loss, summed in another order), measures how much the optimizer itself amplifies a change of
 summation order: its noise floor (~1e-6 for AdamW, ~1e-2 after 3 steps for Muon, whose
 Newton-Schulz runs in bfloat16):
@@ -25,6 +26,7 @@ Groundwork for issue 12: results are printed and written as JSON, not yet stored
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -39,6 +41,7 @@ from optbench.engine.parallel import (
     full_parameters,
     wrap_model,
 )
+from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.engine.step import lm_loss
 from optbench.models import build_model, get_model_size
 from optbench.optimizers import build_optimizer, get_spec, list_specs
@@ -56,6 +59,7 @@ class Parity:
     worst_relative_error: float | None = None
     noise_floor: float | None = None
     parameter: str = ""
+    state_bytes_per_rank: tuple[int, ...] = ()  # the sharded optimizer's, after the k steps
     error: str = ""
 
 
@@ -93,8 +97,11 @@ def check(name: str, strategy: str, steps: int = 3, model: str = "llama_tiny",
             return Parity(name, strategy, "error", error="single-process run: " + error_line(exc))
     gathered = full_parameters(sharded)
     floor = max(_relative_errors(full_parameters(whole), reference).values())
-    return verdict_of(name, strategy, _relative_errors(gathered, reference), floor,
-                    next(reference.parameters()).dtype)
+    result = verdict_of(name, strategy, _relative_errors(gathered, reference), floor,
+                        next(reference.parameters()).dtype)
+    per_rank: list[int | None] = [None] * world
+    dist.all_gather_object(per_rank, optimizer_state_bytes(sharded_opt))
+    return dataclasses.replace(result, state_bytes_per_rank=tuple(per_rank))
 
 
 def _seeded_model(model: str, seed: int, device: torch.device) -> torch.nn.Module:

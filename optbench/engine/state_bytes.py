@@ -11,24 +11,38 @@ from typing import Any, Iterator
 
 import torch
 
+from optbench.optimizers.kernels import is_sharded
+
 StorageKey = tuple[torch.device, int]
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of every distinct storage reachable from `optimizer.state`, parameters excluded."""
+    """Bytes of every distinct storage reachable from `optimizer.state`, parameters excluded.
+
+    Under sharding, this rank's bytes: an FSDP2 shard (DTensor) counts its local tensor, and
+    ZeRO-1 (`ZeroRedundancyOptimizer`) the optimizer over this rank's share of the params.
+    """
     return sum(t.untyped_storage().nbytes() for t in state_tensors(optimizer))
 
 
 def state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """One tensor per distinct storage reachable from `optimizer.state`, parameters excluded."""
-    seen = {_storage_key(p) for group in optimizer.param_groups for p in group["params"]}
+    local = getattr(optimizer, "optim", None)  # ZeRO-1 keeps this rank's optimizer here
+    if isinstance(local, torch.optim.Optimizer):
+        optimizer = local
+    seen = {_storage_key(_local(p)) for group in optimizer.param_groups for p in group["params"]}
     out = []
-    for tensor in _tensors(list(optimizer.state.values()), visited=set()):
+    for tensor in map(_local, _tensors(list(optimizer.state.values()), visited=set())):
         key = _storage_key(tensor)
         if key not in seen:
             seen.add(key)
             out.append(tensor)
     return out
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (an FSDP2 shard); any other tensor as it is."""
+    return tensor.to_local() if is_sharded(tensor) else tensor
 
 
 def _storage_key(tensor: torch.Tensor) -> StorageKey:

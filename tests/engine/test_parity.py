@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from optbench.engine import parallel, parity
+from optbench.models import build_model
 
 
 @pytest.mark.slow
@@ -32,6 +33,15 @@ def test_two_ranks_give_the_verdicts_the_roster_is_known_for(tmp_path):
     assert verdicts["adafactor", "fsdp2"]["verdict"] == "unsupported"
     assert "RuntimeError" in verdicts["adafactor", "fsdp2"]["error"]
     assert verdicts["muon", "zero1"]["verdict"] == "unsupported"
+    # Per-rank state: AdamW's moments are sharded (llama_tiny's rows split evenly over 2 ranks),
+    # its float32 `step` per param tensor is not; ZeRO-1 splits whole params, so the two ranks
+    # add up to one process's bytes; DDP keeps everything on every rank.
+    model = build_model("llama_tiny")
+    params = list(model.parameters())
+    moments, steps = 2 * 4 * sum(p.numel() for p in params), 4 * len(params)
+    assert verdicts["adamw", "fsdp2"]["state_bytes_per_rank"] == [moments // 2 + steps] * 2
+    assert sum(verdicts["adamw", "zero1"]["state_bytes_per_rank"]) == moments + steps
+    assert verdicts["adamw", "ddp"]["state_bytes_per_rank"] == [moments + steps] * 2
     assert "| adamw | equivalent" in done.stdout
 
 
@@ -65,3 +75,21 @@ def test_zero1_takes_the_constructor_s_keywords_through_pass_through_subclasses(
 def test_an_unknown_strategy_is_a_one_line_error():
     with pytest.raises(parallel.OptbenchError, match="unknown parallel strategy 'tp'; known:"):
         parallel.wrap_model(torch.nn.Linear(2, 2), "tp")
+
+
+def test_a_zero1_rank_counts_the_state_of_its_own_optimizer():
+    """ZeroRedundancyOptimizer keeps this rank's optimizer in `.optim` (its own `.state` stays
+    empty until consolidated): the bytes are that optimizer's."""
+    from optbench.engine.state_bytes import optimizer_state_bytes
+
+    p = torch.nn.Parameter(torch.zeros(10))
+    inner = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.ones(10)
+    inner.step()
+
+    class Sharded(torch.optim.Optimizer):
+        def __init__(self) -> None:
+            super().__init__([torch.nn.Parameter(torch.zeros(1))], {})
+            self.optim = inner
+
+    assert optimizer_state_bytes(Sharded()) == optimizer_state_bytes(inner) == 40
