@@ -39,6 +39,7 @@ from typing import Any, Callable
 import torch
 
 from optbench.optimizers.common import run_closure
+from optbench.optimizers.kernels import is_sharded, shard_like
 
 SCALE_TYPES = ("channel", "tensor")
 _LIMITER_GROWTH = 1.01  # Fira's norm-growth limiter, as APOLLO applies it
@@ -140,7 +141,9 @@ class Apollo(torch.optim.Optimizer):
 
     def _projected_update(self, group: dict, p: torch.Tensor) -> None:
         state = self.state[p]
-        full_grad = p.grad
+        sharded = is_sharded(p.grad)
+        # FSDP2: every rank runs the update on the whole gradient (an all-gather), keeps its rows.
+        full_grad = p.grad.full_tensor() if sharded else p.grad
         # Step 1: project (the official projector sees the step count before the increment).
         if "projector" not in state or state.get("step", 0) % group["update_proj_gap"] == 0:
             state["projector"] = random_projector(full_grad, group["rank"], state["seed"])
@@ -181,4 +184,4 @@ class Apollo(torch.optim.Optimizer):
             state["scaled_grad"] = scaled_norm
         if group["scale"] != 1.0:  # sqrt(1) = 1 exactly: skipping it changes no bit
             scaled_grad.mul_(math.sqrt(group["scale"]))
-        p.add_(scaled_grad, alpha=-step_size)
+        p.add_(shard_like(scaled_grad, p) if sharded else scaled_grad, alpha=-step_size)

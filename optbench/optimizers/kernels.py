@@ -60,6 +60,14 @@ def is_sharded(t: torch.Tensor) -> bool:
     return hasattr(t, "placements") and hasattr(t, "to_local")
 
 
+def shard_like(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`whole`, the same on every rank, as a DTensor laid out like the DTensor `param`: each
+    rank takes its own chunk, with no communication (src_data_rank=None)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None)
+
+
 def axis_norm(t: torch.Tensor, dim: int) -> torch.Tensor:
     """||t|| over dim, keepdim, as float32 or wider (reductions accumulate in float32 anyway);
     for a DTensor, the local block matching its shard (`sharded_axis_norm`)."""

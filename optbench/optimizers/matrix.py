@@ -47,10 +47,12 @@ from optbench.optimizers.common import run_closure
 from optbench.optimizers.kernels import (
     MUON_NS,
     frobenius_normalized,
+    is_sharded,
     newton_schulz,
     normalized_step_,
     quantile,
     root_ns_coefficients,
+    shard_like,
     sinkhorn,
     whiten,
 )
@@ -224,6 +226,9 @@ def _batched(transform: Callable[[torch.Tensor, dict], torch.Tensor]) -> Callabl
     """
 
     def apply(group: dict, params: list, grads: list) -> None:
+        sharded = bool(grads) and is_sharded(grads[0])
+        if sharded:  # FSDP2: every rank transforms the whole matrices, keeps its rows
+            grads = [g.full_tensor() for g in grads]
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, g in enumerate(grads):
             by_shape[(tuple(g.shape), g.dtype)].append(i)
@@ -232,7 +237,10 @@ def _batched(transform: Callable[[torch.Tensor, dict], torch.Tensor]) -> Callabl
             per = max(1, BATCH_ELEMS // grads[same[0]].numel())
             for idx in (same[i : i + per] for i in range(0, len(same), per)):
                 d = transform(torch.stack([grads[i] for i in idx]).to(acc), group).to(dtype)
-                torch._foreach_add_([params[i] for i in idx], list(d.unbind()), alpha=-group["lr"])
+                updates = list(d.unbind())
+                if sharded:
+                    updates = [shard_like(u, params[i]) for u, i in zip(updates, idx)]
+                torch._foreach_add_([params[i] for i in idx], updates, alpha=-group["lr"])
 
     return apply
 
