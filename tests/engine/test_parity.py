@@ -16,12 +16,13 @@ from optbench.models import build_model
 @pytest.mark.slow
 def test_two_ranks_give_the_verdicts_the_roster_is_known_for(tmp_path):
     """One torchrun launch (start-up once): AdamW and SCALE are the same optimizer under all
-    three strategies (SCALE's embedding norm over the sharded vocab is all-reduced under FSDP2);
+    three strategies (SCALE's embedding norm over the sharded vocab is all-reduced under FSDP2),
+    SWAN and APOLLO under FSDP2;
     Adafactor under FSDP2 and Muon under ZeRO-1 are recorded as unsupported with the error's
     line."""
     out = tmp_path / "parity.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "optbench.engine.parity", "--optimizers", "adamw", "scale", "adafactor", "muon",
+           "-m", "optbench.engine.parity", "--optimizers", "adamw", "scale", "swan", "apollo", "adafactor", "muon",
            "--strategies", "ddp", "fsdp2", "zero1", "--json", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -30,6 +31,9 @@ def test_two_ranks_give_the_verdicts_the_roster_is_known_for(tmp_path):
         for strategy in ("ddp", "fsdp2", "zero1"):
             assert verdicts[name, strategy]["verdict"] == "equivalent", verdicts[name, strategy]
             assert verdicts[name, strategy]["worst_relative_error"] < 1e-5
+    for name in ("swan", "apollo"):  # whole-matrix updates: gathered, computed, re-sharded
+        assert verdicts[name, "fsdp2"]["verdict"] == "equivalent", verdicts[name, "fsdp2"]
+        assert verdicts[name, "fsdp2"]["worst_relative_error"] < 1e-5
     assert verdicts["adafactor", "fsdp2"]["verdict"] == "unsupported"
     assert "RuntimeError" in verdicts["adafactor", "fsdp2"]["error"]
     assert verdicts["muon", "zero1"]["verdict"] == "unsupported"
