@@ -45,6 +45,7 @@ from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.engine.step import lm_loss
 from optbench.models import build_model, get_model_size
 from optbench.optimizers import build_optimizer, get_spec, list_specs
+from optbench.optimizers.sharding import KNOWN_PARITY_FILE
 
 TOLERANCE = {torch.float32: 1e-4}
 NOISE_FACTOR = 4  # a sharded run may reorder sums more than one reversal does
@@ -162,12 +163,42 @@ def markdown(results: list[Parity]) -> str:
     return "\n".join(lines)
 
 
+def known_parity_entry(result: Parity) -> str:
+    """One verdict as the registry records it: the verdict and what it rests on."""
+    if result.verdict == "equivalent":
+        return f"equivalent (worst relative error {result.worst_relative_error:.0e})"
+    if result.verdict == "differs":
+        return (f"differs ({result.worst_relative_error:.1e} at {result.parameter}; "
+                f"its own floor {result.noise_floor:.0e})")
+    return f"{result.verdict}: {result.error}"
+
+
+def record_known_parity(results: list[Parity], steps: int) -> None:
+    """Rewrites optbench/optimizers/known_parity.json from a run of the harness."""
+    import platform
+
+    record = {
+        "measured": (f"python -m torch.distributed.run --standalone --nproc-per-node "
+                     f"{dist.get_world_size()} -m optbench.engine.parity --record "
+                     f"(llama_tiny, {steps} steps, {dist.get_backend()}, torch "
+                     f"{torch.__version__}, {platform.machine()})"),
+        "verdicts": {},
+    }
+    for r in results:
+        record["verdicts"].setdefault(r.optimizer, {})[r.strategy] = known_parity_entry(r)
+    KNOWN_PARITY_FILE.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n",
+                                 encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Sharded-vs-single-process parity per optimizer.")
     parser.add_argument("--optimizers", nargs="+", default=None, help="default: the whole roster")
     parser.add_argument("--strategies", nargs="+", default=["ddp", "fsdp2", "zero1"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--json", default=None, help="rank 0 writes the verdicts here")
+    parser.add_argument("--record", action="store_true",
+                        help="rank 0 rewrites the registry's record of known verdicts "
+                             f"({KNOWN_PARITY_FILE.name}, shown by `list optimizers -v`)")
     args = parser.parse_args(argv)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
@@ -180,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump([asdict(r) for r in results], f, indent=1)
+        if args.record:
+            record_known_parity(results, args.steps)
     dist.destroy_process_group()
     return 0
 

@@ -10,6 +10,7 @@ from rich.table import Table
 from optbench.models import MODEL_SIZES
 from optbench.optimizers import list_specs
 from optbench.optimizers.registry import OptimizerSpec
+from optbench.optimizers.sharding import known_parity, parity_measured_by
 
 
 def models_table() -> Table:
@@ -49,6 +50,7 @@ def optimizer_details(specs: list[OptimizerSpec]) -> list[Table]:
             ("held against", spec.reference or "not stated"),
             ("deviations", "\n".join(f"- {d}" for d in spec.deviations) or "none known"),
             ("defaults", _defaults_text(spec)),
+            ("under sharding", _sharding_text(spec)),
             ("policy", spec.policy),
             ("state size", spec.state_formula),
             ("devices", ", ".join(spec.devices)),
@@ -60,6 +62,14 @@ def optimizer_details(specs: list[OptimizerSpec]) -> list[Table]:
 
 def _display_name(spec: OptimizerSpec) -> str:
     return spec.name + (f" ({', '.join(spec.aliases)})" if spec.aliases else "")
+
+
+def _sharding_text(spec: OptimizerSpec) -> str:
+    known = known_parity(spec.name)
+    if not known:
+        return "not measured"
+    lines = [f"{strategy}: {verdict}" for strategy, verdict in known.items()]
+    return "\n".join(lines + [f"(2 ranks; {parity_measured_by()}; docs/parallel.md)"])
 
 
 def _defaults_text(spec: OptimizerSpec) -> str:
@@ -80,6 +90,11 @@ def optimizer_sources_markdown() -> str:
             lines += ["Deviations that remain:", "", *(f"- {d}" for d in spec.deviations), ""]
         else:
             lines += ["Deviations that remain: none known.", ""]
+        known = known_parity(spec.name)
+        if known:
+            lines += ["Under sharding (2 ranks, llama_tiny, [docs/parallel.md](parallel.md)):", ""]
+            lines += [f"- {strategy}: {_cell(verdict)}" for strategy, verdict in known.items()]
+            lines.append("")
         lines += ["| hparam | default | source |", "|---|---|---|"]
         lines += [
             f"| `{k}` | `{v}` | {_cell(spec.default_sources.get(k, 'not stated'))} |"
