@@ -10,8 +10,9 @@ rank counts its shards, a ZeRO-1 rank the state of its share). A third copy, fed
 loss, summed in another order), measures how much the optimizer itself amplifies a change of
 summation order: its noise floor (~1e-6 for AdamW, ~1e-2 after 3 steps for Muon, whose
 Newton-Schulz runs in bfloat16):
-- equivalent: the worst relative error over parameters ||p - p_ref|| / ||p_ref|| is within the
-  dtype's tolerance or within NOISE_FACTOR x the noise floor;
+- equivalent: the worst error over parameters, ||p - p_ref|| relative to how far the
+  single-process run moved that parameter (||p_ref - p_0||), is within the dtype's tolerance
+  or within NOISE_FACTOR x the noise floor (measured the same way);
 - differs: beyond it (the worst parameter is named);
 - unsupported: the sharded run raised (the error's first line);
 - error: the single-process run itself raised, so nothing was compared.
@@ -31,6 +32,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -72,37 +74,61 @@ def global_batch(step: int, world: int, per_rank: int, seq_len: int, vocab: int)
 
 def check(name: str, strategy: str, steps: int = 3, model: str = "llama_tiny",
           per_rank: int = 2, seq_len: int = 16, seed: int = 0) -> Parity:
-    """One optimizer under one strategy against its single-process run, on this rank."""
+    """One optimizer under one strategy against its single-process run, on this rank. Every
+    rank returns the same verdict: a failure on any rank is shared before going on."""
     rank, world = dist.get_rank(), dist.get_world_size()
     device = _device()
     create_graph = get_spec(name).needs_create_graph
-    reference, whole = (_seeded_model(model, seed, device) for _ in range(2))
-    sharded = _seeded_model(model, seed, device)
-    reference_opt, whole_opt = build_optimizer(name, reference), build_optimizer(name, whole)
-    try:
-        wrapped = wrap_model(sharded, strategy)
-        sharded_opt = build_parallel_optimizer(name, sharded, strategy)
-    except Exception as exc:  # noqa: BLE001 - a strategy that cannot take it is the verdict
-        return Parity(name, strategy, "unsupported", error=error_line(exc))
+    reference, whole, sharded = (_seeded_model(model, seed, device) for _ in range(3))
+    start = {key: p.detach().clone() for key, p in reference.named_parameters()}
+    optimizers, error = _attempt(lambda: (build_optimizer(name, reference),
+                                          build_optimizer(name, whole)))
+    failed = _agreed(error)
+    if failed:
+        return Parity(name, strategy, "error", error="single-process run: " + failed)
+    reference_opt, whole_opt = optimizers
+    built, error = _attempt(lambda: (wrap_model(sharded, strategy),
+                                     build_parallel_optimizer(name, sharded, strategy)))
+    failed = _agreed(error)
+    if failed:
+        return Parity(name, strategy, "unsupported", error=failed)
+    wrapped, sharded_opt = built
     vocab = get_model_size(model).vocab_size
     for step in range(steps):
         slices = global_batch(step, world, per_rank, seq_len, vocab).to(device).split(per_rank)
-        try:
-            _step(wrapped, sharded_opt, [slices[rank]], create_graph, scale=1.0)
-        except Exception as exc:  # noqa: BLE001 - the sharded run failing is the verdict
-            return Parity(name, strategy, "unsupported", error=error_line(exc))
-        try:
-            _step(reference, reference_opt, slices, create_graph, scale=1.0 / world)
-            _step(whole, whole_opt, [torch.cat(slices)], create_graph, scale=1.0)
-        except Exception as exc:  # noqa: BLE001 - not the strategy's fault: say so
-            return Parity(name, strategy, "error", error="single-process run: " + error_line(exc))
-    gathered = full_parameters(sharded)
-    floor = max(_relative_errors(full_parameters(whole), reference).values())
-    result = verdict_of(name, strategy, _relative_errors(gathered, reference), floor,
-                        next(reference.parameters()).dtype)
+        # The single-process run first: an optimizer that fails on its own is not the strategy's.
+        failed = _agreed(_attempt(lambda: (
+            _step(reference, reference_opt, slices, create_graph, scale=1.0 / world),
+            _step(whole, whole_opt, [torch.cat(slices)], create_graph, scale=1.0)))[1])
+        if failed:
+            return Parity(name, strategy, "error", error="single-process run: " + failed)
+        failed = _agreed(_attempt(lambda: _step(wrapped, sharded_opt, [slices[rank]],
+                                                create_graph, scale=1.0))[1])
+        if failed:
+            return Parity(name, strategy, "unsupported", error=failed)
+    floor = max(_relative_errors(full_parameters(whole), reference, start).values())
+    errors = _relative_errors(full_parameters(sharded), reference, start)
+    result = verdict_of(name, strategy, errors, floor, next(reference.parameters()).dtype)
     per_rank: list[int | None] = [None] * world
     dist.all_gather_object(per_rank, optimizer_state_bytes(sharded_opt))
     return dataclasses.replace(result, state_bytes_per_rank=tuple(per_rank))
+
+
+def _attempt(action: Callable[[], Any]) -> tuple[Any, str | None]:
+    """(what `action` returned, None), or (None, its error as one line)."""
+    try:
+        return action(), None
+    except Exception as exc:  # noqa: BLE001 - the error is the verdict's evidence
+        return None, error_line(exc)
+
+
+def _agreed(local_error: str | None) -> str | None:
+    """The first rank's error if any rank failed, on every rank, so all return the same
+    verdict and none runs on into a collective the others have left. A collective that fails
+    here (a rank died) propagates: the run stops instead of recording wrong verdicts."""
+    errors: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, local_error)
+    return next((e for e in errors if e), None)
 
 
 def _seeded_model(model: str, seed: int, device: torch.device) -> torch.nn.Module:
@@ -120,10 +146,14 @@ def _step(model, optimizer, windows: list[torch.Tensor], create_graph: bool,
     optimizer.zero_grad(set_to_none=True)
 
 
-def _relative_errors(params: dict, reference: torch.nn.Module) -> dict[str, float]:
+def _relative_errors(params: dict, reference: torch.nn.Module,
+                     start: dict) -> dict[str, float]:
+    """Per parameter, ||p - p_ref|| over how far the single-process run moved it,
+    ||p_ref - p_0||: a parameter the sharded run never updated scores 1, however small its
+    update."""
     return {
         key: float((params[key].float() - ref.detach().float()).norm()
-                   / ref.detach().float().norm().clamp_min(1e-12))
+                   / (ref.detach().float() - start[key].float()).norm().clamp_min(1e-30))
         for key, ref in reference.named_parameters()
     }
 

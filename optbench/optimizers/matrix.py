@@ -226,9 +226,9 @@ def _batched(transform: Callable[[torch.Tensor, dict], torch.Tensor]) -> Callabl
     """
 
     def apply(group: dict, params: list, grads: list) -> None:
+        # FSDP2: every rank transforms whole matrices, gathered a batch at a time, and keeps
+        # its rows of the update.
         sharded = bool(grads) and is_sharded(grads[0])
-        if sharded:  # FSDP2: every rank transforms the whole matrices, keeps its rows
-            grads = [g.full_tensor() for g in grads]
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, g in enumerate(grads):
             by_shape[(tuple(g.shape), g.dtype)].append(i)
@@ -236,7 +236,8 @@ def _batched(transform: Callable[[torch.Tensor, dict], torch.Tensor]) -> Callabl
             acc = torch.promote_types(dtype, torch.float32)
             per = max(1, BATCH_ELEMS // grads[same[0]].numel())
             for idx in (same[i : i + per] for i in range(0, len(same), per)):
-                d = transform(torch.stack([grads[i] for i in idx]).to(acc), group).to(dtype)
+                whole = [grads[i].full_tensor() if sharded else grads[i] for i in idx]
+                d = transform(torch.stack(whole).to(acc), group).to(dtype)
                 updates = list(d.unbind())
                 if sharded:
                     updates = [shard_like(u, params[i]) for u, i in zip(updates, idx)]
