@@ -98,12 +98,12 @@ def check(name: str, strategy: str, steps: int = 3, model: str = "llama_tiny",
         slices = global_batch(step, world, per_rank, seq_len, vocab).to(device).split(per_rank)
         # The single-process run first: an optimizer that fails on its own is not the strategy's.
         failed = _agreed(_attempt(lambda: (
-            _step(reference, reference_opt, slices, create_graph, scale=1.0 / world),
-            _step(whole, whole_opt, [torch.cat(slices)], create_graph, scale=1.0)))[1])
+            accumulate_and_step(reference, reference_opt, slices, create_graph, 1.0 / world),
+            accumulate_and_step(whole, whole_opt, [torch.cat(slices)], create_graph, 1.0)))[1])
         if failed:
             return Parity(name, strategy, "error", error="single-process run: " + failed)
-        failed = _agreed(_attempt(lambda: _step(wrapped, sharded_opt, [slices[rank]],
-                                                create_graph, scale=1.0))[1])
+        failed = _agreed(_attempt(lambda: accumulate_and_step(
+            wrapped, sharded_opt, [slices[rank]], create_graph, 1.0))[1])
         if failed:
             return Parity(name, strategy, "unsupported", error=failed)
     floor = max(_relative_errors(full_parameters(whole), reference, start).values())
@@ -136,8 +136,8 @@ def _seeded_model(model: str, seed: int, device: torch.device) -> torch.nn.Modul
     return build_model(model, device=device)
 
 
-def _step(model, optimizer, windows: list[torch.Tensor], create_graph: bool,
-          scale: float) -> None:
+def accumulate_and_step(model, optimizer, windows: list[torch.Tensor], create_graph: bool,
+                        scale: float) -> None:
     """Gradients of scale x each window's mean loss, accumulated, then a step (DDP averages the
     ranks' gradients: in one process each slice counts 1/world)."""
     for window in windows:

@@ -16,7 +16,7 @@ from optbench.engine import parity
 
 def main(out: str) -> None:
     dist.init_process_group("gloo")
-    real_step = parity._step
+    real_step = parity.accumulate_and_step
 
     def step_failing_on_rank_1(model, optimizer, windows, create_graph, scale):
         real_step(model, optimizer, windows, create_graph, scale)
@@ -24,9 +24,9 @@ def main(out: str) -> None:
         if sharded and dist.get_rank() == 1:
             raise RuntimeError("injected failure on rank 1")
 
-    parity._step = step_failing_on_rank_1
+    parity.accumulate_and_step = step_failing_on_rank_1
     failed = parity.check("adamw", "ddp")
-    parity._step = real_step
+    parity.accumulate_and_step = real_step
     after = parity.check("adamw", "ddp")
     results = [None] * dist.get_world_size()
     dist.all_gather_object(results, [failed.verdict, failed.error, after.verdict])
