@@ -88,7 +88,8 @@ _ALL = (
     # Allocator and driver views exist on CUDA only, where nothing is exact.
     Metric("peak_reserved_bytes", "Reserved", "bytes", False, "memory"),
     Metric("nvml_used_bytes", "NVML used", "bytes", False, "memory"),
-    Metric("tokens_per_s", "Tokens/s", "tokens/s", True, "time"),
+    Metric("tokens_per_s", "Tokens/s", "tokens/s", True, "time"),  # over all ranks of a cell
+    Metric("tokens_per_s_per_device", "Tokens/s/dev", "tokens/s", True, "time"),
     Metric("step_ms", "Step", "ms", False, "time"),
     Metric("fwd_bwd_ms", "Fwd+bwd", "ms", False, "time"),
     Metric("optimizer_step_ms", "Opt step", "ms", False, "time"),
@@ -106,7 +107,31 @@ COMPARE_DEFAULT = (
 )  # fmt: skip
 
 
+# A sharded cell stores each rank's value of a memory or time metric as `name@rankN` beside the
+# headline `name` (the max over ranks).
+RANK_SEPARATOR = "@rank"
+
+
+def rank_metric(name: str, rank: int) -> str:
+    """'tracked_peak_bytes', 1 -> 'tracked_peak_bytes@rank1'."""
+    return f"{name}{RANK_SEPARATOR}{rank}"
+
+
+def split_rank_metric(name: str) -> tuple[str, int | None]:
+    """'tracked_peak_bytes@rank1' -> ('tracked_peak_bytes', 1); a headline -> (name, None)."""
+    base, sep, rank = name.partition(RANK_SEPARATOR)
+    if sep and rank.isdigit():
+        return base, int(rank)
+    return name, None
+
+
 def get_metric(name: str) -> Metric:
+    """A metric by stored name; a per-rank name is its metric, labelled with the rank."""
+    base, rank = split_rank_metric(name)
+    if rank is not None and base in METRICS:
+        metric = METRICS[base]
+        return Metric(name, f"{metric.label} r{rank}", metric.unit, metric.higher_is_better,
+                      metric.kind, metric.exact_on_cpu)
     metric = METRICS.get(name)
     if metric is None:
         hint = did_you_mean(name, list(METRICS))

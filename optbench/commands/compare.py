@@ -35,7 +35,8 @@ def run_compare(req: cmp.Request, db: Path, reports_dir: Path, *, by: str | None
                   highlight=False)
         run_into_store(todo, store, log)
         runs = cmp.select(store, names, req, suite_name)
-    tables = [cmp.table_rows(runs, names, pair, metrics, baseline) for pair in pairs]
+    tables = [cmp.table_rows(runs, names, pair, metrics, baseline, cmp.parallels_at(runs, pair, req))
+              for pair in pairs]
     comparison = render.Comparison(names, baseline, metrics, tables,
                                    [cmp.config_notes(runs, p) for p in pairs],
                                    [cmp.group_title(runs, p) for p in pairs], runs)

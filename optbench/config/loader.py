@@ -15,12 +15,27 @@ import yaml
 
 from optbench.config import schema
 from optbench.config.schedules import SCHEDULES
-from optbench.config.suite import DEVICES, Grid, Suite, expand
+from optbench.config.suite import (
+    DEVICES,
+    PARALLEL_FORMS,
+    PARALLEL_STRATEGIES,
+    Grid,
+    Parallel,
+    Suite,
+    expand,
+    parallel_from_label,
+    resolve_device,
+)
 from optbench.data import DataConfig, validate_data_config
 from optbench.errors import OptbenchError
 from optbench.metrics import DTYPES
 from optbench.models import get_model_size
 from optbench.optimizers import get_spec, resolve_hparams
+
+
+# Ranks one cell may start on this node: torchrun's one process per device, with room for a
+# large node; beyond it a typo (nproc: 200) would fork hundreds of processes.
+MAX_RANKS = 64
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -32,6 +47,15 @@ def load_suite(path: str | Path) -> Suite:
     grid_raw = raw.get("grid")
     if isinstance(grid_raw, dict) and "optimizers" in grid_raw:
         grid_raw["optimizers"] = _normalize_optimizers(grid_raw["optimizers"], where)
+    if isinstance(grid_raw, dict) and isinstance(grid_raw.get("parallel"), (str, dict)):
+        grid_raw["parallel"] = [grid_raw["parallel"]]
+    if isinstance(grid_raw, dict) and isinstance(grid_raw.get("parallel"), list):
+        grid_raw["parallel"] = [_parallel_shorthand(item, f"{where}: grid.parallel[{i}]")
+                                for i, item in enumerate(grid_raw["parallel"])]
+    defaults_raw = raw.get("defaults")
+    if isinstance(defaults_raw, dict) and "parallel" in defaults_raw:
+        defaults_raw["parallel"] = _parallel_shorthand(defaults_raw["parallel"],
+                                                       f"{where}: defaults.parallel")
     suite = schema.build(Suite, raw, where)
     suite = dataclasses.replace(suite, data=_relative_to(suite.data, path.parent))
     _validate(suite, where)
@@ -51,8 +75,8 @@ def _relative_to(data: DataConfig, suite_dir: Path) -> DataConfig:
 
 
 def _reject_duplicate_cells(suite: Suite, where: str) -> None:
-    for key in ("models", "seq_lens"):
-        values = list(getattr(suite.grid, key))
+    for key in ("models", "seq_lens", "parallel"):
+        values = [getattr(v, "label", v) for v in getattr(suite.grid, key)]
         dupes = sorted({str(v) for v in values if values.count(v) > 1})
         if dupes:
             raise OptbenchError(f"{where}: grid.{key}: '{dupes[0]}' is listed twice")
@@ -126,6 +150,17 @@ def _normalize_optimizers(items: Any, where: str) -> Any:
     return [{"name": item} if isinstance(item, str) else item for item in items]
 
 
+def _parallel_shorthand(item: Any, where: str) -> Any:
+    """'none' and 'fsdp2x2' (as in cell ids) stand for their mappings; mappings pass as they are."""
+    if not isinstance(item, str):
+        return item
+    parallel = parallel_from_label(item)
+    if parallel is None:
+        raise OptbenchError(f"{where}: '{item}' is not a parallel setting; accepted: {PARALLEL_FORMS}, "
+                            f"with a strategy of {', '.join(PARALLEL_STRATEGIES)}")
+    return dataclasses.asdict(parallel)
+
+
 def _validate(suite: Suite, where: str) -> None:
     d = suite.defaults
     _one_of(d.device, DEVICES, f"{where}: defaults.device")
@@ -151,7 +186,33 @@ def _validate(suite: Suite, where: str) -> None:
     if d.timeout_s is not None and d.timeout_s <= 0:
         raise OptbenchError(f"{where}: defaults.timeout_s: must be > 0 (or null for no limit)")
     _validate_grid(suite.grid, where)
+    if suite.grid.parallel:
+        for i, parallel in enumerate(suite.grid.parallel):
+            _validate_parallel(parallel, d.device, f"{where}: grid.parallel[{i}]")
+    else:
+        _validate_parallel(d.parallel, d.device, f"{where}: defaults.parallel")
     validate_data_config(suite.data, f"{where}: data")
+
+
+def _validate_parallel(parallel: Parallel, device: str, where: str) -> None:
+    _one_of(parallel.strategy, PARALLEL_STRATEGIES, f"{where}.strategy")
+    _positive(parallel.nproc, f"{where}.nproc")
+    if not parallel.sharded and parallel.nproc != 1:
+        raise OptbenchError(f"{where}.nproc: {parallel.nproc} ranks need a strategy "
+                            f"({', '.join(PARALLEL_STRATEGIES[1:])}); strategy none is one process")
+    if parallel.nproc > MAX_RANKS:
+        raise OptbenchError(f"{where}.nproc: {parallel.nproc} ranks on one node; accepted 1..{MAX_RANKS}")
+    if not parallel.sharded:
+        return
+    if device == "meta":
+        raise OptbenchError(f"{where}: device meta traces one process; per-rank estimates of "
+                            f"{parallel.label} are not supported yet (use strategy none)")
+    if resolve_device(device) == "cuda":
+        import torch
+
+        if parallel.nproc > torch.cuda.device_count():
+            raise OptbenchError(f"{where}.nproc: {parallel.nproc} ranks need {parallel.nproc} GPUs "
+                                f"(one per rank); this machine has {torch.cuda.device_count()}")
 
 
 def _validate_grid(grid: Grid, where: str) -> None:

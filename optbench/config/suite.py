@@ -1,6 +1,6 @@
 """A suite and its cells as frozen dataclasses: what a benchmark is, once its YAML is read.
 
-A suite is a grid (model × optimizer × sequence length) sharing one set of training
+A suite is a grid (model × optimizer × sequence length × parallel strategy) sharing one set of training
 defaults and one data source. `expand` turns it into cells, each fully resolved (hparams,
 device) and carrying its identity — config and fingerprint — computed once, when it is made.
 """
@@ -23,6 +23,40 @@ MEASUREMENT_VERSION = "2"  # 2: temporaries split from activations in the peak b
 # meta: nothing is trained; each cell's peak memory is traced on fake tensors
 # (optbench.engine.trace) and stored with status "estimated".
 DEVICES = ("auto", "cpu", "cuda", "meta")
+# How a cell's ranks share the work (optbench.engine.parallel): none is one process; the others
+# run `nproc` ranks under torchrun, each on its own batches.
+PARALLEL_STRATEGIES = ("none", "ddp", "fsdp2", "zero1")
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """A data-parallel strategy and its rank count; `batch_size` is per rank."""
+
+    strategy: str = "none"  # none | ddp | fsdp2 | zero1
+    nproc: int = 1  # ranks (processes), one device each on CUDA
+
+    @property
+    def sharded(self) -> bool:
+        """More than the plain one-process cell (a 1-rank DDP cell included)."""
+        return self.strategy != "none"
+
+    @property
+    def label(self) -> str:
+        """'fsdp2x2', as in cell ids; 'none' for one process."""
+        return f"{self.strategy}x{self.nproc}" if self.sharded else "none"
+
+
+def parallel_from_label(label: str) -> Parallel | None:
+    """'none' and 'fsdp2x2' (as cell ids write them) -> Parallel; None for anything else."""
+    if label == "none":
+        return Parallel()
+    strategy, _, count = label.rpartition("x")
+    if strategy in PARALLEL_STRATEGIES[1:] and count.isdigit() and int(count) >= 1:
+        return Parallel(strategy, int(count))
+    return None
+
+
+PARALLEL_FORMS = "none, STRATEGYxN (e.g. fsdp2x2) or {strategy: fsdp2, nproc: 2}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +75,7 @@ class Defaults:
     grad_clip: float | None = 1.0  # max global grad norm; null disables clipping
     eval_batches: int = 4  # held-out batches for eval loss / perplexity
     timeout_s: float | None = None  # limit on a cell's training loop (after data and model load); past it 'crashed'
+    parallel: Parallel = field(default_factory=Parallel)  # ranks and strategy (grid.parallel overrides)
 
 
 @dataclass(frozen=True)
@@ -63,6 +98,7 @@ class Grid:
     models: tuple[str, ...]
     optimizers: tuple[OptimizerChoice, ...]
     seq_lens: tuple[int, ...]
+    parallel: tuple[Parallel, ...] = ()  # empty: every cell takes defaults.parallel
 
 
 @dataclass(frozen=True)
@@ -95,8 +131,13 @@ class Cell:
     fingerprint: str = ""  # hash of `config` with the data named by its content
 
     @property
+    def parallel(self) -> Parallel:
+        return self.defaults.parallel
+
+    @property
     def id(self) -> str:
-        return f"{self.model}/{self.optimizer.display}/seq{self.seq_len}"
+        base = f"{self.model}/{self.optimizer.display}/seq{self.seq_len}"
+        return f"{base}/{self.parallel.label}" if self.parallel.sharded else base
 
 
 def make_cell(suite: str, model: str, optimizer: OptimizerChoice, seq_len: int,
@@ -137,6 +178,9 @@ def fingerprint(config: dict[str, Any], corpus: str) -> str:
     view = json.loads(json.dumps(config, default=str))
     for key in _NOT_FINGERPRINTED:
         view["defaults"].pop(key, None)
+    # One process is what every cell was before strategies existed: its results stay comparable.
+    if view["defaults"].get("parallel", {}).get("strategy", "none") == "none":
+        view["defaults"].pop("parallel", None)
     view["data"].pop("path", None)
     view["optimizer"].pop("label", None)  # a display name: relabelling is not a new experiment
     view["data"]["corpus"] = corpus
@@ -162,7 +206,8 @@ def resolve_device(requested: str) -> str:
 
 
 def expand(suite: Suite, corpus: str | None = None) -> list[Cell]:
-    """Cells in grid order (model, then seq_len, then optimizer), hparams and device resolved.
+    """Cells in grid order (model, then seq_len, then optimizer, then parallel strategy),
+    hparams and device resolved.
 
     The corpus is hashed here unless `corpus` is given (every cell of a suite shares it).
     """
@@ -172,6 +217,7 @@ def expand(suite: Suite, corpus: str | None = None) -> list[Cell]:
 
 
 def _cells(suite: Suite, defaults: Defaults, corpus: str) -> Iterator[Cell]:
+    strategies = suite.grid.parallel or (defaults.parallel,)
     for model in suite.grid.models:
         for seq_len in suite.grid.seq_lens:
             for choice in suite.grid.optimizers:
@@ -179,4 +225,7 @@ def _cells(suite: Suite, defaults: Defaults, corpus: str) -> Iterator[Cell]:
                 # Store the registry's name (an alias like `adam` stays visible as the label).
                 resolved = dataclasses.replace(choice, name=get_spec(choice.name).name,
                                                hparams=hparams, label=choice.display)
-                yield make_cell(suite.name, model, resolved, seq_len, defaults, suite.data, corpus)
+                for parallel in strategies:
+                    yield make_cell(suite.name, model, resolved, seq_len,
+                                    dataclasses.replace(defaults, parallel=parallel),
+                                    suite.data, corpus)

@@ -62,6 +62,24 @@ class RunResult:
     started_at: float | None = None
     ended_at: float | None = None
 
+    @property
+    def parallel(self) -> str:
+        """The strategy and rank count, 'fsdp2x2'; 'none' for one process (and for runs stored
+        before strategies existed)."""
+        p = self.config.get("defaults", {}).get("parallel") or {}
+        strategy = p.get("strategy", "none")
+        return "none" if strategy == "none" else f"{strategy}x{p.get('nproc', 1)}"
+
+    @property
+    def tokens_per_step(self) -> int | None:
+        """Tokens of one optimizer step over all ranks (`batch_size` is per rank)."""
+        d = self.config.get("defaults", {})
+        try:
+            nproc = (d.get("parallel") or {}).get("nproc", 1)
+            return int(nproc * d["batch_size"] * d.get("grad_accum", 1) * self.seq_len)
+        except (KeyError, TypeError):
+            return None
+
     @classmethod
     def of(cls, cell: Cell, outcome: CellOutcome) -> "RunResult":
         return cls(

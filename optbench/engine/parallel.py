@@ -6,23 +6,110 @@ decoder layer and then the root, always on an explicit device mesh (without one,
 sees a GPU moves CPU params to CUDA, pytorch#132471); `ZeroRedundancyOptimizer` over the
 registry entry's own class and param groups.
 
-Groundwork for sharded cells (issue 12): the parity harness (`optbench.engine.parity`) uses it;
-suites, the runner and the reports do not yet.
+A sharded cell (`optbench.engine.train`) and the parity harness (`optbench.engine.parity`) run
+on it; `optbench.engine.launch` starts the ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from optbench.config.suite import PARALLEL_STRATEGIES as STRATEGIES
 from optbench.errors import OptbenchError, informative_line
 from optbench.optimizers import build_optimizer
 
-STRATEGIES = ("none", "ddp", "fsdp2", "zero1")
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in its cell: rank 0 of 1 when the cell is one process."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: it emits progress and writes the cell's result."""
+        return self.rank == 0
+
+
+def join_process_group(device_type: str, timeout_s: float | None) -> Ranks:
+    """Join the group torchrun set up (its env: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*): NCCL
+    with one GPU per rank on CUDA, gloo on CPU. A collective waiting past `timeout_s` raises
+    instead of hanging (torch's default, 10-30 min, when None)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    timeout = timedelta(seconds=timeout_s) if timeout_s else None
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timeout)
+    return Ranks(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def current_ranks() -> Ranks:
+    """This process's place, read from the joined group (one process when there is none)."""
+    if not dist.is_initialized():
+        return Ranks()
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def rank_device(device: str, ranks: Ranks) -> torch.device:
+    """The device a rank runs on: its own GPU (cuda:LOCAL_RANK) on CUDA."""
+    if device == "cuda" and ranks.world > 1:
+        return torch.device("cuda", ranks.local_rank)
+    return torch.device(device)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The batch-order seed of a rank: rank 0 keeps the suite's seed (it draws the batches the
+    one-process cell draws); every other rank gets its own stream, never another seed's."""
+    if rank == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@contextlib.contextmanager
+def leader_first(ranks: Ranks) -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. tokenizing into the shared cache), the others after."""
+    if ranks.world > 1 and not ranks.leader:
+        dist.barrier()
+    yield
+    if ranks.world > 1 and ranks.leader:
+        dist.barrier()
+
+
+def mean_over_ranks(value: float, ranks: Ranks) -> float:
+    """The mean of a float over the ranks (the global batch's loss from each rank's)."""
+    if ranks.world == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64,
+                          device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / ranks.world
+
+
+def gather_to_leader(obj: Any, ranks: Ranks) -> list[Any] | None:
+    """Every rank's `obj`, in rank order, on rank 0 (None on the others)."""
+    if ranks.world == 1:
+        return [obj]
+    out = [None] * ranks.world if ranks.leader else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 class Unsupported(OptbenchError):
@@ -36,6 +123,8 @@ def wrap_model(model: nn.Module, strategy: str) -> nn.Module:
         return model
     if strategy in ("ddp", "zero1"):
         device_ids = [model.device.index] if model.device.type == "cuda" else None
+        # ZeRO-1 shards the optimizer only: gradients are averaged by DDP, as torch's
+        # ZeroRedundancyOptimizer documentation pairs them.
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if strategy == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh

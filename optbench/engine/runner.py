@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Callable
 
 from optbench.config.suite import Cell
+from optbench.engine import launch
 from optbench.engine.outcome import CellOutcome, RunResult
-from optbench.engine.worker import EVENT_PREFIX
+from optbench.engine.worker import EVENT_PREFIX, rank_result_path
 
 STDERR_TAIL_LINES = 20
 
@@ -44,7 +45,7 @@ def run_cell(cell: Cell, hooks: Hooks | None = None) -> RunResult:
         cell_path, result_path = Path(tmp, "cell.pkl"), Path(tmp, "result.json")
         cell_path.write_bytes(pickle.dumps(cell))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "optbench.engine.worker", str(cell_path), str(result_path)],
+            _command(cell, cell_path, result_path, Path(tmp, "logs")),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             text=True, env=_child_env(), start_new_session=True,
         )
@@ -59,9 +60,19 @@ def run_cell(cell: Cell, hooks: Hooks | None = None) -> RunResult:
             raise
         drain.join(timeout=5)
         outcome = _read_result(result_path, proc.returncode, stderr_tail, timed_out, cell)
+        if cell.parallel.sharded and outcome.status == "crashed" and not timed_out:
+            outcome = _rank_failure(result_path, Path(tmp, "logs"), outcome)
     outcome.started_at = outcome.started_at or started
     outcome.ended_at = outcome.ended_at or time.time()
     return RunResult.of(cell, outcome)
+
+
+def _command(cell: Cell, cell_path: Path, result_path: Path, logs: Path) -> list[str]:
+    """The worker; for a sharded cell, its ranks under torchrun (optbench.engine.launch)."""
+    if cell.parallel.sharded:
+        return [sys.executable, "-m", "optbench.engine.launch", str(cell.parallel.nproc),
+                str(logs), str(cell_path), str(result_path)]
+    return [sys.executable, "-m", "optbench.engine.worker", str(cell_path), str(result_path)]
 
 
 def _child_env() -> dict[str, str]:
@@ -101,13 +112,27 @@ def _pump_events(proc: subprocess.Popen, cell: Cell, hooks: Hooks, timeout_s: fl
     return timed_out.is_set()
 
 
+# How long torchrun gets to stop its ranks on SIGTERM before its group is killed outright (the
+# ranks then exit within a second on their own: they watch their parent).
+TERMINATE_GRACE_S = 10.0
+
+
 def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
+    """Stop the child's process group: SIGTERM first, which torchrun passes on to its ranks
+    (they run in sessions of their own), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, TERMINATE_GRACE_S), (signal.SIGKILL, None)):
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            pass
-        proc.wait()
+            break
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
 
 
 def _read_result(path: Path, returncode: int, stderr_tail, timed_out: bool,
@@ -122,6 +147,43 @@ def _read_result(path: Path, returncode: int, stderr_tail, timed_out: bool,
         why = f"process exited with code {returncode}"
     tail = "".join(stderr_tail).strip()
     return CellOutcome("crashed", why, tail or None)
+
+
+def _rank_failure(result_path: Path, logs: Path, crashed: CellOutcome) -> CellOutcome:
+    """What ended a sharded cell: the outcome a failing rank wrote (its error and traceback),
+    else torchrun's record of the first rank to die, with the tail of that rank's stderr."""
+    record = _json_or_none(launch.failure_path(result_path))
+    first = record["rank"] if record else None
+    written = sorted(result_path.parent.glob(result_path.name + ".rank*"),
+                     key=lambda p: (p.name != rank_result_path(result_path, first).name,
+                                    p.stat().st_mtime))
+    if written and (doc := _json_or_none(written[0])):
+        outcome = CellOutcome.from_json(doc)
+        outcome.error = f"rank {written[0].suffix[len('.rank'):]}: {outcome.error}"
+        return outcome
+    if record is None:
+        return crashed
+    how = (f"killed by {record['signal']}" if record.get("signal")
+           else f"exited with code {record['exitcode']}")
+    tail = _tail(next(logs.glob(f"**/attempt_*/{record['local_rank']}/stderr.log"), None))
+    return CellOutcome("crashed", f"rank {first} {how}", tail or crashed.traceback)
+
+
+def _json_or_none(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return "\n".join(lines[-STDERR_TAIL_LINES:]).strip() or None
 
 
 def run_cells(

@@ -17,10 +17,11 @@ import torch
 from optbench.config.schedules import lr_factor
 from optbench.config.suite import Cell
 from optbench.data import load_tokens
-from optbench.engine import measure
+from optbench.engine import measure, parallel
 from optbench.engine.outcome import CellOutcome
 from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.engine.step import StepOptions, forward_backward, lm_loss, optimizer_step, train_step
+from optbench.metrics import METRICS, PART_METRICS, rank_metric
 from optbench.models import build_model, get_model_size, torch_dtype
 from optbench.optimizers import build_optimizer, get_spec
 
@@ -63,6 +64,9 @@ def skip_reason(cell: Cell) -> str | None:
     device = torch.device(cell.defaults.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return "CUDA requested but not available on this machine"
+    if device.type == "cuda" and cell.parallel.nproc > torch.cuda.device_count():
+        return (f"{cell.parallel.label} needs {cell.parallel.nproc} GPUs (one per rank); "
+                f"this machine has {torch.cuda.device_count()}")
     spec = get_spec(cell.optimizer.name)
     if device.type not in spec.devices:
         return f"{spec.name} runs only on {', '.join(spec.devices)}, not {device.type}"
@@ -70,42 +74,69 @@ def skip_reason(cell: Cell) -> str | None:
 
 
 def train_cell(cell: Cell, emit: Emit) -> CellOutcome:
-    """Train, measure, evaluate; raises on bugs (the worker maps them to a status)."""
+    """Train, measure, evaluate; raises on bugs (the worker maps them to a status).
+
+    A sharded cell runs this on every rank, in the process group the worker joined: each rank
+    draws its own batches, the loss of a step is the mean over ranks, and rank 0 returns the
+    merged metrics (every memory and time metric per rank, the max over ranks as headline).
+    """
     if (why := skip_reason(cell)) is not None:
         return CellOutcome("skipped", why)
-    d, device = cell.defaults, torch.device(cell.defaults.device)
-    torch.manual_seed(d.seed)
-    tokens = load_tokens(cell.data, get_model_size(cell.model).vocab_size, corpus=cell.corpus)
-    batches = tokens.train_batches(cell.seq_len, d.batch_size, d.seed)
+    d, ranks = cell.defaults, parallel.current_ranks()
+    device = parallel.rank_device(d.device, ranks)
+    torch.manual_seed(d.seed)  # the same weights on every rank
+    with parallel.leader_first(ranks):  # rank 0 fills the token cache, the others read it
+        tokens = load_tokens(cell.data, get_model_size(cell.model).vocab_size, corpus=cell.corpus)
+    batches = tokens.train_batches(cell.seq_len, d.batch_size, parallel.rank_seed(d.seed, ranks.rank))
     model = build_model(cell.model, torch_dtype(d.dtype), device)
-    optimizer = build_optimizer(cell.optimizer.name, model, **cell.optimizer.hparams)
+    static = _static_metrics(cell, model)  # of the whole model, before any sharding
+    wrapped = parallel.wrap_model(model, cell.parallel.strategy)
+    try:
+        optimizer = parallel.build_parallel_optimizer(cell.optimizer.name, model,
+                                                      cell.parallel.strategy, **cell.optimizer.hparams)
+    except parallel.Unsupported as exc:  # the same on every rank: a clear skip, not a failure
+        return CellOutcome("skipped", str(exc))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(d.lr_schedule, d.steps))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    burst = Burst(metrics=_static_metrics(cell, model))
+    burst = Burst(metrics=static)
+    status, error = _train(cell, wrapped, optimizer, scheduler, batches, burst,
+                           emit if ranks.leader else _silent, ranks)
+    if device.type == "cuda":
+        burst.metrics.update(measure.cuda_memory(device))
+    if status == "ok":
+        burst.metrics.update(_evaluate(cell, wrapped, tokens, device))
+    _summarize(cell, burst)
+    per_rank = parallel.gather_to_leader(burst.metrics, ranks)
+    metrics = merge_rank_metrics(per_rank, cell) if per_rank and ranks.world > 1 else burst.metrics
+    curve = [(i + 1, loss, lr) for i, (loss, lr) in enumerate(zip(burst.losses, burst.lrs))]
+    return CellOutcome(status, error, metrics=metrics, curve=curve)
+
+
+def _silent(event: dict[str, Any]) -> None:
+    """Ranks other than 0 report no progress: one line per step, not one per rank."""
+
+
+def _train(cell: Cell, model, optimizer, scheduler, batches, burst: Burst, emit: Emit,
+           ranks: parallel.Ranks) -> tuple[str, str | None]:
+    """The steps; (status, error). Every rank sees the same mean loss, so all stop together."""
+    d, device = cell.defaults, next(model.parameters()).device
     opts = step_options(cell)
-    status, error = "ok", None
     emit({"event": "start"})  # data and model are ready: the cell's time limit starts here
     try:
         for step in range(1, d.steps + 1):
             windows = [next(batches).to(device, non_blocking=True) for _ in range(d.grad_accum)]
-            _one_step(cell, opts, model, optimizer, windows, step, burst)
+            _one_step(cell, opts, model, optimizer, windows, step, burst, ranks)
             scheduler.step()
             emit({"event": "step", "step": step, "steps": d.steps, "loss": burst.losses[-1],
                   "tokens_per_s": _tokens_per_s(cell, burst.step_ms[-1:])})
     except Diverged as exc:
-        status, error = "diverged", str(exc)
-    if device.type == "cuda":
-        burst.metrics.update(measure.cuda_memory(device))
-    if status == "ok":
-        burst.metrics.update(_evaluate(cell, model, tokens, device))
-    _summarize(cell, burst)
-    curve = [(i + 1, loss, lr) for i, (loss, lr) in enumerate(zip(burst.losses, burst.lrs))]
-    return CellOutcome(status, error, metrics=burst.metrics, curve=curve)
+        return "diverged", str(exc)
+    return "ok", None
 
 
 def _one_step(cell: Cell, opts: StepOptions, model, optimizer, windows, step: int,
-              burst: Burst) -> None:
+              burst: Burst, ranks: parallel.Ranks) -> None:
     """One step, either tracked (memory) or timed (speed); its loss and lr go into `burst`."""
     burst.lrs.append(optimizer.param_groups[0]["lr"])
     if step in TRACKED_STEPS:
@@ -113,7 +144,7 @@ def _one_step(cell: Cell, opts: StepOptions, model, optimizer, windows, step: in
             loss = train_step(model, optimizer, windows, opts)
         burst.keep_larger_peak(peak, step)
     else:
-        device = torch.device(cell.defaults.device)  # stopwatch synchronizes it
+        device = next(model.parameters()).device  # stopwatch synchronizes it
         with measure.stopwatch(device) as total:
             with measure.stopwatch(device) as fwd_bwd:
                 loss = forward_backward(model, windows, opts)
@@ -123,7 +154,8 @@ def _one_step(cell: Cell, opts: StepOptions, model, optimizer, windows, step: in
             burst.step_ms.append(total.ms)
             burst.fwd_bwd_ms.append(fwd_bwd.ms)
             burst.opt_ms.append(opt.ms)
-    burst.losses.append(loss)
+    burst.losses.append(parallel.mean_over_ranks(loss, ranks))  # outside the timed region
+    loss = burst.losses[-1]
     if step == 1:  # the state is allocated lazily, in the first step
         burst.metrics["optimizer_state_bytes"] = optimizer_state_bytes(optimizer)
     if not math.isfinite(loss):
@@ -141,12 +173,44 @@ def _static_metrics(cell: Cell, model: torch.nn.Module) -> dict[str, float]:
     }
 
 
+def tokens_per_step(cell: Cell) -> int:
+    """Tokens one optimizer step trains on, over all ranks (`batch_size` is per rank)."""
+    d = cell.defaults
+    return d.parallel.nproc * d.batch_size * d.grad_accum * cell.seq_len
+
+
 def _tokens_per_s(cell: Cell, step_ms: list[float]) -> float | None:
     ms = measure.median(step_ms)
-    if not ms:
-        return None
-    d = cell.defaults
-    return d.batch_size * d.grad_accum * cell.seq_len / (ms / 1e3)
+    return tokens_per_step(cell) / (ms / 1e3) if ms else None
+
+
+# Measured on each rank: stored per rank (`name@rankN`), the max over ranks as headline, as the
+# slowest and the fullest rank bound a sharded run.
+def _per_rank(name: str) -> bool:
+    metric = METRICS.get(name)
+    return metric is not None and metric.kind in ("memory", "time") and metric.name != "tokens_per_s"
+
+
+def merge_rank_metrics(per_rank: list[dict[str, float]], cell: Cell) -> dict[str, float]:
+    """One cell's metrics from its ranks' (rank order): what is the same on every rank (sizes,
+    losses) from rank 0; memory and time per rank and at their max, the peak's parts from the
+    rank with the largest peak (so they still sum to it); tokens/s from the slowest rank's step
+    time, over all ranks' tokens and per device."""
+    merged = dict(per_rank[0])
+    for name in {n for metrics in per_rank for n in metrics if _per_rank(n)}:
+        values = [metrics.get(name) for metrics in per_rank]
+        for rank, value in enumerate(values):
+            if value is not None:
+                merged[rank_metric(name, rank)] = value
+        merged[name] = max(v for v in values if v is not None)
+    fullest = max(per_rank, key=lambda m: m.get("tracked_peak_bytes", -1))
+    for name in (*PART_METRICS, "tracked_peak_bytes", "tracked_peak_step"):
+        if name in fullest:
+            merged[name] = fullest[name]
+    if merged.get("step_ms"):
+        merged["tokens_per_s"] = tokens_per_step(cell) / (merged["step_ms"] / 1e3)
+        merged["tokens_per_s_per_device"] = merged["tokens_per_s"] / len(per_rank)
+    return merged
 
 
 @torch.no_grad()

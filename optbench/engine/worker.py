@@ -3,6 +3,11 @@
 Runs one cell in a fresh process so its memory never leaks into the next measurement
 and a crash cannot take the suite down. Progress goes to stdout as JSON lines (for the
 live display only); the result goes to RESULT.json, written atomically at the end.
+
+A sharded cell runs this on every rank under torchrun (`optbench.engine.launch`): each rank
+joins the process group, rank 0 writes RESULT.json, and a rank that fails writes its outcome
+to RESULT.json.rankN and exits 1, so torchrun stops the others at once instead of leaving
+them waiting in a collective.
 """
 
 from __future__ import annotations
@@ -41,16 +46,53 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+# Outcomes a rank reaches on its own; the others may be blocked in a collective meanwhile.
+RANK_FAILURES = ("error", "oom")
+
+
 def main(cell_path: str, result_path: str) -> int:
     exit_with_parent()
     started = time.time()
     cell = pickle.loads(Path(cell_path).read_bytes())
+    rank = _join(cell)
     outcome = run_guarded(cell)
     outcome.started_at, outcome.ended_at = started, time.time()
-    tmp = Path(result_path + ".tmp")
-    tmp.write_text(json.dumps(outcome.to_json()))
-    os.replace(tmp, result_path)
+    if rank is not None and outcome.status in RANK_FAILURES:
+        write_outcome(outcome, rank_result_path(result_path, rank))
+        return 1  # torchrun ends the cell's other ranks
+    if rank in (None, 0):
+        write_outcome(outcome, result_path)
+    if rank is not None:
+        from optbench.engine.parallel import leave_process_group
+
+        leave_process_group()
     return 0
+
+
+def _join(cell) -> int | None:
+    """This rank's number in a sharded cell (after joining its group), None for one process."""
+    if not cell.parallel.sharded:
+        return None
+    import torch
+
+    from optbench.engine.parallel import join_process_group
+
+    # A cell that will be skipped for want of GPUs still joins (over gloo) to say so.
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    on_gpus = cell.defaults.device == "cuda" and cell.parallel.nproc <= gpus
+    return join_process_group("cuda" if on_gpus else "cpu", cell.defaults.timeout_s).rank
+
+
+def rank_result_path(result_path: str | Path, rank: int) -> Path:
+    """Where a failing rank of a sharded cell writes its own outcome."""
+    return Path(f"{result_path}.rank{rank}")
+
+
+def write_outcome(outcome: CellOutcome, path: str | Path) -> None:
+    """Atomically: the file is whole or absent."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(outcome.to_json()))
+    os.replace(tmp, path)
 
 
 def run_guarded(cell) -> CellOutcome:

@@ -56,7 +56,7 @@ def _cells(frame: pd.DataFrame, cmp: Comparison, metrics: list[Metric]) -> list[
     out = []
     for _, row in frame.iterrows():
         # The baseline's own ratios are 1.00× by definition: leave them out.
-        ratio = (lambda m: np.nan) if row["optimizer"] == cmp.baseline else (
+        ratio = (lambda m: np.nan) if row["name"] == cmp.baseline else (
             lambda m: row[f"{m.name}_vs_{cmp.baseline}"])
         values = [fmt_cell(m, row[m.name], ratio(m), m.name in row["best"]) for m in metrics]
         out.append([row["optimizer"], row["status"], row["config"] or "—", *values])
@@ -111,7 +111,8 @@ def to_json(cmp: Comparison) -> str:
                                 f"vs_{cmp.baseline}": _num(row[f"{m.name}_vs_{cmp.baseline}"]),
                                 "best": m.name in row["best"], "higher_is_better": m.higher_is_better}
                        for m in cmp.metrics}
-            rows.append({"optimizer": row["optimizer"], "status": row["status"],
+            rows.append({"optimizer": row["optimizer"], "parallel": row["parallel"],
+                         "status": row["status"],
                          "config": row["config"] or None, "run_id": _num(row["run_id"]), "metrics": metrics})
         tables.append({"model": frame["model"].iloc[0], "seq_len": int(frame["seq_len"].iloc[0]),
                        "setup_differences": notes, "rows": rows})
@@ -158,7 +159,7 @@ def _plot_frame(cmp: Comparison) -> pd.DataFrame:
     """The selected runs labelled by optimizer name, as optbench.report's figures expect."""
     runs = runs_frame(cmp.runs)
     runs["optimizer"] = runs["optimizer_name"]
-    return prepare_runs(runs)
+    return prepare_runs(runs)  # a sharded run becomes 'scale · fsdp2x2', as in the tables
 
 
 def figures(cmp: Comparison, curves: pd.DataFrame, out_dir: Path, by: str | None,

@@ -12,21 +12,39 @@ from optbench.metrics import PART_METRICS, RESULT_STATUSES
 
 METRIC_COLUMNS = [
     "n_params", "param_bytes", "optimizer_state_bytes", "peak_allocated_bytes", *PART_METRICS,
-    "peak_reserved_bytes", "nvml_used_bytes", "tokens_per_s",
+    "peak_reserved_bytes", "nvml_used_bytes", "tokens_per_s", "tokens_per_s_per_device",
+    "tokens_per_step",
     "step_ms", "fwd_bwd_ms", "optimizer_step_ms", "final_train_loss", "eval_loss", "eval_ppl",
     "steps",
 ]  # fmt: skip
 
 
+SERIES_SEPARATOR = " · "
+
+
 def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Every metric column present (NaN where not measured), rows oldest first. Which run stands
-    for a cell is the store's decision (optbench.results.store.latest), made before rendering."""
+    for a cell is the store's decision (optbench.results.store.latest), made before rendering.
+
+    A sharded run is its own series: its optimizer label becomes 'scale · fsdp2x2', so tables,
+    legends and colours tell it from the one-process 'scale' (whose label stays as it was)."""
     runs = runs.copy()
     for col in METRIC_COLUMNS:
         if col not in runs.columns:
             runs[col] = np.nan
     runs[METRIC_COLUMNS] = runs[METRIC_COLUMNS].astype(float)
+    if "parallel" not in runs.columns:
+        runs["parallel"] = "none"
+    runs["parallel"] = runs["parallel"].fillna("none")
+    sharded = runs["parallel"] != "none"
+    runs.loc[sharded, "optimizer"] = (runs.loc[sharded, "optimizer"].astype(str)
+                                      + SERIES_SEPARATOR + runs.loc[sharded, "parallel"])
     return runs.sort_values("run_id", kind="stable")
+
+
+def series_baseline(baseline: str, parallel: str) -> str:
+    """The label of the baseline's run under `parallel` ('adamw · fsdp2x2')."""
+    return baseline if parallel == "none" else f"{baseline}{SERIES_SEPARATOR}{parallel}"
 
 
 def model_order(runs: pd.DataFrame) -> list[str]:
@@ -55,6 +73,7 @@ def optimizer_order(labels, baseline: str) -> list[str]:
 
 
 def sorted_group(group: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Baseline first, then by label, so each optimizer's strategies sit together."""
     order = {label: i for i, label in enumerate(optimizer_order(group["optimizer"], baseline))}
     return group.sort_values("optimizer", key=lambda s: s.map(order))
 

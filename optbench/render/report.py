@@ -16,10 +16,11 @@ from rich.text import Text
 
 from optbench.errors import informative_line
 from optbench.metrics import (DASH, MEMORY_PARTS, RESULT_STATUSES, STATUSES, format_mib,
-                              format_ratio, is_number, part_metric)
+                              format_ratio, is_number, part_metric, rank_metric,
+                              split_rank_metric)
 from optbench.render.figures import model_figures, optimizer_styles
 from optbench.render.frames import (group_title, grouped, model_order, prepare_runs,
-                                    resolve_baseline, setup_label)
+                                    resolve_baseline, series_baseline, setup_label)
 from optbench.render.markdown import LEFT_ALIGNED, fence, generated_line, markdown_table
 
 __all__ = ["rich_tables", "summary_frame", "write_report"]
@@ -42,13 +43,13 @@ def _status_text(row: pd.Series) -> str:
 
 PART_COLUMNS = tuple(f"{label} (MiB)" for label in MEMORY_PARTS.values())
 # The terminal gets the headline columns; the breakdown lives in summary.md.
-BREAKDOWN_COLUMNS = (*PART_COLUMNS, "fwd+bwd / opt (ms)")
+BREAKDOWN_COLUMNS = (*PART_COLUMNS, "fwd+bwd / opt (ms)", "Tokens/step")
 
 
 def _columns(baseline: str) -> list[str]:
     return [
         "Optimizer", "Status", "State (MiB)", "Peak (MiB)", *PART_COLUMNS,
-        f"Peak vs {baseline}", f"State vs {baseline}",
+        f"Peak vs {baseline}", f"State vs {baseline}", "Tokens/step",
         "Tokens/s", "Step (ms)", "fwd+bwd / opt (ms)", "Final train loss", "Eval ppl",
     ]  # fmt: skip
 
@@ -71,6 +72,7 @@ def _format_row(row: pd.Series, base: pd.Series | None, baseline: str) -> list[s
         *(format_mib(row[part_metric(part)]) for part in MEMORY_PARTS),
         format_ratio(row["peak_allocated_bytes"], peak_base),
         format_ratio(row["optimizer_state_bytes"], state_base),
+        _fmt(row["tokens_per_step"], ",.0f"),
         _fmt(row["tokens_per_s"], ",.0f"),
         _fmt(row["step_ms"], ",.1f"),
         split,
@@ -80,10 +82,13 @@ def _format_row(row: pd.Series, base: pd.Series | None, baseline: str) -> list[s
 
 
 def _group_frame(group: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """Formatted rows of one (model, seq_len) group, baseline first."""
-    base_rows = group[group["optimizer"] == baseline]
-    base = base_rows.iloc[0] if len(base_rows) else None
-    rows = [_format_row(row, base, baseline) for _, row in group.iterrows()]
+    """Formatted rows of one (model, seq_len) group, baseline first. A sharded row's ratios are
+    against the baseline under the same strategy (per rank against per rank) when it ran."""
+    by_label = {row["optimizer"]: row for _, row in group.iterrows()}
+    rows = []
+    for _, row in group.iterrows():
+        base = by_label.get(series_baseline(baseline, row["parallel"]), by_label.get(baseline))
+        rows.append(_format_row(row, base, baseline))
     return pd.DataFrame(rows, columns=_columns(baseline))
 
 
@@ -125,6 +130,36 @@ def rich_tables(runs: pd.DataFrame, baseline: str = "adamw") -> list[Table]:
     return tables
 
 
+# ----------------------------------------------------------------------------- per rank
+
+PER_RANK_COLUMNS = ["Optimizer", "Rank", "State (MiB)", "Peak (MiB)", *PART_COLUMNS,
+                    "Step (ms)", "fwd+bwd / opt (ms)"]
+
+
+def _rank_value(row: pd.Series, metric: str, rank: int):
+    return row.get(rank_metric(metric, rank), np.nan)
+
+
+def per_rank_frame(group: pd.DataFrame) -> pd.DataFrame:
+    """One formatted row per rank of every sharded run with results in `group`."""
+    rows = []
+    for _, row in group[(group["parallel"] != "none")
+                        & group["status"].isin(RESULT_STATUSES)].iterrows():
+        ranks = sorted({split_rank_metric(c)[1] for c in row.index
+                        if split_rank_metric(c)[1] is not None and is_number(row[c])})
+        for rank in ranks:
+            value = lambda metric: _rank_value(row, metric, rank)  # noqa: E731
+            rows.append([
+                str(row["optimizer"]), str(rank),
+                format_mib(value("optimizer_state_bytes")),
+                format_mib(value("peak_allocated_bytes")),
+                *(format_mib(value(part_metric(part))) for part in MEMORY_PARTS),
+                _fmt(value("step_ms"), ",.1f"),
+                f"{_fmt(value('fwd_bwd_ms'), ',.1f')} / {_fmt(value('optimizer_step_ms'), ',.1f')}",
+            ])
+    return pd.DataFrame(rows, columns=PER_RANK_COLUMNS)
+
+
 # ----------------------------------------------------------------------------- markdown
 
 
@@ -145,11 +180,19 @@ def _legend_lines(baseline: str) -> list[str]:
         " `optimizer.step()` the optimizer part includes that step's temporaries. They sum to Peak"
         " on CPU; on CUDA the allocator's Peak can be a little larger.",
         f"- **Peak vs {baseline}** — this row's Peak divided by the {baseline} row's Peak at the"
-        f" same model and sequence length (`—` when {baseline} is missing or not ok).",
+        f" same model and sequence length, under the same parallel strategy when {baseline} ran"
+        f" under it (`—` when {baseline} is missing or not ok).",
         f"- **State vs {baseline}** — the same ratio for optimizer state.",
-        "- **Tokens/s** — training throughput, median over the timed steps after warm-up.",
+        "- **Tokens/step** — tokens one optimizer step trains on, over all ranks:"
+        " ranks × batch_size × grad_accum × seq len.",
+        "- **Tokens/s** — training throughput over all ranks, median over the timed steps after"
+        " warm-up.",
         "- **Step (ms)** — wall time of one training step, median over the timed steps;"
-        " **fwd+bwd / opt (ms)** splits it into forward+backward and `optimizer.step()`.",
+        " **fwd+bwd / opt (ms)** splits it into forward+backward (with DDP's gradient all-reduce)"
+        " and `optimizer.step()` (with any collective the optimizer issues).",
+        "- **Rows named `optimizer · strategyxN`** ran N ranks under torchrun (ddp, fsdp2 or"
+        " zero1; `batch_size` is per rank, each rank draws its own batches). Their memory and"
+        " time columns are the max over ranks; each rank's values are under *Per rank*.",
         "- **Final train loss** — training loss (nats/token), mean over the last 5 steps.",
         "- **Eval ppl** — perplexity, exp(eval loss), on held-out batches.",
     ]
@@ -221,6 +264,11 @@ def write_report(
             setup = setup_label(group)
             lines += [f"### seq {seq_len}" + (f" · {setup}" if setup else ""), ""]
             lines += [markdown_table(_group_frame(group, baseline)), ""]
+            ranks = per_rank_frame(group)
+            if len(ranks):
+                lines += ["**Per rank** (Peak and parts: each rank's tracked peak on CPU, its"
+                          " allocator peak on CUDA; State: the rank's own shards):", "",
+                          markdown_table(ranks), ""]
         for alt, path in model_figures(model, model_runs, curves, styles, baseline, out_dir):
             lines += [f"![{alt}]({path.name})", ""]
             written.append(path)

@@ -25,7 +25,14 @@ from typing import Any, Iterable
 
 from optbench.engine.outcome import RunResult
 from optbench.errors import OptbenchError, informative_line
-from optbench.metrics import METRICS, RESULT_STATUSES, Metric, get_metric
+from optbench.metrics import (
+    METRICS,
+    RESULT_STATUSES,
+    Metric,
+    get_metric,
+    rank_metric,
+    split_rank_metric,
+)
 
 BASELINE_FORMAT = 1
 MARKS = {
@@ -134,7 +141,8 @@ class Observed:
     @classmethod
     def from_result(cls, r: RunResult, cell_id: str | None = None) -> "Observed":
         """From a run just made or read back from the store, under the suite's current id."""
-        metrics = {k: float(v) for k, v in r.metrics.items() if k in METRICS and v == v}
+        metrics = {k: float(v) for k, v in r.metrics.items()
+                   if split_rank_metric(k)[0] in METRICS and v == v}
         return cls(cell_id or r.cell_id, r.fingerprint, r.optimizer_name, _version(r.config),
                    r.status, metrics, r.error, dict(r.env))
 
@@ -161,6 +169,7 @@ def write_baseline(path: Path, suite: str, observed: list[Observed], rules: dict
     with) plus any other metric a rule gates now; never timestamps or hosts.
     """
     keep = {m.name for m in METRICS.values() if m.exact_on_cpu} | {r.metric for r in gated(rules)}
+    keep |= {k for o in observed for k in o.metrics if split_rank_metric(k)[0] in keep}
     env = next((o.env for o in observed if o.env), {})
     doc = {
         "optbench_baseline": BASELINE_FORMAT,
@@ -267,8 +276,9 @@ def compare(current: list[Observed], baseline: Baseline, rules: dict[str, Rule])
             if why_not is not None:
                 mark, note = why_not
                 findings.append(Finding(obs.cell_id, rule.metric, mark, rule=rule, note=note))
-            else:
-                findings.append(_mark_metric(obs, base, rule))
+                continue
+            for name in [rule.metric, *_rank_metrics(rule.metric, obs, base)]:
+                findings.append(_mark_metric(obs, base, rule, name))
     seen = {o.cell_id for o in current}
     for cell_id in baseline.cells:
         if cell_id not in seen:
@@ -297,8 +307,16 @@ def _cell_not_comparable(obs: Observed, base: Observed | None) -> tuple[str, str
     return None
 
 
-def _mark_metric(obs: Observed, base: Observed, rule: Rule) -> Finding:
-    metric = get_metric(rule.metric)
+def _rank_metrics(name: str, *observed: Observed) -> list[str]:
+    """The per-rank names of `name` either side holds (a sharded cell's ranks), in rank order:
+    the rule that gates a headline gates each rank's value too."""
+    ranks = {split_rank_metric(k)[1] for o in observed for k in o.metrics
+             if split_rank_metric(k)[0] == name}
+    return [rank_metric(name, r) for r in sorted(ranks - {None})]
+
+
+def _mark_metric(obs: Observed, base: Observed, rule: Rule, name: str | None = None) -> Finding:
+    metric = get_metric(name or rule.metric)
     old, new = base.metrics.get(metric.name), obs.metrics.get(metric.name)
     if old is None or new is None:
         note = ("not in the baseline (--update records every gated metric)" if old is None

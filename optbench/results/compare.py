@@ -20,7 +20,15 @@ import numpy as np
 import pandas as pd
 
 from optbench.config import schema
-from optbench.config.suite import Cell, Defaults, OptimizerChoice, make_cell, resolve_device
+from optbench.config.suite import (
+    PARALLEL_STRATEGIES,
+    Cell,
+    Defaults,
+    OptimizerChoice,
+    make_cell,
+    parallel_from_label,
+    resolve_device,
+)
 from optbench.data import DataConfig, corpus_key
 from optbench.errors import OptbenchError
 from optbench.metrics import COMPARE_DEFAULT, RESULT_STATUSES, Metric, get_metric
@@ -45,6 +53,7 @@ class Request:
     metrics: tuple[str, ...] = ()
     steps: int | None = None
     device: str | None = None
+    parallel: tuple[str, ...] = ()  # 'none', 'fsdp2x2', ...: only these (and run them if missing)
 
 
 def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
@@ -54,6 +63,10 @@ def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
     for model in req.models:
         get_model_size(model)
     metrics = [get_metric(m) for m in (req.metrics or COMPARE_DEFAULT)]
+    for label in req.parallel:
+        if parallel_from_label(label) is None:
+            raise OptbenchError(f"--parallel '{label}': accepted: none or STRATEGYxN with a "
+                                f"strategy of {', '.join(PARALLEL_STRATEGIES[1:])}, e.g. fsdp2x2")
     return list(dict.fromkeys([baseline, *names])), baseline, metrics
 
 
@@ -62,10 +75,12 @@ def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
 
 def select(store: ResultStore, names: list[str], req: Request,
            suite_name: str | None) -> list[StoredRun]:
-    """One run per (model, seq_len, optimizer name): the latest ok run, else the latest usable."""
+    """One run per (model, seq_len, optimizer name, parallel strategy): the latest ok run, else
+    the latest usable."""
     runs = store.runs(optimizer_names=names, models=req.models, seq_lens=req.seq_lens,
                       suite=suite_name, statuses=RESULT_STATUSES)
-    return latest(runs, key=lambda r: (r.model, r.seq_len, r.optimizer_name))
+    runs = [r for r in runs if not req.parallel or r.parallel in req.parallel]
+    return latest(runs, key=lambda r: (r.model, r.seq_len, r.optimizer_name, r.parallel))
 
 
 def _at(runs: list[StoredRun], pair: Pair) -> list[StoredRun]:
@@ -89,27 +104,35 @@ def missing_cells(runs: list[StoredRun], pairs: list[Pair], names: list[str], re
                   suite_setup: Setup | None, suite_name: str | None = None) -> list[Cell]:
     """Cells to run so that every table has every optimizer; stored under `suite_name` (the
     --suite given, so that they pass its filter next time) or 'compare'."""
-    have = {(r.model, int(r.seq_len), r.optimizer_name) for r in runs}
+    have = {(r.model, int(r.seq_len), r.optimizer_name, r.parallel) for r in runs}
     cells, corpora = [], {}
     for model, seq_len in pairs:
-        todo = [n for n in names if (model, seq_len, n) not in have]
+        todo = [(n, p) for p in (req.parallel or ("none",)) for n in names
+                if (model, seq_len, n, p) not in have]
         if not todo:
             continue
         defaults, data = suite_setup or _shared_setup(_at(runs, (model, seq_len))) or _default_setup()
         defaults = _with_overrides(defaults, req)
         _check_fits(model, seq_len, defaults)
         corpus = corpora.setdefault(json.dumps(dataclasses.asdict(data)), corpus_key(data))
-        for name in todo:
+        for name, label in todo:
             choice = OptimizerChoice(name, resolve_hparams(name, {}, model), label=name)
-            cells.append(make_cell(suite_name or "compare", model, choice, seq_len, defaults,
+            setup = dataclasses.replace(defaults, parallel=parallel_from_label(label))
+            cells.append(make_cell(suite_name or "compare", model, choice, seq_len, setup,
                                    data, corpus))
     return cells
 
 
+def _setup_view(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config's setup (defaults and data) without its parallel strategy, which each
+    row states in its label."""
+    defaults = {k: v for k, v in config["defaults"].items() if k != "parallel"}
+    return {"defaults": defaults, "data": config["data"]}
+
+
 def _shared_setup(group: list[StoredRun]) -> Setup | None:
     """(Defaults, DataConfig) that every stored row of this table shares, else None."""
-    setups = {json.dumps({k: r.config[k] for k in ("defaults", "data")}, sort_keys=True)
-              for r in group}
+    setups = {json.dumps(_setup_view(r.config), sort_keys=True) for r in group}
     if len(setups) != 1:
         return None
     setup = json.loads(setups.pop())
@@ -144,16 +167,32 @@ def config_label(run: StoredRun) -> str:
     return f"{run.suite} {str(run.fingerprint)[:8]}"
 
 
+def row_label(name: str, parallel: str) -> str:
+    """'scale', or 'scale · fsdp2x2' for a sharded row."""
+    return name if parallel == "none" else f"{name} · {parallel}"
+
+
+def parallels_at(runs: list[StoredRun], pair: Pair, req: Request) -> list[str]:
+    """The strategies one table shows: those asked for, else one process and any stored."""
+    if req.parallel:
+        return list(req.parallel)
+    stored = {r.parallel for r in _at(runs, pair)} - {"none"}
+    return ["none", *sorted(stored)]
+
+
 def table_rows(runs: list[StoredRun], names: list[str], pair: Pair, metrics: list[Metric],
-               baseline: str) -> pd.DataFrame:
-    """One row per name in `names` order for one (model, seq_len); absent ones as 'missing'."""
+               baseline: str, parallels: list[str] = ("none",)) -> pd.DataFrame:
+    """One row per name in `names` order, and under it each of its strategies, for one (model,
+    seq_len); absent ones as 'missing'. Ratios are against the baseline under the row's own
+    strategy, else the baseline's one-process run."""
     model, seq_len = pair
-    by_name = {r.optimizer_name: r for r in _at(runs, pair)}
-    base = by_name.get(baseline)
+    by_key = {(r.optimizer_name, r.parallel): r for r in _at(runs, pair)}
     rows = []
-    for name in names:
-        run = by_name.get(name)
-        out: dict[str, Any] = {"model": model, "seq_len": seq_len, "optimizer": name,
+    for name, parallel in [(n, p) for n in names for p in parallels]:
+        run = by_key.get((name, parallel))
+        base = by_key.get((baseline, parallel)) or by_key.get((baseline, "none"))
+        out: dict[str, Any] = {"model": model, "seq_len": seq_len, "name": name,
+                               "parallel": parallel, "optimizer": row_label(name, parallel),
                                "status": "missing" if run is None else run.status,
                                "config": "" if run is None else config_label(run),
                                "run_id": None if run is None else run.run_id}
@@ -188,8 +227,9 @@ def _best(frame: pd.DataFrame, metrics: list[Metric]) -> list[list[str]]:
 
 def config_notes(runs: list[StoredRun], pair: Pair) -> list[str]:
     """What differs between the setups of one table's rows (the optimizer part aside)."""
-    flat = {config_label(r): _flatten({k: v for k, v in r.config.items() if k != "optimizer"})
-            for r in _at(runs, pair)}
+    flat = {config_label(r): _flatten(_setup_view(r.config) | {
+        k: v for k, v in r.config.items() if k not in ("optimizer", "defaults", "data")})
+        for r in _at(runs, pair)}
     if len({json.dumps(f, sort_keys=True) for f in flat.values()}) < 2:
         return []
     keys = sorted({k for f in flat.values() for k in f})

@@ -1,0 +1,54 @@
+"""The ranks of a sharded cell, started by torchrun: `python -m optbench.engine.launch NPROC
+LOGS CELL.pkl RESULT.json` runs what `torchrun --standalone --nproc-per-node NPROC -m
+optbench.engine.worker CELL.pkl RESULT.json` runs, through torchrun's own entry point
+(`torch.distributed.run.run`), so that a failed rank comes back as torchrun's structured record
+(`ChildFailedError`: which rank failed first, its exit code or signal) rather than as text to
+parse. That record goes to RESULT.json.failure; each rank's stderr to LOGS (torchrun's
+`--redirects 2 --log-dir`), so the runner can show the tail of the rank that failed.
+
+Everything else is torchrun's: the rendezvous, one process per rank with RANK / WORLD_SIZE /
+LOCAL_RANK set, and stopping every rank when one fails (or when this process gets SIGTERM).
+For several nodes, run torchrun yourself with a rendezvous (docs/parallel.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def torchrun_args(nproc: int, logs: str, cell_path: str, result_path: str) -> list[str]:
+    return ["--standalone", "--nproc-per-node", str(nproc), "--redirects", "2",
+            "--log-dir", logs, "-m", "optbench.engine.worker", cell_path, result_path]
+
+
+def failure_path(result_path: str | Path) -> Path:
+    return Path(f"{result_path}.failure")
+
+
+def threads_per_rank(nproc: int) -> int:
+    """CPU threads each rank gets: the machine's cores shared out, as torchrun would otherwise
+    pin every rank to 1 thread whatever the machine has."""
+    return max(1, (os.cpu_count() or 1) // nproc)
+
+
+def main(nproc: int, logs: str, cell_path: str, result_path: str) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(nproc)))
+    try:
+        run(parse_args(torchrun_args(nproc, logs, cell_path, result_path)))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        record = {"rank": rank, "local_rank": failure.local_rank, "exitcode": failure.exitcode,
+                  "signal": failure.signal_name() if failure.exitcode < 0 else None}
+        failure_path(result_path).write_text(json.dumps(record))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]), *sys.argv[2:5]))
