@@ -1,8 +1,8 @@
 """The ranks of a sharded cell, started by torchrun: `python -m optbench.engine.launch NPROC
 LOGS CELL.pkl RESULT.json` runs what `torchrun --standalone --nproc-per-node NPROC -m
 optbench.engine.worker CELL.pkl RESULT.json` runs, through torchrun's own entry point
-(`torch.distributed.run.run`), so that a failed rank comes back as torchrun's structured record
-(`ChildFailedError`: which rank failed first, its exit code or signal) rather than as text to
+(`torch.distributed.run.run`), so that failed ranks come back as torchrun's structured record
+(`ChildFailedError`: each rank seen failed, its exit code or signal) rather than as text to
 parse. That record goes to RESULT.json.failure; each rank's stderr to LOGS (torchrun's
 `--redirects 2 --log-dir`), so the runner can show the tail of the rank that failed.
 
@@ -20,8 +20,12 @@ from pathlib import Path
 
 
 def torchrun_args(nproc: int, logs: str, cell_path: str, result_path: str) -> list[str]:
-    return ["--standalone", "--nproc-per-node", str(nproc), "--redirects", "2",
-            "--log-dir", logs, "-m", "optbench.engine.worker", cell_path, result_path]
+    """Every rank's stdout and stderr into LOGS; rank 0's stdout (its progress events) teed to
+    this process's stdout by torchrun, so that only this process holds the runner's pipe and a
+    rank that hangs cannot keep it open after the cell is stopped."""
+    return ["--standalone", "--nproc-per-node", str(nproc), "--redirects", "3", "--tee", "1",
+            "--local-ranks-filter", "0", "--log-dir", logs,
+            "-m", "optbench.engine.worker", cell_path, result_path]
 
 
 def failure_path(result_path: str | Path) -> Path:
@@ -42,9 +46,9 @@ def main(nproc: int, logs: str, cell_path: str, result_path: str) -> int:
     try:
         run(parse_args(torchrun_args(nproc, logs, cell_path, result_path)))
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        record = {"rank": rank, "local_rank": failure.local_rank, "exitcode": failure.exitcode,
-                  "signal": failure.signal_name() if failure.exitcode < 0 else None}
+        record = [{"rank": rank, "local_rank": f.local_rank, "exitcode": f.exitcode,
+                   "signal": f.signal_name() if f.exitcode < 0 else None}
+                  for rank, f in sorted(exc.failures.items())]
         failure_path(result_path).write_text(json.dumps(record))
         return 1
     return 0

@@ -55,7 +55,10 @@ def join_process_group(device_type: str, timeout_s: float | None) -> Ranks:
 
 
 def leave_process_group() -> None:
+    """Leave together: a rank that tears its connections down while another is still in its
+    last collective makes gloo abort that one."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -24,7 +24,7 @@ from typing import Callable
 from optbench.config.suite import Cell
 from optbench.engine import launch
 from optbench.engine.outcome import CellOutcome, RunResult
-from optbench.engine.worker import EVENT_PREFIX, rank_result_path
+from optbench.engine.worker import EVENT_PREFIX
 
 STDERR_TAIL_LINES = 20
 
@@ -59,7 +59,13 @@ def run_cell(cell: Cell, hooks: Hooks | None = None) -> RunResult:
             _kill(proc)
             raise
         drain.join(timeout=5)
-        outcome = _read_result(result_path, proc.returncode, stderr_tail, timed_out, cell)
+        returncode = proc.returncode
+        if cell.parallel.sharded and returncode != 0 and result_path.exists() and not timed_out:
+            # Rank 0 writes the result after the last collective of the cell, when every rank
+            # has measured and evaluated: a rank that then dies in gloo's teardown ("terminate
+            # called without an active exception") took nothing from it.
+            returncode = 0
+        outcome = _read_result(result_path, returncode, stderr_tail, timed_out, cell)
         if cell.parallel.sharded and outcome.status == "crashed" and not timed_out:
             outcome = _rank_failure(result_path, Path(tmp, "logs"), outcome)
     outcome.started_at = outcome.started_at or started
@@ -97,9 +103,8 @@ def _pump_events(proc: subprocess.Popen, cell: Cell, hooks: Hooks, timeout_s: fl
 
     try:
         for line in proc.stdout:
-            if not line.startswith(EVENT_PREFIX):
+            if (event := _event(line)) is None:
                 continue
-            event = json.loads(line[len(EVENT_PREFIX):])
             if event.get("event") == "start" and timeout_s and timer is None:
                 timer = threading.Timer(timeout_s, expire)
                 timer.daemon = True
@@ -112,9 +117,20 @@ def _pump_events(proc: subprocess.Popen, cell: Cell, hooks: Hooks, timeout_s: fl
     return timed_out.is_set()
 
 
-# How long torchrun gets to stop its ranks on SIGTERM before its group is killed outright (the
-# ranks then exit within a second on their own: they watch their parent).
-TERMINATE_GRACE_S = 10.0
+# How long torchrun gets to stop its ranks on SIGTERM (it sends them SIGTERM, then SIGKILL after
+# 30 s to one that ignores it) before its group is killed outright; ranks that were merely
+# waiting then exit within a second on their own, as they watch their parent.
+TERMINATE_GRACE_S = 35.0
+
+
+def _event(line: str) -> dict | None:
+    """The progress event on a line of the child's stdout, else None. torchrun's tee puts its
+    rank header in front ('[default0]:@optbench {...}')."""
+    if line.startswith("[") and "]:" in line:
+        line = line.split("]:", 1)[1]
+    if not line.startswith(EVENT_PREFIX):
+        return None
+    return json.loads(line[len(EVENT_PREFIX):])
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -150,23 +166,27 @@ def _read_result(path: Path, returncode: int, stderr_tail, timed_out: bool,
 
 
 def _rank_failure(result_path: Path, logs: Path, crashed: CellOutcome) -> CellOutcome:
-    """What ended a sharded cell: the outcome a failing rank wrote (its error and traceback),
-    else torchrun's record of the first rank to die, with the tail of that rank's stderr."""
-    record = _json_or_none(launch.failure_path(result_path))
-    first = record["rank"] if record else None
-    written = sorted(result_path.parent.glob(result_path.name + ".rank*"),
-                     key=lambda p: (p.name != rank_result_path(result_path, first).name,
-                                    p.stat().st_mtime))
-    if written and (doc := _json_or_none(written[0])):
-        outcome = CellOutcome.from_json(doc)
-        outcome.error = f"rank {written[0].suffix[len('.rank'):]}: {outcome.error}"
-        return outcome
-    if record is None:
-        return crashed
-    how = (f"killed by {record['signal']}" if record.get("signal")
-           else f"exited with code {record['exitcode']}")
-    tail = _tail(next(logs.glob(f"**/attempt_*/{record['local_rank']}/stderr.log"), None))
-    return CellOutcome("crashed", f"rank {first} {how}", tail or crashed.traceback)
+    """What ended a sharded cell. A rank torchrun saw fail without writing an outcome (killed,
+    or dead before it could say why) is the cause: `crashed`, with the tail of its stderr. Else
+    the first outcome a failing rank wrote (its error and traceback): the others' errors
+    ("connection reset by peer") follow from it."""
+    failures = _json_or_none(launch.failure_path(result_path)) or []
+    written = {int(p.name.rpartition(".rank")[2]): p
+               for p in result_path.parent.glob(result_path.name + ".rank*")
+               if p.name.rpartition(".rank")[2].isdigit()}
+    silent = [f for f in failures if f["rank"] not in written]
+    if silent:
+        first = silent[0]
+        how = (f"killed by {first['signal']}" if first.get("signal")
+               else f"exited with code {first['exitcode']}")
+        tail = _tail(next(logs.glob(f"**/attempt_*/{first['local_rank']}/stderr.log"), None))
+        return CellOutcome("crashed", f"rank {first['rank']} {how}", tail or crashed.traceback)
+    for rank, path in sorted(written.items(), key=lambda item: item[1].stat().st_mtime):
+        if (doc := _json_or_none(path)) is not None:
+            outcome = CellOutcome.from_json(doc)
+            outcome.error = f"rank {rank}: {outcome.error}"
+            return outcome
+    return crashed
 
 
 def _json_or_none(path: Path) -> dict | None:

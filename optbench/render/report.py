@@ -18,6 +18,7 @@ from optbench.errors import informative_line
 from optbench.metrics import (DASH, MEMORY_PARTS, RESULT_STATUSES, STATUSES, format_mib,
                               format_ratio, is_number, part_metric, rank_metric,
                               split_rank_metric)
+from optbench.optimizers.sharding import known_parity
 from optbench.render.figures import model_figures, optimizer_styles
 from optbench.render.frames import (group_title, grouped, model_order, prepare_runs,
                                     resolve_baseline, series_baseline, setup_label)
@@ -160,6 +161,26 @@ def per_rank_frame(group: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PER_RANK_COLUMNS)
 
 
+def parity_lines(group: pd.DataFrame) -> list[str]:
+    """For each sharded row whose optimizer the parity harness found not equivalent to one
+    process under that strategy, what it found: such a row measures another optimizer."""
+    lines = []
+    seen = set()
+    ran = group[(group["parallel"] != "none") & group["status"].isin(RESULT_STATUSES)]
+    for _, row in ran.iterrows():
+        strategy = str(row["parallel"]).rpartition("x")[0]
+        key = (row["optimizer_name"], strategy)
+        verdict = known_parity(row["optimizer_name"]).get(strategy, "")
+        if key in seen or not verdict.startswith("differs"):
+            continue
+        seen.add(key)
+        lines.append(f"- **{row['optimizer_name']} under {strategy}**: {verdict}")
+    if not lines:
+        return []
+    return ["**Not the same optimizer when sharded** (the parity harness, docs/parallel.md):", "",
+            *lines, ""]
+
+
 # ----------------------------------------------------------------------------- markdown
 
 
@@ -269,6 +290,7 @@ def write_report(
                 lines += ["**Per rank** (Peak and parts: each rank's tracked peak on CPU, its"
                           " allocator peak on CUDA; State: the rank's own shards):", "",
                           markdown_table(ranks), ""]
+            lines += parity_lines(group)
         for alt, path in model_figures(model, model_runs, curves, styles, baseline, out_dir):
             lines += [f"![{alt}]({path.name})", ""]
             written.append(path)

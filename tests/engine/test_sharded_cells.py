@@ -1,0 +1,135 @@
+"""Sharded cells end to end: ranks under torchrun (gloo on CPU), per-rank state to the byte,
+skipped and failing strategies, a rank killed or hung mid-cell."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from optbench.cli import app
+from optbench.config.loader import load_suite
+from optbench.config.suite import expand
+from optbench.engine.runner import Hooks, run_cells
+from optbench.metrics import rank_metric
+from optbench.models import build_model
+from optbench.results.store import ResultStore
+from tests.conftest import TINY_SUITE
+
+pytestmark = pytest.mark.slow  # every test starts ranks under torchrun
+
+STATE = "optimizer_state_bytes"
+
+
+def _suite(write_suite, optimizers: str, parallel: str, extra: str = "", steps: int = 6):
+    text = (TINY_SUITE.replace("[adamw, sgd, scale]", optimizers)
+            .replace("seq_lens: [32]", f"seq_lens: [32]\n  parallel: {parallel}")
+            .replace("steps: 6", f"steps: {steps}{extra}"))
+    return write_suite(text, "sharded.yaml")
+
+
+def _fsdp2_adamw_state(rank: int, world: int) -> int:
+    """AdamW's state on one FSDP2 rank: its shard of both moments (fully_shard splits dim 0 in
+    chunks of ceil(rows / world), the last ranks holding fewer or none) plus the float32 `step`
+    that every rank keeps whole for every parameter."""
+    total = 0
+    for p in build_model("llama_tiny").parameters():
+        rows = p.shape[0]
+        chunk = math.ceil(rows / world)
+        local_rows = max(0, min(chunk, rows - rank * chunk))
+        total += 2 * 4 * local_rows * (p.numel() // rows) + 4
+    return total
+
+
+def test_every_strategy_runs_and_fsdp2_state_is_per_shard_to_the_byte(write_suite, tmp_path):
+    suite = _suite(write_suite, "[adamw, scale]", "[ddpx2, fsdp2x2, zero1x2, fsdp2x3]")
+    db = tmp_path / "r.sqlite"
+    done = CliRunner().invoke(app, ["run", str(suite), "--db", str(db),
+                                    "--reports", str(tmp_path / "reports")])
+    results = {r.cell_id: r for r in ResultStore(db).runs()}
+    status = {cid: r.status for cid, r in results.items()}
+    assert all(status[f"llama_tiny/adamw/seq32/{p}"] == "ok"
+               for p in ("ddpx2", "fsdp2x2", "zero1x2", "fsdp2x3")), status
+    assert status["llama_tiny/scale/seq32/fsdp2x2"] == "ok"
+    assert done.exit_code == 0, done.output
+    whole = build_model("llama_tiny")
+    one_process = 2 * 4 * sum(p.numel() for p in whole.parameters()) + 4 * len(list(whole.parameters()))
+    for world in (2, 3):  # 2: even shards; 3: uneven (64 rows -> 22, 22, 20)
+        metrics = results[f"llama_tiny/adamw/seq32/fsdp2x{world}"].metrics
+        for rank in range(world):
+            assert metrics[rank_metric(STATE, rank)] == _fsdp2_adamw_state(rank, world)
+        assert metrics[STATE] == max(_fsdp2_adamw_state(r, world) for r in range(world))
+    assert _fsdp2_adamw_state(0, 2) + _fsdp2_adamw_state(1, 2) == one_process + 4 * len(list(whole.parameters()))
+    ddp = results["llama_tiny/adamw/seq32/ddpx2"].metrics
+    assert ddp[rank_metric(STATE, 0)] == ddp[rank_metric(STATE, 1)] == one_process
+    zero1 = results["llama_tiny/adamw/seq32/zero1x2"].metrics
+    assert zero1[rank_metric(STATE, 0)] + zero1[rank_metric(STATE, 1)] == one_process
+    # Both ranks' tokens count: 2 ranks x batch 2 x seq 32 per step.
+    fsdp = results["llama_tiny/adamw/seq32/fsdp2x2"]
+    assert fsdp.tokens_per_step == 128
+    assert fsdp.metrics["tokens_per_s"] == pytest.approx(128 / (fsdp.metrics["step_ms"] / 1e3))
+    report = (tmp_path / "reports" / "tiny" / "summary.md").read_text()
+    assert "| adamw · fsdp2x3 | 2 |" in report  # the per-rank table lists rank 2
+
+
+def test_zero1_over_an_optimizer_it_cannot_rebuild_is_skipped_with_the_reason(write_suite, tmp_path):
+    (result,) = run_cells(expand(load_suite(_suite(write_suite, "[muon]", "[zero1x2]"))))
+    assert result.status == "skipped"
+    assert "ZeRO-1 rebuilds the optimizer from params" in result.error
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _rank_pid(launcher: int, rank: int) -> int:
+    for pid in _children(launcher):
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no rank {rank} under {launcher}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds ranks through /proc")
+@pytest.mark.parametrize("sig,expected", [(signal.SIGKILL, "rank 1 killed by SIGKILL"),
+                                          (signal.SIGSTOP, "timed out after 20 s")])
+def test_a_rank_that_dies_or_hangs_ends_the_cell_crashed_and_the_suite_goes_on(
+        write_suite, tmp_path, sig, expected):
+    # Long enough that rank 0's step-3 event (teed by torchrun every 0.1 s) comes mid-cell.
+    suite = load_suite(_suite(write_suite, "[adamw, sgd]", "[ddpx2]",
+                              "\n  timeout_s: 20" if sig == signal.SIGSTOP else "", steps=200))
+    cells = expand(suite)
+    state = {}
+
+    def strike_at_step_3(cell, event):
+        if cell is cells[0] and event.get("step") == 3 and "done" not in state:
+            state["done"] = _rank_pid(state["pid"], 1)
+            os.kill(state["done"], sig)
+
+    hooks = Hooks(on_start=lambda cell, pid: state.update(pid=pid), on_event=strike_at_step_3)
+    results = run_cells(cells, hooks)
+    assert [r.status for r in results] == ["crashed", "ok"], [r.error for r in results]
+    assert expected in results[0].error
+    with pytest.raises(ProcessLookupError):  # no rank is left behind, stopped or not
+        os.kill(state["done"], 0)
+
+
+def test_bad_parallel_values_exit_2_with_one_line(write_suite):
+    for parallel in ("[fsdp2]", "[{strategy: fsdp2, nproc: 0}]"):
+        done = CliRunner().invoke(app, ["validate", str(_suite(write_suite, "[adamw]", parallel))])
+        assert done.exit_code == 2
+        assert len(done.output.strip().splitlines()) == 1 and "grid.parallel[0]" in done.output
