@@ -193,6 +193,22 @@ GRAD_CLIP_OPTION = typer.Option(None, "--grad-clip", min=0.0, help="Clip the gra
 
 @app.command()
 @user_errors
+def parity(
+    names: list[str] = typer.Argument(None, metavar="[NAME...]", help="Optimizers to check (default: the whole roster)."),
+    strategy: list[str] = typer.Option(["ddp", "fsdp2", "zero1"], "--strategy", "-s", help="Strategies to check (repeatable): ddp, fsdp2, zero1."),
+    nproc: int = typer.Option(2, "--nproc", help="Ranks (gloo on CPU; one GPU each with NCCL)."),
+    steps: int = typer.Option(3, "--steps", help="Optimizer steps compared."),
+    db: Path = DB_OPTION,
+    reports: Path = REPORTS_OPTION,
+) -> None:
+    """Is each optimizer under DDP / FSDP2 / ZeRO-1 the same optimizer? Stores the verdicts; writes reports/parity/."""
+    from optbench.commands.parity import run_parity
+
+    run_parity(names or [], strategy, nproc, steps, db, reports, console, err_console)
+
+
+@app.command()
+@user_errors
 def estimate(
     model: str = typer.Option(..., "--model", "-m", help="Model size (see `optbench list models`) or a suite YAML: estimate each of its cells."),
     optimizers: list[str] = OPTIMIZER_OPTION,

@@ -21,7 +21,8 @@ Run under torchrun, e.g. on CPU:
     python -m torch.distributed.run --standalone --nproc-per-node 2 -m optbench.engine.parity \\
         --strategies ddp fsdp2 zero1 --optimizers adamw scale --json parity.json
 
-Groundwork for issue 12: results are printed and written as JSON, not yet stored or rendered.
+`optbench parity` launches this under torchrun (`launch_harness`) and stores the verdicts;
+`--record` rewrites the registry's record of them (optbench/optimizers/known_parity.json).
 """
 
 from __future__ import annotations
@@ -220,6 +221,35 @@ def record_known_parity(results: list[Parity], steps: int) -> None:
                                  encoding="utf-8")
 
 
+def launch_harness(names: list[str], strategies: list[str], nproc: int, steps: int,
+                   timeout_s: float = 1800) -> list[Parity]:
+    """Run the harness on `nproc` local ranks under torchrun; its verdicts. A harness that fails
+    as a whole (a rank died, the process group timed out) is an OptbenchError with the last
+    line torchrun printed."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from optbench.errors import OptbenchError
+
+    with tempfile.TemporaryDirectory(prefix="optbench-parity-") as tmp:
+        out = Path(tmp, "parity.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+               str(nproc), "-m", "optbench.engine.parity", "--optimizers", *names,
+               "--strategies", *strategies, "--steps", str(steps), "--json", str(out)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise OptbenchError(f"parity harness: no answer after {timeout_s:g} s") from None
+        if done.returncode != 0 or not out.exists():
+            lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+            raise OptbenchError(f"parity harness failed (exit {done.returncode}): "
+                                f"{lines[-1] if lines else 'no output'}")
+        return [Parity(**{**r, "state_bytes_per_rank": tuple(r["state_bytes_per_rank"])})
+                for r in json.loads(out.read_text())]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Sharded-vs-single-process parity per optimizer.")
     parser.add_argument("--optimizers", nargs="+", default=None, help="default: the whole roster")
@@ -230,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="rank 0 rewrites the registry's record of known verdicts "
                              f"({KNOWN_PARITY_FILE.name}, shown by `list optimizers -v`)")
     args = parser.parse_args(argv)
+    from optbench.engine.worker import exit_with_parent
+
+    exit_with_parent()  # a launcher killed for time takes its ranks with it
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(__import__("os").environ.get("LOCAL_RANK", 0)))

@@ -3,14 +3,15 @@
 One row per run (config, status, environment), its metrics (name -> value, the unit in
 the name) and its loss curve. Each run is written in one transaction the moment it ends,
 so an interrupted suite loses nothing already finished. WAL mode lets a report read while
-a suite writes.
+a suite writes. Beside the runs, the verdicts of `optbench parity` (one row per optimizer x
+strategy x harness run).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
@@ -50,6 +51,22 @@ CREATE TABLE IF NOT EXISTS metrics (
     value REAL,
     PRIMARY KEY (run_id, name)
 );
+CREATE TABLE IF NOT EXISTS parity (
+    parity_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    optimizer TEXT NOT NULL,
+    optimizer_version TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    nproc INTEGER NOT NULL,
+    steps INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    worst_relative_error REAL,
+    noise_floor REAL,
+    parameter TEXT,
+    state_bytes_json TEXT NOT NULL,
+    error TEXT,
+    env_json TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS loss_curves (
     run_id INTEGER NOT NULL REFERENCES runs (run_id),
     step INTEGER NOT NULL,
@@ -58,6 +75,25 @@ CREATE TABLE IF NOT EXISTS loss_curves (
     PRIMARY KEY (run_id, step)
 );
 """
+
+
+@dataclass(frozen=True)
+class ParityRecord:
+    """One verdict of the parity harness (optbench.engine.parity), as stored."""
+
+    optimizer: str
+    optimizer_version: str
+    strategy: str
+    nproc: int
+    steps: int
+    verdict: str  # equivalent | differs | unsupported | error
+    worst_relative_error: float | None = None
+    noise_floor: float | None = None
+    parameter: str = ""
+    state_bytes_per_rank: tuple[int, ...] = ()
+    error: str = ""
+    env: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
 
 
 @dataclass
@@ -192,6 +228,38 @@ class ResultStore:
             f" JOIN runs r USING (run_id) WHERE c.run_id IN ({marks}) ORDER BY c.run_id, c.step",
             self.conn, params=ids,
         )
+
+    def save_parity(self, records: Iterable[ParityRecord]) -> None:
+        """Verdicts of one harness run, in one transaction."""
+        with self.conn:
+            self.conn.executemany(
+                "INSERT INTO parity (optimizer, optimizer_version, strategy, nproc, steps, verdict,"
+                " worst_relative_error, noise_floor, parameter, state_bytes_json, error, env_json,"
+                " created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(r.optimizer, r.optimizer_version, r.strategy, r.nproc, r.steps, r.verdict,
+                  _finite_or_none(r.worst_relative_error), _finite_or_none(r.noise_floor),
+                  r.parameter, json.dumps(list(r.state_bytes_per_rank)), r.error,
+                  json.dumps(r.env, sort_keys=True), r.created_at) for r in records])
+
+    def parity(self, optimizers: Iterable[str] = ()) -> list[ParityRecord]:
+        """The latest verdict per (optimizer, strategy, ranks), in optimizer then strategy order."""
+        names = list(optimizers)
+        where = f"WHERE optimizer IN ({','.join('?' * len(names))})" if names else ""
+        cursor = self.conn.execute(f"SELECT * FROM parity {where} ORDER BY parity_id", names)
+        columns = [d[0] for d in cursor.description]
+        latest_of: dict[tuple, ParityRecord] = {}
+        for row in cursor.fetchall():
+            doc = dict(zip(columns, row))
+            record = ParityRecord(
+                optimizer=doc["optimizer"], optimizer_version=doc["optimizer_version"],
+                strategy=doc["strategy"], nproc=doc["nproc"], steps=doc["steps"],
+                verdict=doc["verdict"], worst_relative_error=doc["worst_relative_error"],
+                noise_floor=doc["noise_floor"], parameter=doc["parameter"] or "",
+                state_bytes_per_rank=tuple(json.loads(doc["state_bytes_json"])),
+                error=doc["error"] or "", env=json.loads(doc["env_json"]),
+                created_at=doc["created_at"])
+            latest_of[(record.optimizer, record.strategy, record.nproc)] = record
+        return sorted(latest_of.values(), key=lambda r: (r.optimizer, r.strategy, r.nproc))
 
     def count_runs(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
