@@ -28,6 +28,14 @@ def verdict_text(r: ParityRecord) -> str:
     return f"{r.verdict}: {r.error}"
 
 
+CELL_CHARS = 90  # a grid cell keeps the start of an error; the Markdown lists each in full
+
+
+def cell_text(r: ParityRecord) -> str:
+    text = verdict_text(r)
+    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1].rstrip() + "…"
+
+
 def _grid(records: list[ParityRecord]) -> tuple[list[str], list[list[ParityRecord | None]]]:
     """Column labels ('fsdp2x2') and one row of records per optimizer."""
     columns = list(dict.fromkeys(f"{r.strategy}x{r.nproc}" for r in records))
@@ -45,7 +53,7 @@ def rich_table(records: list[ParityRecord]) -> Table:
         table.add_column(column, overflow="fold")
     for row in rows:
         name = next(r for r in row if r is not None).optimizer
-        cells = [("[" + VERDICT_STYLE[r.verdict] + "]" + _escape(verdict_text(r)) + "[/]")
+        cells = [("[" + VERDICT_STYLE[r.verdict] + "]" + _escape(cell_text(r)) + "[/]")
                  if r else "—" for r in row]
         table.add_row(name, *cells)
     return table
@@ -60,13 +68,16 @@ def _escape(text: str) -> str:
 def write_markdown(records: list[ParityRecord], out_dir: Path, command: str) -> Path:
     columns, rows = _grid(records)
     cells = [[next(r for r in row if r is not None).optimizer,
-              *(verdict_text(r) if r else "—" for r in row)] for row in rows]
+              *(cell_text(r) if r else "—" for r in row)] for row in rows]
+    errors = [f"- **{r.optimizer} under {r.strategy}x{r.nproc}** — {r.error}"
+              for r in records if r.error and len(verdict_text(r)) > CELL_CHARS]
     steps = sorted({r.steps for r in records})
     lines = [
         "# optbench parity", "", generated_line(command), "",
         f"Each optimizer trained {', '.join(map(str, steps))} steps of llama_tiny sharded and in "
         f"one process on the same global batch. {CAPTION}. docs/parallel.md explains the rule.",
         "", rows_table(["Optimizer", *columns], cells, left={"Optimizer", *columns}), "",
+        *(["Errors in full:", "", *errors, ""] if errors else []),
         "State bytes per rank after the steps (each rank's own shards):", "",
         rows_table(["Optimizer", "Strategy", "Bytes per rank"],
                    [[r.optimizer, f"{r.strategy}x{r.nproc}",
