@@ -21,8 +21,11 @@ from optbench.config.suite import (
     PARALLEL_STRATEGIES,
     Grid,
     Parallel,
+    NNODES_ENV,
     Suite,
+    check_launch_env,
     expand,
+    launch_nodes,
     parallel_from_label,
     resolve_device,
 )
@@ -207,11 +210,17 @@ def _validate_parallel(parallel: Parallel, device: str, where: str) -> None:
     if device == "meta":
         raise OptbenchError(f"{where}: device meta traces one process; per-rank estimates of "
                             f"{parallel.label} are not supported yet (use strategy none)")
+    check_launch_env()
+    nodes = launch_nodes()
+    if parallel.nproc % nodes:
+        raise OptbenchError(f"{where}.nproc: {parallel.nproc} ranks do not split evenly over "
+                            f"{nodes} nodes ({NNODES_ENV}); use a multiple of {nodes}")
     if resolve_device(device) == "cuda":
         import torch
 
-        if parallel.nproc > torch.cuda.device_count():
-            raise OptbenchError(f"{where}.nproc: {parallel.nproc} ranks need {parallel.nproc} GPUs "
+        per_node = parallel.nproc // nodes
+        if per_node > torch.cuda.device_count():
+            raise OptbenchError(f"{where}.nproc: {per_node} ranks per node need {per_node} GPUs "
                                 f"(one per rank); this machine has {torch.cuda.device_count()}")
 
 

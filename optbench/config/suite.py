@@ -205,6 +205,61 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+# Several nodes (docs/parallel.md#several-nodes): every node runs `optbench run` with these set,
+# and a sharded cell's ranks are spread over the nodes by torchrun's static rendezvous, node 0
+# (whose optbench stores the results) holding rank 0.
+NNODES_ENV, NODE_RANK_ENV, MASTER_ENV = "OPTBENCH_NNODES", "OPTBENCH_NODE_RANK", "OPTBENCH_MASTER"
+
+
+def launch_nodes() -> int:
+    """How many nodes a sharded cell's ranks are spread over (OPTBENCH_NNODES; 1 when unset)."""
+    return _env_count(NNODES_ENV, "1", minimum=1)
+
+
+def node_rank() -> int:
+    """This node's place, 0..nodes-1 (OPTBENCH_NODE_RANK, else SLURM's SLURM_NODEID)."""
+    import os
+
+    from optbench.errors import OptbenchError
+
+    nodes = launch_nodes()
+    rank = _env_count(NODE_RANK_ENV, os.environ.get("SLURM_NODEID", ""), minimum=0)
+    if nodes > 1 and rank >= nodes:
+        raise OptbenchError(f"{NODE_RANK_ENV}={rank}: accepted 0..{nodes - 1} ({NNODES_ENV}={nodes})")
+    return rank
+
+
+def master_endpoint() -> tuple[str, int]:
+    """HOST:PORT of node 0, where every node's torchrun meets (OPTBENCH_MASTER)."""
+    import os
+
+    from optbench.errors import OptbenchError
+
+    host, _, port = os.environ.get(MASTER_ENV, "").rpartition(":")
+    if not host or not port.isdigit():
+        raise OptbenchError(f"{NNODES_ENV}={launch_nodes()} needs {MASTER_ENV}=HOST:PORT, node 0's "
+                            "address and a free port (e.g. its hostname:29500)")
+    return host, int(port)
+
+
+def _env_count(name: str, fallback: str, minimum: int) -> int:
+    import os
+
+    from optbench.errors import OptbenchError
+
+    raw = os.environ.get(name, "").strip() or fallback or str(minimum)
+    if not raw.isdigit() or int(raw) < minimum:
+        raise OptbenchError(f"{name}={raw!r}: expected an integer >= {minimum}")
+    return int(raw)
+
+
+def check_launch_env() -> None:
+    """One-line errors for the several-node settings, before any cell runs."""
+    if launch_nodes() > 1:
+        node_rank()
+        master_endpoint()
+
+
 def expand(suite: Suite, corpus: str | None = None) -> list[Cell]:
     """Cells in grid order (model, then seq_len, then optimizer, then parallel strategy),
     hparams and device resolved.

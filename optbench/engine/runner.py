@@ -66,6 +66,12 @@ def run_cell(cell: Cell, hooks: Hooks | None = None) -> RunResult:
             # called without an active exception") took nothing from it.
             returncode = 0
         outcome = _read_result(result_path, returncode, stderr_tail, timed_out, cell)
+        if (note := _json_or_none(launch.elsewhere_path(result_path))) and returncode == 0:
+            ranks = (f"rank {note['first_rank']}" if note["first_rank"] == note["last_rank"]
+                     else f"ranks {note['first_rank']}-{note['last_rank']}")
+            outcome = CellOutcome("skipped", (
+                f"{ranks} ran on this node; rank 0 ran on {note['rank0_host']} (node 0), whose "
+                "optbench stores the result"))
         if cell.parallel.sharded and outcome.status == "crashed" and not timed_out:
             outcome = _rank_failure(result_path, Path(tmp, "logs"), outcome)
     outcome.started_at = outcome.started_at or started
@@ -77,7 +83,7 @@ def _command(cell: Cell, cell_path: Path, result_path: Path, logs: Path) -> list
     """The worker; for a sharded cell, its ranks under torchrun (optbench.engine.launch)."""
     if cell.parallel.sharded:
         return [sys.executable, "-m", "optbench.engine.launch", str(cell.parallel.nproc),
-                str(logs), str(cell_path), str(result_path)]
+                str(logs), str(cell_path), str(result_path), f"optbench-{cell.fingerprint}"]
     return [sys.executable, "-m", "optbench.engine.worker", str(cell_path), str(result_path)]
 
 

@@ -101,7 +101,7 @@ def train_cell(cell: Cell, emit: Emit) -> CellOutcome:
         torch.cuda.reset_peak_memory_stats(device)
     burst = Burst(metrics=static)
     status, error = _train(cell, wrapped, optimizer, scheduler, batches, burst,
-                           emit if ranks.leader else _silent, ranks)
+                           emit if ranks.local_rank == 0 else _silent, ranks)
     if device.type == "cuda":
         burst.metrics.update(measure.cuda_memory(device))
     if status == "ok":
@@ -114,7 +114,8 @@ def train_cell(cell: Cell, emit: Emit) -> CellOutcome:
 
 
 def _silent(event: dict[str, Any]) -> None:
-    """Ranks other than 0 report no progress: one line per step, not one per rank."""
+    """Only each node's first rank reports progress (its runner's time limit starts on it):
+    one line per step, not one per rank."""
 
 
 def _train(cell: Cell, model, optimizer, scheduler, batches, burst: Burst, emit: Emit,

@@ -62,6 +62,8 @@ def main(cell_path: str, result_path: str) -> int:
         return 1  # torchrun ends the cell's other ranks
     if rank in (None, 0):
         write_outcome(outcome, result_path)
+    elif _first_on_another_node(rank):
+        _note_elsewhere(result_path, rank)
     if rank is not None:
         from optbench.engine.parallel import leave_process_group
 
@@ -81,6 +83,23 @@ def _join(cell) -> int | None:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     on_gpus = cell.defaults.device == "cuda" and cell.parallel.nproc <= gpus
     return join_process_group("cuda" if on_gpus else "cpu", cell.defaults.timeout_s).rank
+
+
+def _first_on_another_node(rank: int) -> bool:
+    """This node's first rank, on a node other than rank 0's (a cell spread over nodes)."""
+    return os.environ.get("LOCAL_RANK") == "0" and rank != 0
+
+
+def _note_elsewhere(result_path: str, rank: int) -> None:
+    from optbench.engine.launch import elsewhere_path
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    note = {"rank0_host": os.environ.get("MASTER_ADDR", "?"), "first_rank": rank,
+            "last_rank": rank + local - 1}
+    path = elsewhere_path(result_path)
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(note))
+    os.replace(tmp, path)
 
 
 def rank_result_path(result_path: str | Path, rank: int) -> Path:

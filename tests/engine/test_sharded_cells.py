@@ -133,3 +133,43 @@ def test_bad_parallel_values_exit_2_with_one_line(write_suite):
         done = CliRunner().invoke(app, ["validate", str(_suite(write_suite, "[adamw]", parallel))])
         assert done.exit_code == 2
         assert len(done.output.strip().splitlines()) == 1 and "grid.parallel[0]" in done.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_a_cell_spread_over_two_nodes_is_stored_by_node_0(write_suite, tmp_path):
+    """Two `optbench run`s on this machine stand for two nodes (one rank each), meeting through
+    torchrun's static rendezvous: node 0 holds rank 0 and stores the result, node 1 records that
+    its rank ran there."""
+    import subprocess
+
+    suite = _suite(write_suite, "[adamw]", "[ddpx2]")
+    env = {**os.environ, "OPTBENCH_NNODES": "2", "OPTBENCH_MASTER": f"localhost:{_free_port()}"}
+    runs = [subprocess.Popen(
+        [sys.executable, "-m", "optbench.cli", "run", str(suite), "--db", str(tmp_path / f"n{n}.db"),
+         "--reports", str(tmp_path / f"rep{n}")], env={**env, "OPTBENCH_NODE_RANK": str(n)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in (1, 0)]
+    outputs = [p.communicate(timeout=300)[0] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], outputs
+    (head,) = ResultStore(tmp_path / "n0.db").runs()
+    (other,) = ResultStore(tmp_path / "n1.db").runs()
+    assert head.status == "ok" and rank_metric(STATE, 1) in head.metrics
+    assert other.status == "skipped" and "rank 1 ran on this node" in other.error
+
+
+def test_several_node_settings_are_checked_before_anything_runs(write_suite, monkeypatch):
+    monkeypatch.setenv("OPTBENCH_NNODES", "2")
+    monkeypatch.delenv("OPTBENCH_MASTER", raising=False)
+    done = CliRunner().invoke(app, ["validate", str(_suite(write_suite, "[adamw]", "[ddpx2]"))])
+    assert done.exit_code == 2 and "needs OPTBENCH_MASTER=HOST:PORT" in done.output
+    monkeypatch.setenv("OPTBENCH_MASTER", "node0:29500")
+    monkeypatch.setenv("OPTBENCH_NNODES", "4")
+    monkeypatch.setenv("OPTBENCH_NODE_RANK", "1")
+    done = CliRunner().invoke(app, ["validate", str(_suite(write_suite, "[adamw]", "[ddpx2]"))])
+    assert done.exit_code == 2 and "do not split evenly over 4 nodes" in done.output
