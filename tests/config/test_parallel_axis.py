@@ -96,5 +96,5 @@ def test_more_ranks_than_gpus_is_refused_on_cuda(write_suite, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     text = TINY_SUITE.replace("device: cpu", "device: cuda").replace(
         "seq_lens: [32]", "seq_lens: [32]\n  parallel: [ddpx2]")
-    with pytest.raises(OptbenchError, match=r"nproc: 2 ranks need 2 GPUs .* has 1"):
+    with pytest.raises(OptbenchError, match=r"nproc: 2 ranks per node need 2 GPUs .* has 1"):
         load_suite(write_suite(text))
