@@ -106,12 +106,15 @@ def _rank_pid(launcher: int, rank: int) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds ranks through /proc")
 @pytest.mark.parametrize("sig,expected", [(signal.SIGKILL, "rank 1 killed by SIGKILL"),
-                                          (signal.SIGSTOP, "timed out after 20 s")])
+                                          (signal.SIGSTOP, "timed out after 10 s")])
 def test_a_rank_that_dies_or_hangs_ends_the_cell_crashed_and_the_suite_goes_on(
         write_suite, tmp_path, sig, expected):
+    """A stopped rank stands for a hung one: it ignores SIGTERM, so torchrun kills it with
+    SIGKILL after its 30 s grace. (The suite going on is shown once, after the killed rank.)"""
+    hang = sig == signal.SIGSTOP
     # Long enough that rank 0's step-3 event (teed by torchrun every 0.1 s) comes mid-cell.
-    suite = load_suite(_suite(write_suite, "[adamw, sgd]", "[ddpx2]",
-                              "\n  timeout_s: 20" if sig == signal.SIGSTOP else "", steps=200))
+    suite = load_suite(_suite(write_suite, "[adamw]" if hang else "[adamw, sgd]", "[ddpx2]",
+                              "\n  timeout_s: 10" if hang else "", steps=200))
     cells = expand(suite)
     state = {}
 
@@ -122,7 +125,8 @@ def test_a_rank_that_dies_or_hangs_ends_the_cell_crashed_and_the_suite_goes_on(
 
     hooks = Hooks(on_start=lambda cell, pid: state.update(pid=pid), on_event=strike_at_step_3)
     results = run_cells(cells, hooks)
-    assert [r.status for r in results] == ["crashed", "ok"], [r.error for r in results]
+    assert [r.status for r in results] == ["crashed"] + ([] if hang else ["ok"]), \
+        [r.error for r in results]
     assert expected in results[0].error
     with pytest.raises(ProcessLookupError):  # no rank is left behind, stopped or not
         os.kill(state["done"], 0)
