@@ -19,7 +19,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from optbench.metrics import MEMORY_PARTS, MIB, RESULT_STATUSES, is_number, part_metric
-from optbench.render.frames import (METRIC_COLUMNS, ok_with, optimizer_order, sorted_group)
+from optbench.render.frames import (METRIC_COLUMNS, SERIES_SEPARATOR, ok_with, optimizer_order,
+                                    sorted_group)
 
 DPI = 120
 # Each memory part's colour in every stacked figure (the parts themselves: optbench.metrics).
@@ -51,18 +52,29 @@ GROUPED_BARS_MAX = 8
 def optimizer_styles(labels) -> dict[str, dict]:
     """{label: {color, linestyle, marker}} from the sorted labels of the whole report, so every
     figure agrees. Colour alone repeats past ten optimizers; the line style (and marker) tells
-    them apart. Markers also tell apart lines that coincide (same optimizer, another lr)."""
+    them apart. Markers also tell apart lines that coincide (same optimizer, another lr).
+
+    A sharded series ('scale · fsdp2x2') keeps its optimizer's colour and takes a line style
+    and marker of its strategy, so one optimizer's strategies read as one family."""
     labels = sorted(set(labels))
+    bases = sorted({_series_base(label) for label in labels})
     colors = matplotlib.colormaps[PALETTE].colors
     styles = {}
-    for i, label in enumerate(labels):
+    for i, base in enumerate(bases):
         hue, cycle = i % len(colors), i // len(colors)
-        styles[label] = {
-            "color": colors[hue],
-            "linestyle": LINESTYLES[cycle % len(LINESTYLES)],
-            "marker": MARKERS[(hue + cycle) % len(MARKERS)],
-        }
+        family = [label for label in labels if _series_base(label) == base]
+        for j, label in enumerate(sorted(family, key=lambda x: (x != base, x))):
+            styles[label] = {
+                "color": colors[hue],
+                "linestyle": LINESTYLES[(cycle + j) % len(LINESTYLES)],
+                "marker": MARKERS[(hue + cycle + j) % len(MARKERS)],
+            }
     return styles
+
+
+def _series_base(label: str) -> str:
+    """'scale · fsdp2x2' -> 'scale' (optbench.render.frames names sharded series so)."""
+    return str(label).split(SERIES_SEPARATOR, 1)[0]
 
 
 def thousands(axis) -> None:
