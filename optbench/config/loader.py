@@ -78,7 +78,7 @@ def _relative_to(data: DataConfig, suite_dir: Path) -> DataConfig:
 
 
 def _reject_duplicate_cells(suite: Suite, where: str) -> None:
-    for key in ("models", "seq_lens", "parallel"):
+    for key in ("models", "seq_lens", "parallel", "seeds"):
         values = [getattr(v, "label", v) for v in getattr(suite.grid, key)]
         dupes = sorted({str(v) for v in values if values.count(v) > 1})
         if dupes:
@@ -171,8 +171,9 @@ def _validate(suite: Suite, where: str) -> None:
     _one_of(d.lr_schedule.kind, SCHEDULES, f"{where}: defaults.lr_schedule.kind")
     for key in ("steps", "batch_size", "grad_accum", "eval_batches"):
         _positive(getattr(d, key), f"{where}: defaults.{key}")
-    if not 0 <= d.seed < 2**63:
-        raise OptbenchError(f"{where}: defaults.seed: {d.seed} is out of range; accepted 0 <= seed < 2^63")
+    _seed(d.seed, f"{where}: defaults.seed")
+    for i, seed in enumerate(suite.grid.seeds):
+        _seed(seed, f"{where}: grid.seeds[{i}]")
     # Steps 1-2 run under the memory tracker and the first `warmup` are untimed. (A meta
     # suite trains nothing: it traces steps 1 and 2 whatever `steps` says.)
     if d.device != "meta" and (d.warmup < 0 or d.steps <= max(d.warmup, 2)):
@@ -249,6 +250,11 @@ def _validate_grid(grid: Grid, where: str) -> None:
                 raise OptbenchError(
                     f"{where}: grid.seq_lens[{i}]: {seq_len} exceeds {model}'s max_seq {limit}"
                 )
+
+
+def _seed(seed: int, where: str) -> None:
+    if not 0 <= seed < 2**63:
+        raise OptbenchError(f"{where}: {seed} is out of range; accepted 0 <= seed < 2^63")
 
 
 def _named(lookup, where: str) -> None:

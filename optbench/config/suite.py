@@ -1,6 +1,6 @@
 """A suite and its cells as frozen dataclasses: what a benchmark is, once its YAML is read.
 
-A suite is a grid (model × optimizer × sequence length × parallel strategy) sharing one set of training
+A suite is a grid (model × optimizer × sequence length × parallel strategy × seed) sharing one set of training
 defaults and one data source. `expand` turns it into cells, each fully resolved (hparams,
 device) and carrying its identity — config and fingerprint — computed once, when it is made.
 """
@@ -99,6 +99,7 @@ class Grid:
     optimizers: tuple[OptimizerChoice, ...]
     seq_lens: tuple[int, ...]
     parallel: tuple[Parallel, ...] = ()  # empty: every cell takes defaults.parallel
+    seeds: tuple[int, ...] = ()  # empty: every cell takes defaults.seed; else one cell per seed
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class Cell:
     corpus: str  # content hash of the data (data.corpus_key)
     config: dict[str, Any] = field(compare=False)  # everything that determines the result
     fingerprint: str = ""  # hash of `config` with the data named by its content
+    seed_in_id: bool = field(default=False, compare=False)  # the suite has a seeds axis
 
     @property
     def parallel(self) -> Parallel:
@@ -136,16 +138,20 @@ class Cell:
 
     @property
     def id(self) -> str:
-        base = f"{self.model}/{self.optimizer.display}/seq{self.seq_len}"
-        return f"{base}/{self.parallel.label}" if self.parallel.sharded else base
+        parts = [self.model, self.optimizer.display, f"seq{self.seq_len}"]
+        if self.parallel.sharded:
+            parts.append(self.parallel.label)
+        if self.seed_in_id:
+            parts.append(f"seed{self.defaults.seed}")
+        return "/".join(parts)
 
 
 def make_cell(suite: str, model: str, optimizer: OptimizerChoice, seq_len: int,
-              defaults: Defaults, data: DataConfig, corpus: str) -> Cell:
+              defaults: Defaults, data: DataConfig, corpus: str, seed_in_id: bool = False) -> Cell:
     """A cell with its config and fingerprint computed."""
     config = cell_config(model, optimizer, seq_len, defaults, data)
     return Cell(suite, model, optimizer, seq_len, defaults, data, corpus, config,
-                fingerprint(config, corpus))
+                fingerprint(config, corpus), seed_in_id)
 
 
 def cell_config(model: str, optimizer: OptimizerChoice, seq_len: int, defaults: Defaults,
@@ -261,8 +267,8 @@ def check_launch_env() -> None:
 
 
 def expand(suite: Suite, corpus: str | None = None) -> list[Cell]:
-    """Cells in grid order (model, then seq_len, then optimizer, then parallel strategy),
-    hparams and device resolved.
+    """Cells in grid order (model, then seq_len, then optimizer, then parallel strategy, then
+    seed), hparams and device resolved.
 
     The corpus is hashed here unless `corpus` is given (every cell of a suite shares it).
     """
@@ -273,6 +279,7 @@ def expand(suite: Suite, corpus: str | None = None) -> list[Cell]:
 
 def _cells(suite: Suite, defaults: Defaults, corpus: str) -> Iterator[Cell]:
     strategies = suite.grid.parallel or (defaults.parallel,)
+    seeds = suite.grid.seeds or (defaults.seed,)
     for model in suite.grid.models:
         for seq_len in suite.grid.seq_lens:
             for choice in suite.grid.optimizers:
@@ -281,6 +288,7 @@ def _cells(suite: Suite, defaults: Defaults, corpus: str) -> Iterator[Cell]:
                 resolved = dataclasses.replace(choice, name=get_spec(choice.name).name,
                                                hparams=hparams, label=choice.display)
                 for parallel in strategies:
-                    yield make_cell(suite.name, model, resolved, seq_len,
-                                    dataclasses.replace(defaults, parallel=parallel),
-                                    suite.data, corpus)
+                    for seed in seeds:
+                        setup = dataclasses.replace(defaults, parallel=parallel, seed=seed)
+                        yield make_cell(suite.name, model, resolved, seq_len, setup, suite.data,
+                                        corpus, seed_in_id=bool(suite.grid.seeds))

@@ -71,6 +71,10 @@ class RunResult:
         return "none" if strategy == "none" else f"{strategy}x{p.get('nproc', 1)}"
 
     @property
+    def seed(self) -> int:
+        return int(self.config.get("defaults", {}).get("seed", 0))
+
+    @property
     def tokens_per_step(self) -> int | None:
         """Tokens of one optimizer step over all ranks (`batch_size` is per rank)."""
         d = self.config.get("defaults", {})

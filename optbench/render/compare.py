@@ -26,11 +26,22 @@ from optbench.results.store import StoredRun, runs_frame
 STATUS_STYLE = {"ok": "green", "estimated": "yellow", "missing": "red"}
 
 
-def fmt_cell(metric: Metric, value: float, ratio: float, best: bool) -> str:
-    """'12.0 MiB (0.08×) ★': value, ratio to the baseline, and a star where best."""
+VERDICT_MARK = {"better": "better", "worse": "worse", "within noise": "≈ noise"}
+
+
+def fmt_cell(metric: Metric, value: float, ratio: float, best: bool,
+             ci: tuple[float, float] = (np.nan, np.nan), verdict: str = "") -> str:
+    """'12.0 MiB (0.08×) ★': value, ratio to the baseline, and a star where best. Over seeds:
+    '5.62 ± 0.03 (0.98×) better': the mean, the half-width of its 95 % interval, and Welch's
+    verdict against the baseline instead of a star."""
     text = format_number(metric, value)
+    low, high = ci
+    if np.isfinite(low) and np.isfinite(high) and high > low:
+        text += f" ± {format_number(metric, (high - low) / 2)}"
     if np.isfinite(ratio):
         text += f" ({ratio:.2f}×)"
+    if verdict:
+        return text + f" {VERDICT_MARK.get(verdict, verdict)}"
     return text + (" ★" if best else "")
 
 
@@ -58,14 +69,20 @@ def _cells(frame: pd.DataFrame, cmp: Comparison, metrics: list[Metric]) -> list[
         # The baseline's own ratios are 1.00× by definition: leave them out.
         ratio = (lambda m: np.nan) if row["name"] == cmp.baseline else (
             lambda m: row[f"{m.name}_vs_{cmp.baseline}"])
-        values = [fmt_cell(m, row[m.name], ratio(m), m.name in row["best"]) for m in metrics]
+        values = [fmt_cell(m, row[m.name], ratio(m), m.name in row["best"],
+                           (row.get(f"{m.name}_ci_low", np.nan), row.get(f"{m.name}_ci_high", np.nan)),
+                           row.get(f"{m.name}_verdict", "")) for m in metrics]
         out.append([row["optimizer"], row["status"], row["config"] or "—", *values])
     return out
 
 
 def caption(cmp: Comparison) -> str:
-    return (f"(×) = ratio to {cmp.baseline} · ★ = best in the column · MiB = 2^20 bytes · "
+    text = (f"(×) = ratio to {cmp.baseline} · ★ = best in the column · MiB = 2^20 bytes · "
             f"— = not measured · Config = suite and config fingerprint of the row")
+    if any((t["seeds"] > 1).any() for t in cmp.tables if "seeds" in t):
+        text += (f" · over seeds: mean ± half the 95 % interval, and Welch's verdict against "
+                 f"{cmp.baseline} (p < 0.05: better / worse, else ≈ noise) instead of ★")
+    return text
 
 
 def terminal_metrics(cmp: Comparison, chosen: bool) -> list[Metric]:

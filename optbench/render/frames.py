@@ -27,7 +27,8 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
     for a cell is the store's decision (optbench.results.store.latest), made before rendering.
 
     A sharded run is its own series: its optimizer label becomes 'scale · fsdp2x2', so tables,
-    legends and colours tell it from the one-process 'scale' (whose label stays as it was)."""
+    legends and colours tell it from the one-process 'scale' (whose label stays as it was); so
+    is each seed when the runs have several ('scale · seed1')."""
     runs = runs.copy()
     for col in METRIC_COLUMNS:
         if col not in runs.columns:
@@ -36,15 +37,19 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
     if "parallel" not in runs.columns:
         runs["parallel"] = "none"
     runs["parallel"] = runs["parallel"].fillna("none")
+    suffix = pd.Series("", index=runs.index)
     sharded = runs["parallel"] != "none"
-    runs.loc[sharded, "optimizer"] = (runs.loc[sharded, "optimizer"].astype(str)
-                                      + SERIES_SEPARATOR + runs.loc[sharded, "parallel"])
+    suffix[sharded] = SERIES_SEPARATOR + runs.loc[sharded, "parallel"]
+    if "seed" in runs.columns and runs["seed"].nunique() > 1:  # a seeds axis: one series each
+        suffix = suffix + SERIES_SEPARATOR + "seed" + runs["seed"].astype(int).astype(str)
+    runs["series_suffix"] = suffix
+    runs["optimizer"] = runs["optimizer"].astype(str) + suffix
     return runs.sort_values("run_id", kind="stable")
 
 
-def series_baseline(baseline: str, parallel: str) -> str:
-    """The label of the baseline's run under `parallel` ('adamw · fsdp2x2')."""
-    return baseline if parallel == "none" else f"{baseline}{SERIES_SEPARATOR}{parallel}"
+def series_baseline(baseline: str, suffix: str) -> str:
+    """The label of the baseline's run in the same series ('adamw · fsdp2x2 · seed1')."""
+    return f"{baseline}{suffix}"
 
 
 def model_order(runs: pd.DataFrame) -> list[str]:

@@ -88,7 +88,7 @@ def _group_frame(group: pd.DataFrame, baseline: str) -> pd.DataFrame:
     by_label = {row["optimizer"]: row for _, row in group.iterrows()}
     rows = []
     for _, row in group.iterrows():
-        base = by_label.get(series_baseline(baseline, row["parallel"]), by_label.get(baseline))
+        base = by_label.get(series_baseline(baseline, row["series_suffix"]), by_label.get(baseline))
         rows.append(_format_row(row, base, baseline))
     return pd.DataFrame(rows, columns=_columns(baseline))
 

@@ -34,6 +34,7 @@ from optbench.errors import OptbenchError
 from optbench.metrics import COMPARE_DEFAULT, RESULT_STATUSES, Metric, get_metric
 from optbench.models import get_model_size
 from optbench.optimizers import get_spec, resolve_hparams
+from optbench.results import stats
 from optbench.results.store import ResultStore, StoredRun, latest
 
 DEFAULT_MODEL, DEFAULT_SEQ_LEN = "llama_9m", 128  # the quick suite's smaller model and longer seq
@@ -75,12 +76,12 @@ def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
 
 def select(store: ResultStore, names: list[str], req: Request,
            suite_name: str | None) -> list[StoredRun]:
-    """One run per (model, seq_len, optimizer name, parallel strategy): the latest ok run, else
-    the latest usable."""
+    """One run per (model, seq_len, optimizer name, parallel strategy, seed): the latest ok run,
+    else the latest usable."""
     runs = store.runs(optimizer_names=names, models=req.models, seq_lens=req.seq_lens,
                       suite=suite_name, statuses=RESULT_STATUSES)
     runs = [r for r in runs if not req.parallel or r.parallel in req.parallel]
-    return latest(runs, key=lambda r: (r.model, r.seq_len, r.optimizer_name, r.parallel))
+    return latest(runs, key=lambda r: (r.model, r.seq_len, r.optimizer_name, r.parallel, r.seed))
 
 
 def _at(runs: list[StoredRun], pair: Pair) -> list[StoredRun]:
@@ -125,8 +126,8 @@ def missing_cells(runs: list[StoredRun], pairs: list[Pair], names: list[str], re
 
 def _setup_view(config: dict[str, Any]) -> dict[str, Any]:
     """A stored config's setup (defaults and data) without its parallel strategy, which each
-    row states in its label."""
-    defaults = {k: v for k, v in config["defaults"].items() if k != "parallel"}
+    row states in its label, and its seed (a row's seeds are one setup)."""
+    defaults = {k: v for k, v in config["defaults"].items() if k not in ("parallel", "seed")}
     return {"defaults": defaults, "data": config["data"]}
 
 
@@ -184,26 +185,55 @@ def table_rows(runs: list[StoredRun], names: list[str], pair: Pair, metrics: lis
                baseline: str, parallels: list[str] = ("none",)) -> pd.DataFrame:
     """One row per name in `names` order, and under it each of its strategies, for one (model,
     seq_len); absent ones as 'missing'. Ratios are against the baseline under the row's own
-    strategy, else the baseline's one-process run."""
+    strategy, else the baseline's one-process run. A row with several seeds holds each metric's
+    mean over them, its 95 % interval and Welch's verdict against the baseline's seeds."""
     model, seq_len = pair
-    by_key = {(r.optimizer_name, r.parallel): r for r in _at(runs, pair)}
+    by_key: dict[tuple[str, str], list[StoredRun]] = {}
+    for r in sorted(_at(runs, pair), key=lambda r: r.seed):
+        by_key.setdefault((r.optimizer_name, r.parallel), []).append(r)
     rows = []
     for name, parallel in [(n, p) for n in names for p in parallels]:
-        run = by_key.get((name, parallel))
-        base = by_key.get((baseline, parallel)) or by_key.get((baseline, "none"))
-        out: dict[str, Any] = {"model": model, "seq_len": seq_len, "name": name,
-                               "parallel": parallel, "optimizer": row_label(name, parallel),
-                               "status": "missing" if run is None else run.status,
-                               "config": "" if run is None else config_label(run),
-                               "run_id": None if run is None else run.run_id}
-        for m in metrics:
-            value = np.nan if run is None else run.metric(m.name)
-            out[m.name] = value
-            out[f"{m.name}_vs_{baseline}"] = _ratio(value, np.nan if base is None else base.metric(m.name))
-        rows.append(out)
+        seeds = by_key.get((name, parallel), [])
+        base = by_key.get((baseline, parallel)) or by_key.get((baseline, "none")) or []
+        rows.append(_row(model, seq_len, name, parallel, seeds, base, metrics, baseline))
     frame = pd.DataFrame(rows)
     frame["best"] = _best(frame, metrics)
     return frame
+
+
+def _row(model: str, seq_len: int, name: str, parallel: str, seeds: list[StoredRun],
+         base: list[StoredRun], metrics: list[Metric], baseline: str) -> dict[str, Any]:
+    latest_run = max(seeds, key=lambda r: r.run_id) if seeds else None
+    config = "" if latest_run is None else config_label(latest_run)
+    out: dict[str, Any] = {
+        "model": model, "seq_len": seq_len, "name": name, "parallel": parallel,
+        "optimizer": row_label(name, parallel), "seeds": len(seeds),
+        "status": "missing" if latest_run is None else latest_run.status,
+        "config": config + (f" ×{len(seeds)} seeds" if len(seeds) > 1 else ""),
+        "run_id": None if latest_run is None else latest_run.run_id}
+    for m in metrics:
+        values, base_values = _values(seeds, m), _values(base, m)
+        value = float(np.mean(values)) if values else np.nan
+        out[m.name] = value
+        out[f"{m.name}_vs_{baseline}"] = _ratio(value, float(np.mean(base_values)) if base_values else np.nan)
+        out.update(_seed_columns(m, values, base_values, name == baseline))
+    return out
+
+
+def _values(runs: list[StoredRun], m: Metric) -> list[float]:
+    return [v for v in (r.metric(m.name) for r in runs) if np.isfinite(v)]
+
+
+def _seed_columns(m: Metric, values: list[float], base: list[float], is_baseline: bool) -> dict:
+    """`<metric>_ci_low/_ci_high` (95 % interval of the mean over seeds, NaN under 2 seeds) and
+    `<metric>_verdict` (Welch's, against the baseline's seeds; '' when not both have 2)."""
+    summary = stats.summarize(values) if values else None
+    verdict = ""
+    if len(values) >= 2 and len(base) >= 2 and not is_baseline:
+        verdict = stats.welch(values, base, m.higher_is_better).verdict
+    return {f"{m.name}_ci_low": summary.ci_low if summary else np.nan,
+            f"{m.name}_ci_high": summary.ci_high if summary else np.nan,
+            f"{m.name}_verdict": verdict}
 
 
 def _ratio(value: float, base: float) -> float:
@@ -211,9 +241,12 @@ def _ratio(value: float, base: float) -> float:
 
 
 def _best(frame: pd.DataFrame, metrics: list[Metric]) -> list[list[str]]:
-    """Per row, the metrics where it is best; none when a column has one value or all tie."""
+    """Per row, the metrics where it is best; none when a column has one value or all tie, and
+    none where seeds give verdicts instead (a best mean may be noise)."""
     best = [[] for _ in range(len(frame))]
     for m in metrics:
+        if frame[f"{m.name}_verdict"].astype(bool).any():
+            continue
         values = frame[m.name].to_numpy(dtype=float)
         finite = values[np.isfinite(values)]
         if len(np.unique(finite)) < 2:

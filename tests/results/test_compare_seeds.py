@@ -1,0 +1,80 @@
+"""Seeds in suites and in `compare`: one cell per seed; a row's mean over seeds, its interval and
+Welch's verdict against the baseline instead of a star."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from optbench.config.loader import load_suite
+from optbench.config.suite import expand
+from optbench.engine.outcome import RunResult
+from optbench.errors import OptbenchError
+from optbench.render.compare import fmt_cell
+from optbench.metrics import get_metric
+from optbench.results import compare as cmp
+from optbench.results import stats
+from optbench.results.store import ResultStore
+from tests.conftest import TINY_SUITE
+
+SEEDED = TINY_SUITE.replace("seq_lens: [32]", "seq_lens: [32]\n  seeds: [0, 1, 2]")
+LOSS = {"adamw": [5.00, 5.02, 4.98], "scale": [4.80, 4.83, 4.79], "sgd": [5.01, 4.95, 5.03]}
+
+
+def test_a_seeds_axis_makes_one_cell_per_seed_named_by_it(write_suite):
+    cells = expand(load_suite(write_suite(SEEDED)))
+    assert [c.id for c in cells[:3]] == [f"llama_tiny/adamw/seq32/seed{s}" for s in range(3)]
+    assert [c.defaults.seed for c in cells[:3]] == [0, 1, 2]
+    assert len({c.fingerprint for c in cells}) == 9
+    plain = expand(load_suite(write_suite(TINY_SUITE, "plain.yaml")))
+    assert cells[0].fingerprint == plain[0].fingerprint  # seed 0 is the cell it always was
+
+
+@pytest.mark.parametrize("seeds,words", [("[0, 0]", ["grid.seeds", "listed twice"]),
+                                        ("[-1]", ["grid.seeds[0]", "0 <= seed < 2^63"])])
+def test_bad_seeds_are_one_line(write_suite, seeds, words):
+    with pytest.raises(OptbenchError) as info:
+        load_suite(write_suite(SEEDED.replace("[0, 1, 2]", seeds)))
+    assert all(w in str(info.value) for w in words) and "\n" not in str(info.value)
+
+
+@pytest.fixture
+def store(write_suite, tmp_path):
+    s = ResultStore(tmp_path / "r.sqlite")
+    for cell in expand(load_suite(write_suite(SEEDED))):
+        loss = LOSS[cell.optimizer.name][cell.defaults.seed]
+        s.save(RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
+                         model=cell.model, optimizer=cell.optimizer.display,
+                         optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
+                         dtype="fp32", status="ok", config=cell.config,
+                         metrics={"final_train_loss": loss, "optimizer_state_bytes": 100}))
+    return s
+
+
+def test_compare_rows_aggregate_seeds_with_welch_verdicts(store):
+    req = cmp.Request(("scale", "sgd"), metrics=("final_train_loss", "optimizer_state_bytes"))
+    names, baseline, metrics = cmp.resolve(req)
+    runs = cmp.select(store, names, req, None)
+    assert len(runs) == 9  # every seed is kept, not only the latest run
+    table = cmp.table_rows(runs, names, ("llama_tiny", 32), metrics, baseline).set_index("name")
+    assert list(table["seeds"]) == [3, 3, 3]
+    scale = table.loc["scale"]
+    expected = stats.summarize(LOSS["scale"])
+    assert scale["final_train_loss"] == pytest.approx(sum(LOSS["scale"]) / 3)
+    assert (scale["final_train_loss_ci_low"], scale["final_train_loss_ci_high"]) == pytest.approx(
+        (expected.ci_low, expected.ci_high))
+    assert scale["final_train_loss_verdict"] == "better"  # 0.19 nats lower, tight seeds
+    assert table.loc["sgd", "final_train_loss_verdict"] == "within noise"
+    assert table.loc["adamw", "final_train_loss_verdict"] == ""  # the baseline itself
+    # Identical state on every seed: exact, no noise to speak of, and no ★ anywhere.
+    assert scale["optimizer_state_bytes_verdict"] == "within noise"
+    assert all(not best for best in table["best"])
+    assert cmp.config_notes(runs, ("llama_tiny", 32)) == []  # seeds are one setup
+
+
+def test_a_seeded_cell_reads_mean_half_interval_and_verdict():
+    metric = get_metric("final_train_loss")
+    text = fmt_cell(metric, 4.8067, 0.96, best=True, ci=(4.75, 4.86), verdict="better")
+    assert text == "4.807 ± 0.055 (0.96×) better"
+    assert fmt_cell(metric, 4.8, math.nan, best=True) == "4.800 ★"
