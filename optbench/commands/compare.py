@@ -23,6 +23,7 @@ from optbench.results.store import ResultStore
 def run_compare(req: cmp.Request, db: Path, reports_dir: Path, *, by: str | None, run: bool,
                 csv: Path | None, json_path: Path | None, console, log) -> Path:
     names, baseline, metrics = cmp.resolve(req)
+    req = cmp.canonical_parallel(req)
     if by is not None and by not in cmp.BY_AXES:
         raise OptbenchError(f"--by '{by}': accepted: {', '.join(cmp.BY_AXES)}")
     suite_name, suite_setup = _suite(req.suite)

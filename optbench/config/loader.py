@@ -192,20 +192,20 @@ def _validate(suite: Suite, where: str) -> None:
     _validate_grid(suite.grid, where)
     if suite.grid.parallel:
         for i, parallel in enumerate(suite.grid.parallel):
-            _validate_parallel(parallel, d.device, f"{where}: grid.parallel[{i}]")
+            validate_parallel(parallel, d.device, f"{where}: grid.parallel[{i}]")
     else:
-        _validate_parallel(d.parallel, d.device, f"{where}: defaults.parallel")
+        validate_parallel(d.parallel, d.device, f"{where}: defaults.parallel")
     validate_data_config(suite.data, f"{where}: data")
 
 
-def _validate_parallel(parallel: Parallel, device: str, where: str) -> None:
+def validate_parallel(parallel: Parallel, device: str, where: str) -> None:
+    """A parallel setting for cells on `device`, checked against this node (its GPUs and the
+    several-node settings); `where` names it in the one-line error (a suite key, an option)."""
     _one_of(parallel.strategy, PARALLEL_STRATEGIES, f"{where}.strategy")
     _positive(parallel.nproc, f"{where}.nproc")
     if not parallel.sharded and parallel.nproc != 1:
         raise OptbenchError(f"{where}.nproc: {parallel.nproc} ranks need a strategy "
                             f"({', '.join(PARALLEL_STRATEGIES[1:])}); strategy none is one process")
-    if parallel.nproc > MAX_RANKS:
-        raise OptbenchError(f"{where}.nproc: {parallel.nproc} ranks on one node; accepted 1..{MAX_RANKS}")
     if not parallel.sharded:
         return
     if device == "meta":
@@ -216,6 +216,9 @@ def _validate_parallel(parallel: Parallel, device: str, where: str) -> None:
     if parallel.nproc % nodes:
         raise OptbenchError(f"{where}.nproc: {parallel.nproc} ranks do not split evenly over "
                             f"{nodes} nodes ({NNODES_ENV}); use a multiple of {nodes}")
+    if parallel.nproc // nodes > MAX_RANKS:
+        raise OptbenchError(f"{where}.nproc: {parallel.nproc // nodes} ranks on one node; "
+                            f"accepted 1..{MAX_RANKS} per node")
     if resolve_device(device) == "cuda":
         import torch
 

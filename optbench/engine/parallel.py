@@ -16,7 +16,6 @@ import contextlib
 import inspect
 import os
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Iterator
 
 import torch
@@ -42,15 +41,15 @@ class Ranks:
         return self.rank == 0
 
 
-def join_process_group(device_type: str, timeout_s: float | None) -> Ranks:
+def join_process_group(device_type: str) -> Ranks:
     """Join the group torchrun set up (its env: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*): NCCL
-    with one GPU per rank on CUDA, gloo on CPU. A collective waiting past `timeout_s` raises
-    instead of hanging (torch's default, 10-30 min, when None)."""
+    with one GPU per rank on CUDA, gloo on CPU. Collectives keep torch's timeout (10-30 min):
+    rank 0's first tokenization or a large model's build may hold the others at a barrier for
+    long, and a cell's `timeout_s` is the runner's, from the start of training."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
-    timeout = timedelta(seconds=timeout_s) if timeout_s else None
-    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timeout)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return Ranks(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
@@ -60,6 +59,24 @@ def leave_process_group() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def ranks_per_node(nproc: int) -> int:
+    """Ranks of a cell on this node: torchrun's LOCAL_WORLD_SIZE inside a rank, else the
+    cell's ranks over the nodes (OPTBENCH_NNODES)."""
+    from optbench.config.suite import launch_nodes
+
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    return int(local) if local and local.isdigit() else nproc // launch_nodes()
+
+
+def first_error(local_error: str | None, ranks: Ranks) -> str | None:
+    """The first rank's error if any rank has one, on every rank (so all take the same path)."""
+    if ranks.world == 1:
+        return local_error
+    errors: list[str | None] = [None] * ranks.world
+    dist.all_gather_object(errors, local_error)
+    return next((e for e in errors if e), None)
 
 
 def current_ranks() -> Ranks:

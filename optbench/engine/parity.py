@@ -243,11 +243,22 @@ def launch_harness(names: list[str], strategies: list[str], nproc: int, steps: i
         except subprocess.TimeoutExpired:
             raise OptbenchError(f"parity harness: no answer after {timeout_s:g} s") from None
         if done.returncode != 0 or not out.exists():
-            lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
             raise OptbenchError(f"parity harness failed (exit {done.returncode}): "
-                                f"{lines[-1] if lines else 'no output'}")
+                                f"{failure_line(done.stderr)}")
         return [Parity(**{**r, "state_bytes_per_rank": tuple(r["state_bytes_per_rank"])})
                 for r in json.loads(out.read_text())]
+
+
+def failure_line(stderr: str) -> str:
+    """The line of torchrun's output that says what failed: the last exception line of a rank,
+    else torchrun's failure summary ('exitcode: -9'), never its '=====' borders."""
+    lines = [ln.strip() for ln in stderr.splitlines()
+             if ln.strip().strip("=-") and "ChildFailedError" not in ln]
+    for pattern in ("Error:", "Exception:", "exitcode"):
+        found = [ln for ln in lines if pattern in ln]
+        if found:
+            return found[-1][:300]
+    return lines[-1][:300] if lines else "no output"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,9 @@ fake tensors, and the real-tensor peak an estimate is held against."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,14 +30,36 @@ def lm_loss(model: torch.nn.Module, window: torch.Tensor) -> torch.Tensor:
 
 def forward_backward(model: torch.nn.Module, windows: list[torch.Tensor],
                      opts: StepOptions) -> float:
-    """Forward and backward over the micro-batches (grads accumulate); the mean loss."""
+    """Forward and backward over the micro-batches (grads accumulate); the mean loss. Under DDP
+    or FSDP2 the gradients are reduced across ranks once, on the last micro-batch, as a
+    training loop with accumulation does."""
     total = 0.0
-    for window in windows:
-        with torch.autocast(opts.device_type, torch.bfloat16, enabled=opts.autocast):
-            loss = lm_loss(model, window) / len(windows)
-        loss.backward(create_graph=opts.create_graph)
+    for i, window in enumerate(windows):
+        with _gradient_sync(model, i == len(windows) - 1):
+            with torch.autocast(opts.device_type, torch.bfloat16, enabled=opts.autocast):
+                loss = lm_loss(model, window) / len(windows)
+            loss.backward(create_graph=opts.create_graph)
         total += loss.item()
     return total
+
+
+@contextlib.contextmanager
+def _gradient_sync(model: torch.nn.Module, sync: bool) -> Iterator[None]:
+    """DDP's `no_sync()` / FSDP2's `set_requires_gradient_sync(False)` unless `sync`; nothing
+    for a model that is not wrapped."""
+    if sync:
+        yield
+    elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -64,9 +64,10 @@ def skip_reason(cell: Cell) -> str | None:
     device = torch.device(cell.defaults.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return "CUDA requested but not available on this machine"
-    if device.type == "cuda" and cell.parallel.nproc > torch.cuda.device_count():
-        return (f"{cell.parallel.label} needs {cell.parallel.nproc} GPUs (one per rank); "
-                f"this machine has {torch.cuda.device_count()}")
+    per_node = parallel.ranks_per_node(cell.parallel.nproc)
+    if device.type == "cuda" and per_node > torch.cuda.device_count():
+        return (f"{cell.parallel.label} needs {per_node} GPUs on this node (one per rank); "
+                f"it has {torch.cuda.device_count()}")
     spec = get_spec(cell.optimizer.name)
     if device.type not in spec.devices:
         return f"{spec.name} runs only on {', '.join(spec.devices)}, not {device.type}"
@@ -91,11 +92,16 @@ def train_cell(cell: Cell, emit: Emit) -> CellOutcome:
     model = build_model(cell.model, torch_dtype(d.dtype), device)
     static = _static_metrics(cell, model)  # of the whole model, before any sharding
     wrapped = parallel.wrap_model(model, cell.parallel.strategy)
+    optimizer, unsupported = None, None
     try:
         optimizer = parallel.build_parallel_optimizer(cell.optimizer.name, model,
                                                       cell.parallel.strategy, **cell.optimizer.hparams)
-    except parallel.Unsupported as exc:  # the same on every rank: a clear skip, not a failure
-        return CellOutcome("skipped", str(exc))
+    except parallel.Unsupported as exc:
+        unsupported = str(exc)
+    # ZeRO-1 builds the class on each rank's own share: one rank may refuse where the others
+    # do not, and all must skip together rather than wait in different collectives.
+    if (why := parallel.first_error(unsupported, ranks)) is not None:
+        return CellOutcome("skipped", why)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(d.lr_schedule, d.steps))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -79,10 +79,12 @@ def _join(cell) -> int | None:
 
     from optbench.engine.parallel import join_process_group
 
+    from optbench.engine.parallel import ranks_per_node
+
     # A cell that will be skipped for want of GPUs still joins (over gloo) to say so.
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    on_gpus = cell.defaults.device == "cuda" and cell.parallel.nproc <= gpus
-    return join_process_group("cuda" if on_gpus else "cpu", cell.defaults.timeout_s).rank
+    on_gpus = cell.defaults.device == "cuda" and ranks_per_node(cell.parallel.nproc) <= gpus
+    return join_process_group("cuda" if on_gpus else "cpu").rank
 
 
 def _first_on_another_node(rank: int) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from optbench.config import schema
+from optbench.config.loader import validate_parallel
 from optbench.config.suite import (
     PARALLEL_STRATEGIES,
     Cell,
@@ -65,10 +66,18 @@ def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
         get_model_size(model)
     metrics = [get_metric(m) for m in (req.metrics or COMPARE_DEFAULT)]
     for label in req.parallel:
-        if parallel_from_label(label) is None:
+        parallel = parallel_from_label(label)
+        if parallel is None:
             raise OptbenchError(f"--parallel '{label}': accepted: none or STRATEGYxN with a "
                                 f"strategy of {', '.join(PARALLEL_STRATEGIES[1:])}, e.g. fsdp2x2")
+        validate_parallel(parallel, req.device or "auto", f"--parallel {label}")
     return list(dict.fromkeys([baseline, *names])), baseline, metrics
+
+
+def canonical_parallel(req: Request) -> Request:
+    """The request with its --parallel labels as stored ('ddpx02' -> 'ddpx2')."""
+    labels = tuple(parallel_from_label(label).label for label in req.parallel)
+    return dataclasses.replace(req, parallel=tuple(dict.fromkeys(labels)))
 
 
 # ----------------------------------------------------------------------------- selection

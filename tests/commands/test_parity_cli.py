@@ -57,3 +57,20 @@ def test_bad_parity_input_exits_2_with_one_line(tmp_path, args, words):
     assert len(done.output.strip().splitlines()) == 1
     for word in words:
         assert word in done.output, (word, done.output)
+
+
+def test_a_failed_harness_is_named_by_its_error_not_torchrun_s_borders():
+    from optbench.engine.parity import failure_line
+
+    stderr = ("[rank1]: Traceback (most recent call last):\n"
+              "[rank1]: RuntimeError: Connection reset by peer\n"
+              "E1206 torch/distributed/elastic/multiprocessing/api.py failed (exitcode: 1)\n"
+              "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n"
+              "============================================================\n"
+              "optbench.engine.parity FAILED\n"
+              "------------------------------------------------------------\n"
+              "  exitcode  : -9 (pid: 123)\n"
+              "============================================================\n")
+    assert failure_line(stderr) == "[rank1]: RuntimeError: Connection reset by peer"
+    assert failure_line("=====\n  exitcode  : -9 (pid: 1)\n=====\n") == "exitcode  : -9 (pid: 1)"
+    assert failure_line("") == "no output"

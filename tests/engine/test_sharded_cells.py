@@ -177,3 +177,16 @@ def test_several_node_settings_are_checked_before_anything_runs(write_suite, mon
     monkeypatch.setenv("OPTBENCH_NODE_RANK", "1")
     done = CliRunner().invoke(app, ["validate", str(_suite(write_suite, "[adamw]", "[ddpx2]"))])
     assert done.exit_code == 2 and "do not split evenly over 4 nodes" in done.output
+
+
+def test_gradient_accumulation_syncs_once_and_ddp_and_fsdp2_agree(write_suite, tmp_path):
+    """Two micro-batches per step: the ranks reduce their gradients on the last one only
+    (DDP's no_sync, FSDP2's set_requires_gradient_sync), and both strategies train AdamW
+    identically, step by step, to float32 rounding."""
+    suite = _suite(write_suite, "[adamw]", "[ddpx2, fsdp2x2]", "\n  grad_accum: 2")
+    ddp, fsdp = run_cells(expand(load_suite(suite)))
+    assert (ddp.status, fsdp.status) == ("ok", "ok"), (ddp.error, fsdp.error)
+    assert ddp.config["defaults"]["grad_accum"] == 2
+    for (_, a, _), (_, b, _) in zip(ddp.curve, fsdp.curve):
+        assert a == pytest.approx(b, rel=1e-5)
+    assert ddp.metrics["eval_loss"] == pytest.approx(fsdp.metrics["eval_loss"], rel=1e-5)
