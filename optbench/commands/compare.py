@@ -38,14 +38,16 @@ def run_compare(req: cmp.Request, db: Path, reports_dir: Path, *, by: str | None
         runs = cmp.select(store, names, req, suite_name)
     tables = [cmp.table_rows(runs, names, pair, metrics, baseline, cmp.parallels_at(runs, pair, req))
               for pair in pairs]
+    curves = store.curves([r.run_id for r in runs])
+    targets = [cmp.time_to_target(runs, names, pair, baseline, cmp.parallels_at(runs, pair, req),
+                                  curves) for pair in pairs]
     comparison = render.Comparison(names, baseline, metrics, tables,
                                    [cmp.config_notes(runs, p) for p in pairs],
-                                   [cmp.group_title(runs, p) for p in pairs], runs)
+                                   [cmp.group_title(runs, p) for p in pairs], runs, targets)
     for table in render.rich_tables(comparison, chosen=bool(req.metrics)):
         console.print(table)
     canonical = dict.fromkeys(get_spec(n).name for n in req.names)
     out_dir = Path(reports_dir) / ("compare-" + "-".join(canonical))
-    curves = store.curves([r.run_id for r in runs])
     by_metric = metrics[0] if req.metrics else get_metric("peak_allocated_bytes")
     paths = render.write_markdown(comparison, curves, out_dir, command_line(), by, by_metric)
     if csv is not None:

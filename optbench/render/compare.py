@@ -56,6 +56,11 @@ class Comparison:
     notes: list[list[str]]  # per table: how the rows' setups differ
     titles: list[str]
     runs: list[StoredRun]  # the selected stored runs (for figures)
+    targets: list[pd.DataFrame] = None  # per table: compare.time_to_target rows
+
+    def __post_init__(self):
+        if self.targets is None:
+            self.targets = [pd.DataFrame() for _ in self.tables]
 
 
 def _header(m: Metric) -> str:
@@ -94,7 +99,7 @@ def rich_tables(cmp: Comparison, chosen: bool = False) -> list[Table]:
     metrics = terminal_metrics(cmp, chosen)
     note = "" if chosen else " · parts of the peak in the report"
     tables = []
-    for frame, title, notes in zip(cmp.tables, cmp.titles, cmp.notes):
+    for frame, title, notes, targets in zip(cmp.tables, cmp.titles, cmp.notes, cmp.targets):
         table = Table(title=title, caption=caption(cmp) + note + "".join(f"\n⚠ setups differ: {n}" for n in notes))
         for col in ["Optimizer", "Status", "Config", *(_header(m) for m in metrics)]:
             table.add_column(col, justify="left" if col in ("Optimizer", "Status", "Config") else "right",
@@ -102,7 +107,18 @@ def rich_tables(cmp: Comparison, chosen: bool = False) -> list[Table]:
         for cells in _cells(frame, cmp, metrics):
             table.add_row(cells[0], f"[{STATUS_STYLE.get(cells[1], 'red')}]{cells[1]}[/]", *cells[2:])
         tables.append(table)
+        if len(targets):
+            tables.append(_target_table(cmp, targets))
     return tables
+
+
+def _target_table(cmp: Comparison, targets: pd.DataFrame) -> Table:
+    table = Table(caption=target_caption(cmp, targets))
+    for col in TARGET_HEADER:
+        table.add_column(col, justify="left" if col == "Optimizer" else "right")
+    for cells in target_cells(targets):
+        table.add_row(*cells)
+    return table
 
 
 # ----------------------------------------------------------------------------- exports
@@ -143,6 +159,33 @@ def _num(value):
     return int(value) if float(value).is_integer() else float(value)
 
 
+# ----------------------------------------------------------------------------- time to target
+
+TARGET_HEADER = ["Optimizer", "Target (nats)", "Seeds reaching", "Steps", "Tokens",
+                 "Time (s, est.)", "Speedup"]
+
+
+def target_cells(frame: pd.DataFrame) -> list[list[str]]:
+    """Formatted time-to-target rows: 'not reached' where a seed never gets there."""
+    out = []
+    for _, row in frame.iterrows():
+        reached = row["steps"] is not None and np.isfinite(row["steps"])
+        fmt = lambda v, spec: format(float(v), spec) if v is not None and np.isfinite(v) else "—"  # noqa: E731
+        out.append([row["optimizer"], f"{row['target']:.3f}", f"{row['reached']} of {row['seeds']}",
+                    fmt(row["steps"], ",.1f") if reached else "not reached",
+                    fmt(row["tokens"], ",.0f"), fmt(row["seconds"], ",.1f"),
+                    (fmt(row["speedup"], ".2f") + "×") if row["speedup"] is not None
+                    and np.isfinite(row["speedup"]) else "—"])
+    return out
+
+
+def target_caption(cmp: Comparison, frame: pd.DataFrame) -> str:
+    return (f"Time to {cmp.baseline}'s final loss (the target: the mean of its last 5 steps, "
+            f"over its seeds, under the row's strategy; each curve smoothed the same way): the "
+            f"first step at or below it, as tokens, and as time at the median step time; "
+            f"speedup = {cmp.baseline}'s steps / these")
+
+
 # ----------------------------------------------------------------------------- markdown
 
 
@@ -152,14 +195,17 @@ def write_markdown(cmp: Comparison, curves: pd.DataFrame, out_dir: Path, command
     lines = [f"# optbench compare: {', '.join(cmp.names)}", "",
              generated_line(command), "",
              f"Each row is the latest ok result of that optimizer at that model and sequence"
-             f" length in the results store. {caption(cmp)}.", ""]
-    for frame, title, notes in zip(cmp.tables, cmp.titles, cmp.notes):
+             f" length in the results store (with several seeds, their mean). {caption(cmp)}.", ""]
+    for frame, title, notes, targets in zip(cmp.tables, cmp.titles, cmp.notes, cmp.targets):
         header = ["Optimizer", "Status", "Config", *(_header(m) for m in cmp.metrics)]
         cells = _cells(frame, cmp, cmp.metrics)
         lines += [f"## {title}", "", rows_table(header, cells), ""]
         if notes:
             lines += ["**Setups differ** (these rows are not like for like):", "",
                       *[f"- `{n}`" for n in notes], ""]
+        if len(targets):
+            lines += [f"**{target_caption(cmp, targets)}.**", "",
+                      rows_table(TARGET_HEADER, target_cells(targets)), ""]
     written = []
     for alt, path in figures(cmp, curves, out_dir, by, by_metric):
         lines += [f"![{alt}]({path.name})", ""]

@@ -31,6 +31,7 @@ from optbench.config.suite import (
     resolve_device,
 )
 from optbench.data import DataConfig, corpus_key
+from optbench.engine.train import FINAL_LOSS_WINDOW
 from optbench.errors import OptbenchError
 from optbench.metrics import COMPARE_DEFAULT, RESULT_STATUSES, Metric, get_metric
 from optbench.models import get_model_size
@@ -243,6 +244,60 @@ def _seed_columns(m: Metric, values: list[float], base: list[float], is_baseline
     return {f"{m.name}_ci_low": summary.ci_low if summary else np.nan,
             f"{m.name}_ci_high": summary.ci_high if summary else np.nan,
             f"{m.name}_verdict": verdict}
+
+
+def time_to_target(runs: list[StoredRun], names: list[str], pair: Pair, baseline: str,
+                   parallels: list[str], curves: pd.DataFrame) -> pd.DataFrame:
+    """Per row of one table: when its training loss, smoothed as `final_train_loss` is, first
+    reaches the baseline's final loss (the mean over the baseline's seeds), in steps, tokens and
+    estimated seconds (steps x the median step time), and the speedup: the steps the baseline
+    needed over these. Over seeds, the mean of the seeds' steps (`None` unless every seed gets
+    there); `reached` says how many did."""
+    by_run = {run_id: (list(g["step"]), list(g["loss"])) for run_id, g in curves.groupby("run_id")}
+    by_key: dict[tuple[str, str], list[StoredRun]] = {}
+    for r in _at(runs, pair):
+        if r.run_id in by_run and r.status == "ok":
+            by_key.setdefault((r.optimizer_name, r.parallel), []).append(r)
+    rows = []
+    for parallel in parallels:
+        base = by_key.get((baseline, parallel)) or by_key.get((baseline, "none"))
+        if not base:
+            continue
+        target = float(np.mean([stats.smoothed(by_run[r.run_id][1], FINAL_LOSS_WINDOW)[-1]
+                                for r in base]))
+        # A baseline seed that ends above the mean of its seeds' final losses never reaches that
+        # target: it counts with all its steps, as its final loss is the target's own part.
+        base_steps = float(np.mean([
+            stats.steps_to_target(*by_run[r.run_id], target, FINAL_LOSS_WINDOW)
+            or by_run[r.run_id][0][-1] for r in base]))
+        for name in names:
+            seeds = by_key.get((name, parallel), [])
+            if seeds:
+                rows.append(_target_row(name, parallel, seeds, by_run, target, base_steps,
+                                        is_baseline=name == baseline))
+    return pd.DataFrame(rows)
+
+
+def _mean_steps(runs: list[StoredRun], by_run: dict, target: float) -> tuple[float | None, int]:
+    """(mean steps to target over the runs that reach it, or None if any does not; how many do)."""
+    steps = [stats.steps_to_target(*by_run[r.run_id], target, FINAL_LOSS_WINDOW) for r in runs]
+    reached = [s for s in steps if s is not None]
+    return (float(np.mean(reached)) if len(reached) == len(steps) else None), len(reached)
+
+
+def _target_row(name: str, parallel: str, seeds: list[StoredRun], by_run: dict, target: float,
+                base_steps: float | None, is_baseline: bool) -> dict[str, Any]:
+    steps, reached = _mean_steps(seeds, by_run, target)
+    if is_baseline:
+        steps, reached = base_steps, len(seeds)
+    step_ms = [r.metric("step_ms") for r in seeds]
+    ms = float(np.mean(step_ms)) if all(np.isfinite(step_ms)) else None
+    tokens = seeds[0].tokens_per_step
+    return {"optimizer": row_label(name, parallel), "name": name, "target": target,
+            "seeds": len(seeds), "reached": reached, "steps": steps,
+            "tokens": steps * tokens if steps is not None and tokens else None,
+            "seconds": steps * ms / 1e3 if steps is not None and ms else None,
+            "speedup": base_steps / steps if steps and base_steps else None}
 
 
 def _ratio(value: float, base: float) -> float:

@@ -78,3 +78,39 @@ def test_a_seeded_cell_reads_mean_half_interval_and_verdict():
     text = fmt_cell(metric, 4.8067, 0.96, best=True, ci=(4.75, 4.86), verdict="better")
     assert text == "4.807 ± 0.055 (0.96×) better"
     assert fmt_cell(metric, 4.8, math.nan, best=True) == "4.800 ★"
+
+
+def test_time_to_target_over_seeds_from_stored_curves(write_suite, tmp_path):
+    """AdamW's seeds end at 4.6 and 4.4 (target: their mean, 4.5, smoothed over 5 steps); SCALE
+    gets there at step 1 on seed 0 and step 3 on seed 1 (4.6, 4.55, 4.5), SGD on one seed only."""
+    s = ResultStore(tmp_path / "c.sqlite")
+    curves = {
+        "adamw": [[9, 8, 7, 6, 5, 4.8, 4.7, 4.6, 4.6, 4.6, 4.6, 4.6],   # final 4.6, never <= 4.5
+                  [9, 8, 7, 6, 5, 4.5, 4.4, 4.4, 4.4, 4.4, 4.4, 4.4]],  # final 4.4
+        "scale": [[4.5] * 3 + [4.0] * 9, [4.6, 4.5, 4.4] + [4.0] * 9],
+        "sgd": [[9.0] * 12, [4.5] * 12],
+    }
+    text = SEEDED.replace("[0, 1, 2]", "[0, 1]")
+    for cell in expand(load_suite(write_suite(text, "two.yaml"))):
+        losses = curves[cell.optimizer.name][cell.defaults.seed]
+        s.save(RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
+                         model=cell.model, optimizer=cell.optimizer.display,
+                         optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
+                         dtype="fp32", status="ok", config=cell.config,
+                         metrics={"step_ms": 100.0},
+                         curve=[(i + 1, loss, 1e-3) for i, loss in enumerate(losses)]))
+    req = cmp.Request(("scale", "sgd"))
+    names, baseline, _ = cmp.resolve(req)
+    runs = cmp.select(s, names, req, None)
+    table = cmp.time_to_target(runs, names, ("llama_tiny", 32), baseline, ["none"],
+                               s.curves([r.run_id for r in runs])).set_index("name")
+    assert table["target"].iloc[0] == pytest.approx(4.5)
+    # AdamW: seed 1's smoothed curve is (5 + 4.5 + 4.4 * 3)/5 = 4.54 at step 9 and
+    # (4.5 + 4.4 * 4)/5 = 4.42 at step 10; seed 0 never gets there and counts all 12 steps.
+    assert stats.steps_to_target(list(range(1, 13)), curves["adamw"][1], 4.5, 5) == 10
+    assert table.loc["adamw", "steps"] == pytest.approx((10 + 12) / 2)
+    assert table.loc["scale", "steps"] == 2.0 and table.loc["scale", "reached"] == 2
+    assert table.loc["scale", "speedup"] == pytest.approx(11 / 2)
+    assert table.loc["scale", "tokens"] == 2 * 2 * 32  # 2 steps x batch 2 x seq 32, one rank
+    assert table.loc["scale", "seconds"] == pytest.approx(0.2)
+    assert math.isnan(table.loc["sgd", "steps"]) and table.loc["sgd", "reached"] == 1
