@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from optbench.config import schema
+from optbench.config import schema, sweep
+from optbench.config.sweep import SEARCH_METHODS, Search
 from optbench.config.schedules import SCHEDULES
 from optbench.config.suite import (
     DEVICES,
@@ -189,7 +190,8 @@ def _validate(suite: Suite, where: str) -> None:
         raise OptbenchError(f"{where}: defaults.grad_clip: must be > 0 (or null to disable)")
     if d.timeout_s is not None and d.timeout_s <= 0:
         raise OptbenchError(f"{where}: defaults.timeout_s: must be > 0 (or null for no limit)")
-    _validate_grid(suite.grid, where)
+    _validate_search(suite.search, where)
+    _validate_grid(suite.grid, where, suite.search)
     if suite.grid.parallel:
         for i, parallel in enumerate(suite.grid.parallel):
             validate_parallel(parallel, d.device, f"{where}: grid.parallel[{i}]")
@@ -228,7 +230,24 @@ def validate_parallel(parallel: Parallel, device: str, where: str) -> None:
                                 f"(one per rank); this machine has {torch.cuda.device_count()}")
 
 
-def _validate_grid(grid: Grid, where: str) -> None:
+def _validate_search(search: Search, where: str) -> None:
+    _one_of(search.method, SEARCH_METHODS, f"{where}: search.method")
+    _positive(search.trials, f"{where}: search.trials")
+    _seed(search.seed, f"{where}: search.seed")
+
+
+def _validate_sweep(choice, models, search: Search, where: str) -> None:
+    """Every trial of the space resolves for every model: its hparams exist and take the
+    values (a factor scales a number)."""
+    trials = sweep.trials(choice.sweep, search, where)  # raises on a malformed space
+    for trial in trials:
+        for model in models:
+            base = resolve_hparams(choice.name, choice.hparams, model)
+            _named(lambda: resolve_hparams(choice.name, {**choice.hparams,
+                                                         **sweep.apply(trial, base)}, model), where)
+
+
+def _validate_grid(grid: Grid, where: str, search: Search = Search()) -> None:
     for key in ("models", "optimizers", "seq_lens"):
         if not getattr(grid, key):
             raise OptbenchError(f"{where}: grid.{key}: must list at least one entry")
@@ -239,6 +258,7 @@ def _validate_grid(grid: Grid, where: str) -> None:
         _named(lambda: get_spec(choice.name), key)
         for model in grid.models:
             _named(lambda: resolve_hparams(choice.name, choice.hparams, model), f"{key}.hparams")
+        _validate_sweep(choice, grid.models, search, f"{key}.sweep")
     labels = [c.display for c in grid.optimizers]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:

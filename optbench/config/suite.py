@@ -1,6 +1,7 @@
 """A suite and its cells as frozen dataclasses: what a benchmark is, once its YAML is read.
 
-A suite is a grid (model × optimizer × sequence length × parallel strategy × seed) sharing one set of training
+A suite is a grid (model × optimizer and its search space's trials × sequence length ×
+parallel strategy × seed) sharing one set of training
 defaults and one data source. `expand` turns it into cells, each fully resolved (hparams,
 device) and carrying its identity — config and fingerprint — computed once, when it is made.
 """
@@ -13,7 +14,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from optbench.config import sweep
 from optbench.config.schedules import LRSchedule
+from optbench.config.sweep import Search
 from optbench.data import DataConfig, corpus_key
 from optbench.models import get_model_size
 from optbench.optimizers import get_spec, resolve_hparams
@@ -85,6 +88,7 @@ class OptimizerChoice:
     name: str
     hparams: dict[str, Any] = field(default_factory=dict)
     label: str | None = None  # defaults to the name; needed to tell two setups of one name apart
+    sweep: dict[str, Any] = field(default_factory=dict)  # a search space: one cell per trial
 
     @property
     def display(self) -> str:
@@ -111,6 +115,7 @@ class Suite:
     description: str = ""
     defaults: Defaults = field(default_factory=Defaults)
     data: DataConfig = field(default_factory=DataConfig)
+    search: Search = field(default_factory=Search)  # how `sweep` spaces become trials
 
 
 @dataclass(frozen=True)
@@ -277,16 +282,24 @@ def expand(suite: Suite, corpus: str | None = None) -> list[Cell]:
     return list(_cells(suite, defaults, corpus))
 
 
+def _trials(choice: OptimizerChoice, model: str, search: Search) -> Iterator[OptimizerChoice]:
+    """A resolved choice per trial of its search space (one when it has none): the registry's
+    name, every hparam resolved, and the trial's label."""
+    base = resolve_hparams(choice.name, choice.hparams, model)
+    for trial in sweep.trials(choice.sweep, search, "sweep"):
+        hparams = resolve_hparams(choice.name, {**choice.hparams, **sweep.apply(trial, base)}, model)
+        # Store the registry's name (an alias like `adam` stays visible as the label).
+        yield dataclasses.replace(choice, name=get_spec(choice.name).name, hparams=hparams,
+                                  label=sweep.label(choice.display, trial), sweep={})
+
+
 def _cells(suite: Suite, defaults: Defaults, corpus: str) -> Iterator[Cell]:
     strategies = suite.grid.parallel or (defaults.parallel,)
     seeds = suite.grid.seeds or (defaults.seed,)
     for model in suite.grid.models:
         for seq_len in suite.grid.seq_lens:
-            for choice in suite.grid.optimizers:
-                hparams = resolve_hparams(choice.name, choice.hparams, model)
-                # Store the registry's name (an alias like `adam` stays visible as the label).
-                resolved = dataclasses.replace(choice, name=get_spec(choice.name).name,
-                                               hparams=hparams, label=choice.display)
+            for resolved in (trial for choice in suite.grid.optimizers
+                             for trial in _trials(choice, model, suite.search)):
                 for parallel in strategies:
                     for seed in seeds:
                         setup = dataclasses.replace(defaults, parallel=parallel, seed=seed)

@@ -72,7 +72,7 @@ def _cells(frame: pd.DataFrame, cmp: Comparison, metrics: list[Metric]) -> list[
     out = []
     for _, row in frame.iterrows():
         # The baseline's own ratios are 1.00× by definition: leave them out.
-        ratio = (lambda m: np.nan) if row["name"] == cmp.baseline else (
+        ratio = (lambda m: np.nan) if row.get("reference", row["name"] == cmp.baseline) else (
             lambda m: row[f"{m.name}_vs_{cmp.baseline}"])
         values = [fmt_cell(m, row[m.name], ratio(m), m.name in row["best"],
                            (row.get(f"{m.name}_ci_low", np.nan), row.get(f"{m.name}_ci_high", np.nan)),

@@ -91,7 +91,44 @@ def select(store: ResultStore, names: list[str], req: Request,
     runs = store.runs(optimizer_names=names, models=req.models, seq_lens=req.seq_lens,
                       suite=suite_name, statuses=RESULT_STATUSES)
     runs = [r for r in runs if not req.parallel or r.parallel in req.parallel]
-    return latest(runs, key=lambda r: (r.model, r.seq_len, r.optimizer_name, r.parallel, r.seed))
+    return latest(runs, key=lambda r: (r.model, r.seq_len, r.optimizer_name, trial_key(r),
+                                       r.parallel, r.seed))
+
+
+def trial_key(run: StoredRun) -> str:
+    """A run's setup of its optimizer (its resolved hparams): one trial of a search space."""
+    return json.dumps(run.config.get("optimizer", {}).get("hparams", {}), sort_keys=True)
+
+
+Trials = dict[str, list[StoredRun]]  # trial key -> its runs (seeds), in seed order
+
+
+def _trials_at(runs: list[StoredRun], pair: Pair,
+               keep=lambda r: True) -> dict[tuple[str, str], Trials]:
+    """(optimizer name, strategy) -> its trials at one table, each trial's runs by seed."""
+    out: dict[tuple[str, str], Trials] = {}
+    for r in sorted(_at(runs, pair), key=lambda r: r.seed):
+        if keep(r):
+            out.setdefault((r.optimizer_name, r.parallel), {}).setdefault(trial_key(r), []).append(r)
+    return out
+
+
+def _ordered(trials: Trials, name: str) -> list[list[StoredRun]]:
+    """An optimizer's trials: the one labelled by its bare name (no search) first, else the
+    one at its default values (every factor 1x), then by label."""
+    def at_default(label: str) -> bool:
+        settings = label.partition("@")[2].split(",")
+        return all(s.endswith("=1x") for s in settings)
+
+    return sorted(trials.values(), key=lambda t: (t[-1].optimizer != name,
+                                                  not at_default(t[-1].optimizer), t[-1].optimizer))
+
+
+def _reference(groups: dict[tuple[str, str], Trials], baseline: str, parallel: str) -> list[StoredRun]:
+    """The baseline's runs ratios and verdicts are against: under the row's strategy, else one
+    process; its first trial (the bare-named one when it was swept)."""
+    trials = groups.get((baseline, parallel)) or groups.get((baseline, "none"))
+    return _ordered(trials, baseline)[0] if trials else []
 
 
 def _at(runs: list[StoredRun], pair: Pair) -> list[StoredRun]:
@@ -193,19 +230,18 @@ def parallels_at(runs: list[StoredRun], pair: Pair, req: Request) -> list[str]:
 
 def table_rows(runs: list[StoredRun], names: list[str], pair: Pair, metrics: list[Metric],
                baseline: str, parallels: list[str] = ("none",)) -> pd.DataFrame:
-    """One row per name in `names` order, and under it each of its strategies, for one (model,
-    seq_len); absent ones as 'missing'. Ratios are against the baseline under the row's own
-    strategy, else the baseline's one-process run. A row with several seeds holds each metric's
-    mean over them, its 95 % interval and Welch's verdict against the baseline's seeds."""
+    """One row per name in `names` order, and under it each of its trials (a search space's
+    setups, labelled as the suite did) and strategies, for one (model, seq_len); absent ones as
+    'missing'. Ratios are against the baseline under the row's own strategy, else the
+    baseline's one-process run. A row with several seeds holds each metric's mean over them,
+    its 95 % interval and Welch's verdict against the baseline's seeds."""
     model, seq_len = pair
-    by_key: dict[tuple[str, str], list[StoredRun]] = {}
-    for r in sorted(_at(runs, pair), key=lambda r: r.seed):
-        by_key.setdefault((r.optimizer_name, r.parallel), []).append(r)
+    groups = _trials_at(runs, pair)
     rows = []
     for name, parallel in [(n, p) for n in names for p in parallels]:
-        seeds = by_key.get((name, parallel), [])
-        base = by_key.get((baseline, parallel)) or by_key.get((baseline, "none")) or []
-        rows.append(_row(model, seq_len, name, parallel, seeds, base, metrics, baseline))
+        base = _reference(groups, baseline, parallel)
+        for seeds in _ordered(groups.get((name, parallel), {}), name) or [[]]:
+            rows.append(_row(model, seq_len, name, parallel, seeds, base, metrics, baseline))
     frame = pd.DataFrame(rows)
     frame["best"] = _best(frame, metrics)
     return frame
@@ -215,9 +251,11 @@ def _row(model: str, seq_len: int, name: str, parallel: str, seeds: list[StoredR
          base: list[StoredRun], metrics: list[Metric], baseline: str) -> dict[str, Any]:
     latest_run = max(seeds, key=lambda r: r.run_id) if seeds else None
     config = "" if latest_run is None else config_label(latest_run)
+    label = latest_run.optimizer if latest_run is not None and "@" in latest_run.optimizer else name
     out: dict[str, Any] = {
         "model": model, "seq_len": seq_len, "name": name, "parallel": parallel,
-        "optimizer": row_label(name, parallel), "seeds": len(seeds),
+        "optimizer": row_label(label, parallel), "seeds": len(seeds),
+        "reference": bool(seeds) and seeds == base,
         "status": "missing" if latest_run is None else latest_run.status,
         "config": config + (f" ×{len(seeds)} seeds" if len(seeds) > 1 else ""),
         "run_id": None if latest_run is None else latest_run.run_id}
@@ -226,7 +264,7 @@ def _row(model: str, seq_len: int, name: str, parallel: str, seeds: list[StoredR
         value = float(np.mean(values)) if values else np.nan
         out[m.name] = value
         out[f"{m.name}_vs_{baseline}"] = _ratio(value, float(np.mean(base_values)) if base_values else np.nan)
-        out.update(_seed_columns(m, values, base_values, name == baseline))
+        out.update(_seed_columns(m, values, base_values, seeds == base))
     return out
 
 
@@ -254,13 +292,10 @@ def time_to_target(runs: list[StoredRun], names: list[str], pair: Pair, baseline
     needed over these. Over seeds, the mean of the seeds' steps (`None` unless every seed gets
     there); `reached` says how many did."""
     by_run = {run_id: (list(g["step"]), list(g["loss"])) for run_id, g in curves.groupby("run_id")}
-    by_key: dict[tuple[str, str], list[StoredRun]] = {}
-    for r in _at(runs, pair):
-        if r.run_id in by_run and r.status == "ok":
-            by_key.setdefault((r.optimizer_name, r.parallel), []).append(r)
+    groups = _trials_at(runs, pair, keep=lambda r: r.run_id in by_run and r.status == "ok")
     rows = []
     for parallel in parallels:
-        base = by_key.get((baseline, parallel)) or by_key.get((baseline, "none"))
+        base = _reference(groups, baseline, parallel)
         if not base:
             continue
         target = float(np.mean([stats.smoothed(by_run[r.run_id][1], FINAL_LOSS_WINDOW)[-1]
@@ -271,10 +306,9 @@ def time_to_target(runs: list[StoredRun], names: list[str], pair: Pair, baseline
             stats.steps_to_target(*by_run[r.run_id], target, FINAL_LOSS_WINDOW)
             or by_run[r.run_id][0][-1] for r in base]))
         for name in names:
-            seeds = by_key.get((name, parallel), [])
-            if seeds:
+            for seeds in _ordered(groups.get((name, parallel), {}), name):
                 rows.append(_target_row(name, parallel, seeds, by_run, target, base_steps,
-                                        is_baseline=name == baseline))
+                                        is_baseline=seeds == base))
     return pd.DataFrame(rows)
 
 
@@ -293,7 +327,8 @@ def _target_row(name: str, parallel: str, seeds: list[StoredRun], by_run: dict, 
     step_ms = [r.metric("step_ms") for r in seeds]
     ms = float(np.mean(step_ms)) if all(np.isfinite(step_ms)) else None
     tokens = seeds[0].tokens_per_step
-    return {"optimizer": row_label(name, parallel), "name": name, "target": target,
+    label = seeds[-1].optimizer if "@" in seeds[-1].optimizer else name
+    return {"optimizer": row_label(label, parallel), "name": name, "target": target,
             "seeds": len(seeds), "reached": reached, "steps": steps,
             "tokens": steps * tokens if steps is not None and tokens else None,
             "seconds": steps * ms / 1e3 if steps is not None and ms else None,

@@ -114,3 +114,27 @@ def test_time_to_target_over_seeds_from_stored_curves(write_suite, tmp_path):
     assert table.loc["scale", "tokens"] == 2 * 2 * 32  # 2 steps x batch 2 x seq 32, one rank
     assert table.loc["scale", "seconds"] == pytest.approx(0.2)
     assert math.isnan(table.loc["sgd", "steps"]) and table.loc["sgd", "reached"] == 1
+
+
+def test_each_trial_of_a_search_is_its_own_row_against_the_default_trial(write_suite, tmp_path):
+    text = TINY_SUITE.replace(
+        "[adamw, sgd, scale]",
+        "[{name: adamw, sweep: {lr: {factors: [0.5, 1, 2]}}}, {name: scale, sweep: {lr: [1.0e-4, 1.0e-3]}}]")
+    s = ResultStore(tmp_path / "t.sqlite")
+    loss = {"adamw@lr=0.5x": 5.2, "adamw@lr=1x": 5.0, "adamw@lr=2x": 4.9,
+            "scale@lr=0.0001": 5.5, "scale@lr=0.001": 4.5}
+    for cell in expand(load_suite(write_suite(text, "sweep.yaml"))):
+        s.save(RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
+                         model=cell.model, optimizer=cell.optimizer.display,
+                         optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
+                         dtype="fp32", status="ok", config=cell.config,
+                         metrics={"eval_loss": loss[cell.optimizer.display]}))
+    req = cmp.Request(("scale",), metrics=("eval_loss",))
+    names, baseline, metrics = cmp.resolve(req)
+    runs = cmp.select(s, names, req, None)
+    assert len(runs) == 5  # no trial hides another
+    table = cmp.table_rows(runs, names, ("llama_tiny", 32), metrics, baseline)
+    assert list(table["optimizer"]) == ["adamw@lr=1x", "adamw@lr=0.5x", "adamw@lr=2x",
+                                        "scale@lr=0.0001", "scale@lr=0.001"]
+    assert list(table["reference"]) == [True, False, False, False, False]
+    assert list(table["eval_loss_vs_adamw"]) == pytest.approx([1.0, 1.04, 0.98, 1.1, 0.9])
