@@ -134,6 +134,7 @@ def compare(
     steps: Optional[int] = typer.Option(None, "--steps", help="Steps for results run now (default: the table's other rows' setup, else 50)."),
     device: Optional[str] = typer.Option(None, "--device", help="Device for results run now: auto, cpu or cuda."),
     parallel: list[str] = typer.Option([], "--parallel", help="Only this parallel strategy, as cell ids write it: none, ddpx2, fsdp2x2, zero1x2 (repeatable; default: one process and any stored). Missing results are run under it."),
+    tuned: bool = typer.Option(False, "--tuned", help="Each optimizer's best trial of its search (lowest final eval loss, mean over seeds), the selection stated and edges flagged."),
     run: bool = typer.Option(True, "--run/--no-run", help="Run missing results first (default) or show them as missing."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the numbers (bytes, ratios, best) as CSV."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write them as JSON."),
@@ -147,7 +148,7 @@ def compare(
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise OptbenchError(f"--device '{device}': accepted: auto, cpu, cuda")
     req = Request(tuple(names), baseline, tuple(model), tuple(seq_len), suite, tuple(metric), steps, device,
-                  tuple(parallel))
+                  tuple(parallel), tuned)
     run_compare(req, db, reports, by=by.value if by else None, run=run, csv=csv, json_path=json_path,
                 console=console, log=err_console)
 

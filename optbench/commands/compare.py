@@ -36,14 +36,17 @@ def run_compare(req: cmp.Request, db: Path, reports_dir: Path, *, by: str | None
                   highlight=False)
         run_into_store(todo, store, log)
         runs = cmp.select(store, names, req, suite_name)
-    tables = [cmp.table_rows(runs, names, pair, metrics, baseline, cmp.parallels_at(runs, pair, req))
-              for pair in pairs]
+    tables = [cmp.table_rows(runs, names, pair, metrics, baseline, cmp.parallels_at(runs, pair, req),
+                             tuned=req.tuned) for pair in pairs]
+    notes = [cmp.config_notes(runs, p) for p in pairs]
+    selection = [cmp.tuned_notes(runs, names, p, cmp.parallels_at(runs, p, req)) if req.tuned else []
+                 for p in pairs]
     curves = store.curves([r.run_id for r in runs])
     targets = [cmp.time_to_target(runs, names, pair, baseline, cmp.parallels_at(runs, pair, req),
                                   curves) for pair in pairs]
-    comparison = render.Comparison(names, baseline, metrics, tables,
-                                   [cmp.config_notes(runs, p) for p in pairs],
-                                   [cmp.group_title(runs, p) for p in pairs], runs, targets)
+    comparison = render.Comparison(names, baseline, metrics, tables, notes,
+                                   [cmp.group_title(runs, p) for p in pairs], runs, targets,
+                                   selection)
     for table in render.rich_tables(comparison, chosen=bool(req.metrics)):
         console.print(table)
     canonical = dict.fromkeys(get_spec(n).name for n in req.names)

@@ -57,10 +57,13 @@ class Comparison:
     titles: list[str]
     runs: list[StoredRun]  # the selected stored runs (for figures)
     targets: list[pd.DataFrame] = None  # per table: compare.time_to_target rows
+    selection: list[list[str]] = None  # per table, with --tuned: which trial won, any edge
 
     def __post_init__(self):
         if self.targets is None:
             self.targets = [pd.DataFrame() for _ in self.tables]
+        if self.selection is None:
+            self.selection = [[] for _ in self.tables]
 
 
 def _header(m: Metric) -> str:
@@ -99,8 +102,11 @@ def rich_tables(cmp: Comparison, chosen: bool = False) -> list[Table]:
     metrics = terminal_metrics(cmp, chosen)
     note = "" if chosen else " · parts of the peak in the report"
     tables = []
-    for frame, title, notes, targets in zip(cmp.tables, cmp.titles, cmp.notes, cmp.targets):
-        table = Table(title=title, caption=caption(cmp) + note + "".join(f"\n⚠ setups differ: {n}" for n in notes))
+    for frame, title, notes, targets, selection in zip(cmp.tables, cmp.titles, cmp.notes,
+                                                       cmp.targets, cmp.selection):
+        picked = "".join(f"\n{n}" for n in ([SELECTION_RULE, *selection] if selection else []))
+        table = Table(title=title, caption=caption(cmp) + note
+                      + "".join(f"\n⚠ setups differ: {n}" for n in notes) + picked)
         for col in ["Optimizer", "Status", "Config", *(_header(m) for m in metrics)]:
             table.add_column(col, justify="left" if col in ("Optimizer", "Status", "Config") else "right",
                              no_wrap=col == "Config")
@@ -161,6 +167,8 @@ def _num(value):
 
 # ----------------------------------------------------------------------------- time to target
 
+SELECTION_RULE = ("Tuned: each optimizer's trial with the lowest final eval loss (after the last "
+                  "step, mean over its seeds) among those of its search that are stored.")
 TARGET_HEADER = ["Optimizer", "Target (nats)", "Seeds reaching", "Steps", "Tokens",
                  "Time (s, est.)", "Speedup"]
 
@@ -196,13 +204,16 @@ def write_markdown(cmp: Comparison, curves: pd.DataFrame, out_dir: Path, command
              generated_line(command), "",
              f"Each row is the latest ok result of that optimizer at that model and sequence"
              f" length in the results store (with several seeds, their mean). {caption(cmp)}.", ""]
-    for frame, title, notes, targets in zip(cmp.tables, cmp.titles, cmp.notes, cmp.targets):
+    for frame, title, notes, targets, selection in zip(cmp.tables, cmp.titles, cmp.notes,
+                                                       cmp.targets, cmp.selection):
         header = ["Optimizer", "Status", "Config", *(_header(m) for m in cmp.metrics)]
         cells = _cells(frame, cmp, cmp.metrics)
         lines += [f"## {title}", "", rows_table(header, cells), ""]
         if notes:
             lines += ["**Setups differ** (these rows are not like for like):", "",
                       *[f"- `{n}`" for n in notes], ""]
+        if selection:
+            lines += [f"**{SELECTION_RULE}**", "", *[f"- {n}" for n in selection], ""]
         if len(targets):
             lines += [f"**{target_caption(cmp, targets)}.**", "",
                       rows_table(TARGET_HEADER, target_cells(targets)), ""]

@@ -57,6 +57,7 @@ class Request:
     steps: int | None = None
     device: str | None = None
     parallel: tuple[str, ...] = ()  # 'none', 'fsdp2x2', ...: only these (and run them if missing)
+    tuned: bool = False  # each optimizer's best trial of its search only
 
 
 def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
@@ -228,8 +229,51 @@ def parallels_at(runs: list[StoredRun], pair: Pair, req: Request) -> list[str]:
     return ["none", *sorted(stored)]
 
 
+SELECTION_METRIC = "eval_loss"  # the best trial: lowest final eval loss, mean over its seeds
+
+
+def best_trial(trials: Trials) -> list[StoredRun] | None:
+    """The trial with the lowest mean final eval loss over its seeds (the end of training, never
+    an intermediate point); None when no trial has one."""
+    scored = [(float(np.mean(v)), seeds) for seeds in trials.values()
+              if (v := [r.metric(SELECTION_METRIC) for r in seeds if np.isfinite(r.metric(SELECTION_METRIC))])]
+    return min(scored, key=lambda s: s[0])[1] if scored else None
+
+
+def edge_notes(trials: Trials, best: list[StoredRun]) -> list[str]:
+    """For each hparam the search varied, whether the best trial's value is the smallest or the
+    largest tried: the optimum may lie outside the range."""
+    hparams = [json.loads(key) for key in trials]
+    chosen = json.loads(trial_key(best[0]))
+    notes = []
+    for name in sorted(chosen):
+        tried = sorted({h.get(name) for h in hparams if isinstance(h.get(name), (int, float))
+                        and not isinstance(h.get(name), bool)})
+        if len(tried) < 2 or chosen[name] not in (tried[0], tried[-1]):
+            continue
+        end = "largest" if chosen[name] == tried[-1] else "smallest"
+        notes.append(f"{best[0].optimizer}: {name} {chosen[name]:g} is the {end} tried "
+                     f"({len(tried)} values, {tried[0]:g} to {tried[-1]:g}): widen the range")
+    return notes
+
+
+def tuned_notes(runs: list[StoredRun], names: list[str], pair: Pair,
+                parallels: list[str]) -> list[str]:
+    """The selection, said per optimizer: which trial won out of how many, and any edge."""
+    groups = _trials_at(runs, pair)
+    notes = []
+    for name, parallel in [(n, p) for n in names for p in parallels]:
+        trials = groups.get((name, parallel), {})
+        best = best_trial(trials)
+        if best is None or len(trials) < 2:
+            continue
+        notes.append(f"{row_label(best[0].optimizer, parallel)}: best of {len(trials)} trials")
+        notes += edge_notes(trials, best)
+    return notes
+
+
 def table_rows(runs: list[StoredRun], names: list[str], pair: Pair, metrics: list[Metric],
-               baseline: str, parallels: list[str] = ("none",)) -> pd.DataFrame:
+               baseline: str, parallels: list[str] = ("none",), tuned: bool = False) -> pd.DataFrame:
     """One row per name in `names` order, and under it each of its trials (a search space's
     setups, labelled as the suite did) and strategies, for one (model, seq_len); absent ones as
     'missing'. Ratios are against the baseline under the row's own strategy, else the
@@ -237,6 +281,9 @@ def table_rows(runs: list[StoredRun], names: list[str], pair: Pair, metrics: lis
     its 95 % interval and Welch's verdict against the baseline's seeds."""
     model, seq_len = pair
     groups = _trials_at(runs, pair)
+    if tuned:  # each optimizer's best trial only, the baseline's included
+        groups = {key: ({trial_key(b[0]): b} if (b := best_trial(t)) else {})
+                  for key, t in groups.items()}
     rows = []
     for name, parallel in [(n, p) for n in names for p in parallels]:
         base = _reference(groups, baseline, parallel)

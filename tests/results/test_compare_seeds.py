@@ -138,3 +138,29 @@ def test_each_trial_of_a_search_is_its_own_row_against_the_default_trial(write_s
                                         "scale@lr=0.0001", "scale@lr=0.001"]
     assert list(table["reference"]) == [True, False, False, False, False]
     assert list(table["eval_loss_vs_adamw"]) == pytest.approx([1.0, 1.04, 0.98, 1.1, 0.9])
+
+
+def test_tuned_keeps_each_optimizer_s_best_trial_and_flags_an_edge(write_suite, tmp_path):
+    text = TINY_SUITE.replace(
+        "[adamw, sgd, scale]",
+        "[{name: adamw, sweep: {lr: {factors: [0.5, 1, 2]}}}, {name: scale, sweep: {lr: [1.0e-4, 1.0e-3, 1.0e-2]}}]")
+    s = ResultStore(tmp_path / "t.sqlite")
+    loss = {"adamw@lr=0.5x": 5.2, "adamw@lr=1x": 5.0, "adamw@lr=2x": 4.9,  # best at the edge
+            "scale@lr=0.0001": 5.5, "scale@lr=0.001": 4.5, "scale@lr=0.01": 4.8}  # inside
+    for cell in expand(load_suite(write_suite(text, "tuned.yaml"))):
+        s.save(RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
+                         model=cell.model, optimizer=cell.optimizer.display,
+                         optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
+                         dtype="fp32", status="ok", config=cell.config,
+                         metrics={"eval_loss": loss[cell.optimizer.display]}))
+    req = cmp.Request(("scale",), metrics=("eval_loss",), tuned=True)
+    names, baseline, metrics = cmp.resolve(req)
+    runs = cmp.select(s, names, req, None)
+    pair = ("llama_tiny", 32)
+    table = cmp.table_rows(runs, names, pair, metrics, baseline, tuned=True)
+    assert list(table["optimizer"]) == ["adamw@lr=2x", "scale@lr=0.001"]
+    assert list(table["eval_loss_vs_adamw"])[1] == pytest.approx(4.5 / 4.9)
+    notes = cmp.tuned_notes(runs, names, pair, ["none"])
+    assert notes[0] == "adamw@lr=2x: best of 3 trials"
+    assert "lr 0.002 is the largest tried (3 values, 0.0005 to 0.002): widen the range" in notes[1]
+    assert notes[2:] == ["scale@lr=0.001: best of 3 trials"]  # 1e-3 lies inside its range
