@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -42,6 +43,7 @@ from optbench.engine.parallel import (
     build_parallel_optimizer,
     error_line,
     full_parameters,
+    leave_process_group,
     wrap_model,
 )
 from optbench.engine.state_bytes import optimizer_state_bytes
@@ -242,7 +244,10 @@ def launch_harness(names: list[str], strategies: list[str], nproc: int, steps: i
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise OptbenchError(f"parity harness: no answer after {timeout_s:g} s") from None
-        if done.returncode != 0 or not out.exists():
+        # Rank 0 writes the verdicts after the last collective, when every rank has agreed on
+        # every one: a rank that then dies in gloo's teardown ("terminate called without an
+        # active exception", SIGABRT) took nothing from them.
+        if not out.exists():
             raise OptbenchError(f"parity harness failed (exit {done.returncode}): "
                                 f"{failure_line(done.stderr)}")
         return [Parity(**{**r, "state_bytes_per_rank": tuple(r["state_bytes_per_rank"])})
@@ -276,18 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     exit_with_parent()  # a launcher killed for time takes its ranks with it
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(__import__("os").environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, timeout=timedelta(seconds=120))
     names = args.optimizers or [s.name for s in list_specs()]
     results = [check(n, s, args.steps) for n in names for s in args.strategies]
     if dist.get_rank() == 0:
         print(markdown(results), flush=True)
-        if args.json:
-            with open(args.json, "w", encoding="utf-8") as f:
+        if args.json:  # whole or absent: the launcher reads it even if a rank then aborts
+            tmp = f"{args.json}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
                 json.dump([asdict(r) for r in results], f, indent=1)
+            os.replace(tmp, args.json)
         if args.record:
             record_known_parity(results, args.steps)
-    dist.destroy_process_group()
+    leave_process_group()  # together: a rank leaving early makes gloo abort another
     return 0
 
 
