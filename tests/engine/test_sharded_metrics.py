@@ -158,3 +158,12 @@ def test_report_names_sharded_rows_and_lists_each_rank(cells, tmp_path):
                  tmp_path / "report", "t")
     text = (tmp_path / "report" / "summary.md").read_text()
     assert "**Per rank**" in text and "| adamw · fsdp2x2 | 1 |" in text
+
+
+def test_compare_parallel_is_checked_like_a_suite_key_and_normalized():
+    from optbench.errors import OptbenchError
+
+    with pytest.raises(OptbenchError, match=r"--parallel ddpx500.nproc: 500 ranks on one node"):
+        cmp.resolve(cmp.Request(("scale",), parallel=("ddpx500",)))
+    req = cmp.canonical_parallel(cmp.Request(("scale",), parallel=("ddpx02", "ddpx2", "none")))
+    assert req.parallel == ("ddpx2", "none")
