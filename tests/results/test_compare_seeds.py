@@ -22,6 +22,15 @@ SEEDED = TINY_SUITE.replace("seq_lens: [32]", "seq_lens: [32]\n  seeds: [0, 1, 2
 LOSS = {"adamw": [5.00, 5.02, 4.98], "scale": [4.80, 4.83, 4.79], "sgd": [5.01, 4.95, 5.03]}
 
 
+def _save(store: ResultStore, cell, metrics: dict, curve=()) -> None:
+    """A canned ok result of `cell`."""
+    store.save(RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
+                         model=cell.model, optimizer=cell.optimizer.display,
+                         optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
+                         dtype="fp32", status="ok", config=cell.config, metrics=metrics,
+                         curve=list(curve)))
+
+
 def test_a_seeds_axis_makes_one_cell_per_seed_named_by_it(write_suite):
     cells = expand(load_suite(write_suite(SEEDED)))
     assert [c.id for c in cells[:3]] == [f"llama_tiny/adamw/seq32/seed{s}" for s in range(3)]
@@ -44,11 +53,7 @@ def store(write_suite, tmp_path):
     s = ResultStore(tmp_path / "r.sqlite")
     for cell in expand(load_suite(write_suite(SEEDED))):
         loss = LOSS[cell.optimizer.name][cell.defaults.seed]
-        s.save(RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
-                         model=cell.model, optimizer=cell.optimizer.display,
-                         optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
-                         dtype="fp32", status="ok", config=cell.config,
-                         metrics={"final_train_loss": loss, "optimizer_state_bytes": 100}))
+        _save(s, cell, {"final_train_loss": loss, "optimizer_state_bytes": 100})
     return s
 
 
@@ -93,12 +98,8 @@ def test_time_to_target_over_seeds_from_stored_curves(write_suite, tmp_path):
     text = SEEDED.replace("[0, 1, 2]", "[0, 1]")
     for cell in expand(load_suite(write_suite(text, "two.yaml"))):
         losses = curves[cell.optimizer.name][cell.defaults.seed]
-        s.save(RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
-                         model=cell.model, optimizer=cell.optimizer.display,
-                         optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
-                         dtype="fp32", status="ok", config=cell.config,
-                         metrics={"step_ms": 100.0},
-                         curve=[(i + 1, loss, 1e-3) for i, loss in enumerate(losses)]))
+        _save(s, cell, {"step_ms": 100.0},
+              [(i + 1, loss, 1e-3) for i, loss in enumerate(losses)])
     req = cmp.Request(("scale", "sgd"))
     names, baseline, _ = cmp.resolve(req)
     runs = cmp.select(s, names, req, None)
@@ -124,11 +125,7 @@ def test_each_trial_of_a_search_is_its_own_row_against_the_default_trial(write_s
     loss = {"adamw@lr=0.5x": 5.2, "adamw@lr=1x": 5.0, "adamw@lr=2x": 4.9,
             "scale@lr=0.0001": 5.5, "scale@lr=0.001": 4.5}
     for cell in expand(load_suite(write_suite(text, "sweep.yaml"))):
-        s.save(RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
-                         model=cell.model, optimizer=cell.optimizer.display,
-                         optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
-                         dtype="fp32", status="ok", config=cell.config,
-                         metrics={"eval_loss": loss[cell.optimizer.display]}))
+        _save(s, cell, {"eval_loss": loss[cell.optimizer.display]})
     req = cmp.Request(("scale",), metrics=("eval_loss",))
     names, baseline, metrics = cmp.resolve(req)
     runs = cmp.select(s, names, req, None)
@@ -148,11 +145,7 @@ def test_tuned_keeps_each_optimizer_s_best_trial_and_flags_an_edge(write_suite, 
     loss = {"adamw@lr=0.5x": 5.2, "adamw@lr=1x": 5.0, "adamw@lr=2x": 4.9,  # best at the edge
             "scale@lr=0.0001": 5.5, "scale@lr=0.001": 4.5, "scale@lr=0.01": 4.8}  # inside
     for cell in expand(load_suite(write_suite(text, "tuned.yaml"))):
-        s.save(RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
-                         model=cell.model, optimizer=cell.optimizer.display,
-                         optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
-                         dtype="fp32", status="ok", config=cell.config,
-                         metrics={"eval_loss": loss[cell.optimizer.display]}))
+        _save(s, cell, {"eval_loss": loss[cell.optimizer.display]})
     req = cmp.Request(("scale",), metrics=("eval_loss",), tuned=True)
     names, baseline, metrics = cmp.resolve(req)
     runs = cmp.select(s, names, req, None)
