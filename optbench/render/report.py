@@ -184,8 +184,8 @@ def parity_lines(group: pd.DataFrame) -> list[str]:
 # ----------------------------------------------------------------------------- markdown
 
 
-def _legend_lines(baseline: str) -> list[str]:
-    return [
+def _legend_lines(baseline: str, sharded: bool) -> list[str]:
+    lines = [
         "**Columns** (MiB = 2^20 bytes; a `—` means not measured or not applicable):",
         "",
         f"- **Status** — {', '.join(STATUSES)}; a row without results shows"
@@ -211,12 +211,15 @@ def _legend_lines(baseline: str) -> list[str]:
         "- **Step (ms)** — wall time of one training step, median over the timed steps;"
         " **fwd+bwd / opt (ms)** splits it into forward+backward (with DDP's gradient all-reduce)"
         " and `optimizer.step()` (with any collective the optimizer issues).",
-        "- **Rows named `optimizer · strategyxN`** ran N ranks under torchrun (ddp, fsdp2 or"
-        " zero1; `batch_size` is per rank, each rank draws its own batches). Their memory and"
-        " time columns are the max over ranks; each rank's values are under *Per rank*.",
         "- **Final train loss** — training loss (nats/token), mean over the last 5 steps.",
         "- **Eval ppl** — perplexity, exp(eval loss), on held-out batches.",
     ]
+    if sharded:  # said only where such rows are
+        lines.append(
+            "- **Rows named `optimizer · strategyxN`** ran N ranks under torchrun (ddp, fsdp2 or"
+            " zero1; `batch_size` is per rank, each rank draws its own batches). Their memory and"
+            " time columns are the max over ranks; each rank's values are under *Per rank*.")
+    return lines
 
 
 def _failure_lines(runs: pd.DataFrame, baseline: str) -> list[str]:
@@ -274,7 +277,8 @@ def write_report(
     lines = [f"# {title}", ""]
     if description.strip():
         lines += [description.strip(), ""]
-    lines += [_provenance_line(runs, command, store), "", *_legend_lines(baseline), ""]
+    sharded = bool((runs["parallel"] != "none").any())
+    lines += [_provenance_line(runs, command, store), "", *_legend_lines(baseline, sharded), ""]
     if runs.empty:
         lines += ["No results to report.", ""]
     written: list[Path] = []
