@@ -58,11 +58,17 @@ def run(
     rerun: bool = typer.Option(False, "--rerun", help="Run every cell again, even those with an ok result."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cells whose fingerprint already has an ok result (default). --no-resume is the same as --rerun."),
     only: Optional[str] = typer.Option(None, "--only", help="Run only cells whose id matches this glob, e.g. 'llama_9m/*'."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Cells run at once: one per GPU on a GPU machine, the CPU cores split between them on CPU. The default 1 keeps measurements clean; the report says which results shared the machine."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells, which are stored, and an estimate of the time left; run nothing."),
 ) -> None:
     """Run a suite's grid (each cell in its own process), store every result, write reports/<suite>/."""
-    from optbench.commands.run import run_suite
+    from optbench.commands.run import dry_run_suite, run_suite
 
-    code = run_suite(suite_path, db, reports, rerun=rerun or not resume, only=only, console=console)
+    if dry_run:
+        dry_run_suite(suite_path, db, rerun=rerun or not resume, only=only, jobs=jobs, console=console)
+        return
+    code = run_suite(suite_path, db, reports, rerun=rerun or not resume, only=only, jobs=jobs,
+                     console=console)
     raise typer.Exit(code)
 
 

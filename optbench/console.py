@@ -48,6 +48,7 @@ class LiveProgress:
         from optbench.engine.runner import Hooks
 
         self.task = None
+        self.running: dict[str, str] = {}  # cell id -> its step line, in start order
         self.hooks = Hooks(on_start=self._start, on_event=self._event)
 
     def __enter__(self) -> "LiveProgress":
@@ -60,19 +61,28 @@ class LiveProgress:
 
     def _start(self, cell: Cell, pid: int) -> None:
         self.index += 1
-        self.progress.update(self.task, description=f"[{self.index}/{self.total}] {escape(cell.id)}",
-                             step="starting")
+        self.running[cell.id] = "starting"
+        self._show(cell.id)
 
     def _event(self, cell: Cell, event: dict) -> None:
         if event.get("event") != "step":
             return
         tps = event.get("tokens_per_s")
         speed = f" · {tps:,.0f} tok/s" if tps else ""
-        self.progress.update(
-            self.task, step=f"step {event['step']}/{event['steps']} · loss {event['loss']:.3f}{speed}"
-        )
+        self.running[cell.id] = f"step {event['step']}/{event['steps']} · loss {event['loss']:.3f}{speed}"
+        self._show(cell.id)
+
+    def _show(self, latest: str) -> None:
+        """The cells running now (several under run --jobs), the step line of the latest."""
+        ids = list(self.running)
+        step = self.running.get(latest, "")
+        if len(ids) > 1:
+            step = f"{escape(latest)}: {step}"
+        self.progress.update(self.task, step=step, description=(
+            f"[{self.index}/{self.total}] {' · '.join(escape(i) for i in ids)}"))
 
     def done(self, cell: Cell, result: RunResult) -> None:
+        self.running.pop(cell.id, None)
         self.progress.advance(self.task)
         self.console.print(done_line(cell, result), highlight=False)
 

@@ -55,9 +55,9 @@ def pending_cells(cells: list[Cell], store: ResultStore, rerun: bool) -> list[Ce
     return list(cells) if rerun else [c for c in cells if not store.has_result(c.fingerprint)]
 
 
-def run_into_store(cells: list[Cell], store: ResultStore, console) -> list[RunResult]:
-    """Run `cells` under the live progress bar, storing each result the moment it ends
-    (nothing is shown when there are none)."""
+def run_into_store(cells: list[Cell], store: ResultStore, console, jobs: int = 1) -> list[RunResult]:
+    """Run `cells` under the live progress bar (`jobs` at a time), storing each result the
+    moment it ends (nothing is shown when there are none)."""
     if not cells:
         return []
     with LiveProgress(console, len(cells)) as live:
@@ -65,4 +65,4 @@ def run_into_store(cells: list[Cell], store: ResultStore, console) -> list[RunRe
             store.save(result)
             live.done(cell, result)
 
-        return run_cells(cells, hooks=live.hooks, on_done=done)
+        return run_cells(cells, hooks=live.hooks, on_done=done, jobs=jobs)

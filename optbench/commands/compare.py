@@ -17,6 +17,7 @@ from optbench.metrics import get_metric
 from optbench.optimizers import get_spec
 from optbench.render import compare as render
 from optbench.results import compare as cmp
+from optbench.results import tuning
 from optbench.results.store import ResultStore
 
 
@@ -46,7 +47,8 @@ def run_compare(req: cmp.Request, db: Path, reports_dir: Path, *, by: str | None
                                   curves) for pair in pairs]
     comparison = render.Comparison(names, baseline, metrics, tables, notes,
                                    [cmp.group_title(runs, p) for p in pairs], runs, targets,
-                                   selection)
+                                   selection, tuning.tuning_frame(runs),
+                                   tuning.sensitivity_frame(runs))
     for table in render.rich_tables(comparison, chosen=bool(req.metrics)):
         console.print(table)
     canonical = dict.fromkeys(get_spec(n).name for n in req.names)

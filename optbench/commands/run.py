@@ -5,8 +5,10 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from optbench.commands.common import pending_cells, run_into_store
 from optbench.commands.provenance import command_line
@@ -15,6 +17,9 @@ from optbench.config.suite import Cell, Suite, expand
 from optbench.errors import OptbenchError
 from optbench.metrics import NOT_FAILED, RESULT_STATUSES
 from optbench.render import report
+from optbench.engine.slots import machine_slots
+from optbench.results import tuning
+from optbench.results.plan import plan, plan_without_store
 from optbench.results.store import ResultStore, runs_frame
 
 
@@ -29,7 +34,7 @@ def select_cells(cells: list[Cell], suite: Suite, only: str | None) -> list[Cell
 
 
 def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, only: str | None,
-              console: Console) -> int:
+              console: Console, jobs: int = 1) -> int:
     """Run what is not stored yet, then write the suite's report; the exit code."""
     suite = load_suite(suite_path)
     cells = expand(suite)
@@ -38,10 +43,11 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
     todo = pending_cells(chosen, store, rerun)
     console.print(
         f"suite [bold]{escape(suite.name)}[/]: {len(chosen)} cells, {len(chosen) - len(todo)} already"
-        f" stored, {len(todo)} to run · results in {escape(str(db))}", highlight=False,
+        f" stored, {len(todo)} to run{_jobs_note(jobs, todo)} · results in {escape(str(db))}",
+        highlight=False,
     )
     try:
-        results = run_into_store(todo, store, console)
+        results = run_into_store(todo, store, console, jobs=jobs)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: finished cells are stored in {escape(str(db))};"
                       " run again to resume")
@@ -53,6 +59,48 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
         console.print(f"[yellow]{len(failed)} of {len(results)} cells did not finish ok[/] (see the report)")
     # Exit 1 when a cell failed, so scripts and CI notice; a device skip is not a failure.
     return 1 if any(r.status not in NOT_FAILED for r in results) else 0
+
+
+def _jobs_note(jobs: int, todo: list[Cell]) -> str:
+    """' · 2 at a time, 1 CPU thread each' under --jobs (refused here when it cannot be)."""
+    if jobs == 1 or not todo:
+        return ""
+    slot = machine_slots(jobs, todo)[0]
+    return f" · {jobs} at a time, {escape(slot.describe())} each"
+
+
+def dry_run_suite(suite_path: Path, db: Path, *, rerun: bool, only: str | None, jobs: int,
+                  console: Console) -> None:
+    """The cells, which are stored, and the time the rest should take; nothing is run."""
+    suite = load_suite(suite_path)
+    chosen = select_cells(expand(suite), suite, only)
+    store = ResultStore(db) if Path(db).exists() else None
+    planned = plan(chosen, store, rerun) if store else plan_without_store(chosen)
+    table = Table("Cell", "Fingerprint", "Stored", "Estimate", "From", box=box.SIMPLE_HEAD)
+    for p in planned.cells:
+        estimate = "—" if p.stored else ("unknown" if p.seconds is None else _duration(p.seconds))
+        table.add_row(escape(p.cell.id), p.cell.fingerprint[:8], "yes" if p.stored else "no",
+                      estimate, escape(p.basis))
+    console.print(table)
+    todo = planned.todo
+    line = (f"suite [bold]{escape(suite.name)}[/]: {len(planned.cells)} cells, {planned.stored}"
+            f" already stored, {len(todo)} to run{_jobs_note(jobs, [p.cell for p in todo])}")
+    known = len(todo) - planned.unknown
+    if known:
+        line += (f" · about {_duration(planned.known_seconds / jobs)} for the {known} with a"
+                 " stored run alike" + (f" (run {jobs} at a time; cells slow each other)"
+                                        if jobs > 1 else ""))
+    if planned.unknown:
+        line += f" · {planned.unknown} with nothing alike stored: time unknown"
+    console.print(line + " · nothing run (--dry-run)", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def report_suite(suite_path: Path, db: Path, reports_dir: Path, console: Console) -> None:
@@ -77,7 +125,9 @@ def write_suite_report(suite: Suite, cells: list[Cell], store: ResultStore, repo
     out = Path(reports_dir) / suite.name
     paths = report.write_report(frame, store.curves(frame["run_id"]), out,
                                 title=f"optbench · {suite.name}", description=suite.description,
-                                command=command_line(), store=str(store.path))
+                                command=command_line(), store=str(store.path),
+                                tuning=tuning.tuning_frame(runs),
+                                sensitivity=tuning.sensitivity_frame(runs))
     console.print(f"report: {escape(str(out / 'summary.md'))} (+{len(paths) - 1} plots)",
                   highlight=False)
 

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from optbench.config.suite import launch_nodes, master_endpoint, node_rank
+from optbench.engine.slots import CPU_SHARE_ENV, cpu_share
 
 
 def torchrun_args(nproc: int, logs: str, cell_path: str, result_path: str,
@@ -56,16 +57,20 @@ def elsewhere_path(result_path: str | Path) -> Path:
 
 
 def threads_per_rank(nproc: int) -> int:
-    """CPU threads each rank gets: the machine's cores shared out, as torchrun would otherwise
-    pin every rank to 1 thread whatever the machine has."""
-    return max(1, (os.cpu_count() or 1) // nproc)
+    """CPU threads each rank gets: the cell's cores (the machine's, or its job's share under
+    --jobs) shared out, as torchrun would otherwise pin every rank to 1 thread whatever the
+    machine has."""
+    return max(1, cpu_share() // nproc)
 
 
 def main(nproc: int, logs: str, cell_path: str, result_path: str, rdzv_id: str) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(nproc // launch_nodes())))
+    threads = str(threads_per_rank(nproc // launch_nodes()))
+    if CPU_SHARE_ENV in os.environ:  # a --jobs share, set for the whole cell: split it
+        os.environ["OMP_NUM_THREADS"] = threads
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
     try:
         run(parse_args(torchrun_args(nproc, logs, cell_path, result_path, rdzv_id)))
     except ChildFailedError as exc:

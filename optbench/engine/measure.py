@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
+from optbench.engine.slots import jobs_sharing
 from optbench.engine.state_bytes import state_tensors
 from optbench.metrics import MEMORY_PARTS, part_metric
 
@@ -193,6 +194,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "host": socket.gethostname(),
         "cpu_threads": torch.get_num_threads(),
+        "jobs": jobs_sharing(),  # cells that ran on this machine at once (run --jobs)
         "device": str(device),
         "device_name": platform.processor() or platform.machine(),
     }

@@ -75,6 +75,11 @@ class RunResult:
         return int(self.config.get("defaults", {}).get("seed", 0))
 
     @property
+    def jobs(self) -> int:
+        """How many cells ran on the machine at once when this one did (run --jobs)."""
+        return int(self.env.get("jobs") or 1)
+
+    @property
     def tokens_per_step(self) -> int | None:
         """Tokens of one optimizer step over all ranks (`batch_size` is per rank)."""
         d = self.config.get("defaults", {})

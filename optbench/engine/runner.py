@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import queue
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,9 +26,13 @@ from typing import Callable
 from optbench.config.suite import Cell
 from optbench.engine import launch
 from optbench.engine.outcome import CellOutcome, RunResult
+from optbench.engine.slots import Slot, fits, machine_slots
 from optbench.engine.worker import EVENT_PREFIX
 
 STDERR_TAIL_LINES = 20
+
+# Children running now, so that an interrupted --jobs run can stop every one of them.
+_RUNNING: set[subprocess.Popen] = set()
 
 
 @dataclass
@@ -37,8 +43,9 @@ class Hooks:
     on_event: Callable[[Cell, dict], None] = lambda cell, event: None
 
 
-def run_cell(cell: Cell, hooks: Hooks | None = None) -> RunResult:
-    """Run one cell in a fresh Python process; always returns a RunResult."""
+def run_cell(cell: Cell, hooks: Hooks | None = None, slot: Slot | None = None) -> RunResult:
+    """Run one cell in a fresh Python process (in `slot`'s share of the machine when cells run
+    side by side); always returns a RunResult."""
     hooks = hooks or Hooks()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="optbench-cell-") as tmp:
@@ -47,8 +54,9 @@ def run_cell(cell: Cell, hooks: Hooks | None = None) -> RunResult:
         proc = subprocess.Popen(
             _command(cell, cell_path, result_path, Path(tmp, "logs")),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True, env=_child_env(), start_new_session=True,
+            text=True, env=_child_env(slot), start_new_session=True,
         )
+        _RUNNING.add(proc)
         hooks.on_start(cell, proc.pid)
         stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         drain = threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True)
@@ -58,6 +66,8 @@ def run_cell(cell: Cell, hooks: Hooks | None = None) -> RunResult:
         except BaseException:  # Ctrl-C or anything else: never leave the child running
             _kill(proc)
             raise
+        finally:
+            _RUNNING.discard(proc)
         drain.join(timeout=5)
         returncode = proc.returncode
         if cell.parallel.sharded and returncode != 0 and result_path.exists() and not timed_out:
@@ -87,8 +97,9 @@ def _command(cell: Cell, cell_path: Path, result_path: Path, logs: Path) -> list
     return [sys.executable, "-m", "optbench.engine.worker", str(cell_path), str(result_path)]
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(slot: Slot | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(slot.env if slot else {})
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
@@ -214,13 +225,50 @@ def _tail(path: Path | None) -> str | None:
 
 def run_cells(
     cells: list[Cell], hooks: Hooks | None = None,
-    on_done: Callable[[Cell, RunResult], None] = lambda cell, result: None,
+    on_done: Callable[[Cell, RunResult], None] = lambda cell, result: None, jobs: int = 1,
 ) -> list[RunResult]:
-    """Run each cell in turn, calling `on_done` (e.g. to store it) the moment it ends; a
-    failing cell is a result like any other and the rest go on."""
+    """Run the cells, calling `on_done` (e.g. to store it) in this thread the moment each ends;
+    a failing cell is a result like any other and the rest go on. With `jobs` > 1, that many
+    run at once, each in its own share of the machine (engine.slots); a cell that needs more
+    GPUs than a share holds runs after them, alone."""
+    if jobs == 1:
+        results = []
+        for cell in cells:
+            result = run_cell(cell, hooks)
+            on_done(cell, result)
+            results.append(result)
+        return results
+    slots = machine_slots(jobs, cells)
+    side_by_side = [c for c in cells if fits(c, slots[0])]
+    alone = [c for c in cells if not fits(c, slots[0])]
+    results = _run_side_by_side(side_by_side, slots, hooks, on_done)
+    return results + run_cells(alone, hooks, on_done)
+
+
+def _run_side_by_side(cells: list[Cell], slots: list[Slot], hooks: Hooks | None,
+                      on_done: Callable[[Cell, RunResult], None]) -> list[RunResult]:
+    free: queue.Queue[Slot] = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+
+    def in_a_slot(cell: Cell) -> RunResult:
+        slot = free.get()
+        try:
+            return run_cell(cell, hooks, slot)
+        finally:
+            free.put(slot)
+
     results = []
-    for cell in cells:
-        result = run_cell(cell, hooks)
-        on_done(cell, result)
-        results.append(result)
+    pool = ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="optbench-job")
+    try:
+        futures = {pool.submit(in_a_slot, cell): cell for cell in cells}
+        for future in as_completed(futures):
+            on_done(futures[future], future.result())
+            results.append(future.result())
+    except BaseException:  # Ctrl-C: start no more cells, stop those running
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(_RUNNING):
+            threading.Thread(target=_kill, args=(proc,), daemon=True).start()
+        raise
+    pool.shutdown()
     return results

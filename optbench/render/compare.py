@@ -16,11 +16,13 @@ import pandas as pd
 from rich.table import Table
 
 from optbench.metrics import MIB, PART_METRICS, Metric, column_unit, format_number
+from optbench.render import tuning as render_tuning
 from optbench.render.figures import (THROUGHPUT_LABEL, new_figure, optimizer_handles,
                                      optimizer_styles, plot_loss, plot_memory, safe_name,
                                      save_figure, thousands)
 from optbench.render.frames import model_order, optimizer_order, prepare_runs
 from optbench.render.markdown import generated_line, rows_table
+from optbench.results import tuning
 from optbench.results.store import StoredRun, runs_frame
 
 STATUS_STYLE = {"ok": "green", "estimated": "yellow", "missing": "red"}
@@ -58,8 +60,14 @@ class Comparison:
     runs: list[StoredRun]  # the selected stored runs (for figures)
     targets: list[pd.DataFrame] = None  # per table: compare.time_to_target rows
     selection: list[list[str]] = None  # per table, with --tuned: which trial won, any edge
+    tuning: pd.DataFrame = None  # results.tuning.tuning_frame of the runs: searched optimizers
+    sensitivity: pd.DataFrame = None  # results.tuning.sensitivity_frame: the lr plot's points
 
     def __post_init__(self):
+        if self.tuning is None:
+            self.tuning = pd.DataFrame()
+        if self.sensitivity is None:
+            self.sensitivity = pd.DataFrame()
         if self.targets is None:
             self.targets = [pd.DataFrame() for _ in self.tables]
         if self.selection is None:
@@ -115,7 +123,27 @@ def rich_tables(cmp: Comparison, chosen: bool = False) -> list[Table]:
         tables.append(table)
         if len(targets):
             tables.append(_target_table(cmp, targets))
+        if len(searched := _tuning_at(cmp, frame)):
+            tables.append(_tuning_table(searched))
     return tables
+
+
+def _tuning_at(cmp: Comparison, frame: pd.DataFrame) -> pd.DataFrame:
+    """The searched optimizers of one table (its model and seq len)."""
+    if cmp.tuning.empty or frame.empty:
+        return pd.DataFrame()
+    model, seq_len = frame["model"].iloc[0], frame["seq_len"].iloc[0]
+    return cmp.tuning[(cmp.tuning["model"] == model) & (cmp.tuning["seq_len"] == seq_len)]
+
+
+def _tuning_table(searched: pd.DataFrame) -> Table:
+    edges = render_tuning.edge_lines(searched)
+    table = Table(caption=render_tuning.TUNING_CAPTION + "".join(f"\n⚠ {e}" for e in edges))
+    for col in render_tuning.TUNING_HEADER:
+        table.add_column(col, justify="left" if col in ("Optimizer", "Chosen", "Verdict") else "right")
+    for cells in render_tuning.tuning_cells(searched):
+        table.add_row(*cells)
+    return table
 
 
 def _target_table(cmp: Comparison, targets: pd.DataFrame) -> Table:
@@ -167,8 +195,7 @@ def _num(value):
 
 # ----------------------------------------------------------------------------- time to target
 
-SELECTION_RULE = ("Tuned: each optimizer's trial with the lowest final eval loss (after the last "
-                  "step, mean over its seeds) among those of its search that are stored.")
+SELECTION_RULE = f"Tuned: {tuning.SELECTION_RULE}, among those of its search that are stored."
 TARGET_HEADER = ["Optimizer", "Target (nats)", "Seeds reaching", "Steps", "Tokens",
                  "Time (s, est.)", "Speedup"]
 
@@ -217,8 +244,11 @@ def write_markdown(cmp: Comparison, curves: pd.DataFrame, out_dir: Path, command
         if len(targets):
             lines += [f"**{target_caption(cmp, targets)}.**", "",
                       rows_table(TARGET_HEADER, target_cells(targets)), ""]
+        lines += render_tuning.markdown_lines(_tuning_at(cmp, frame))
     written = []
-    for alt, path in figures(cmp, curves, out_dir, by, by_metric):
+    figures_written = figures(cmp, curves, out_dir, by, by_metric)
+    figures_written += render_tuning.sensitivity_figures(cmp.sensitivity, out_dir)
+    for alt, path in figures_written:
         lines += [f"![{alt}]({path.name})", ""]
         written.append(path)
     summary = out_dir / "summary.md"

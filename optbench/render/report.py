@@ -19,6 +19,7 @@ from optbench.metrics import (DASH, MEMORY_PARTS, RESULT_STATUSES, STATUSES, for
                               format_ratio, is_number, part_metric, rank_metric,
                               split_rank_metric)
 from optbench.optimizers.sharding import known_parity
+from optbench.render import tuning as render_tuning
 from optbench.render.figures import model_figures, optimizer_styles
 from optbench.render.frames import (group_title, grouped, model_order, prepare_runs,
                                     resolve_baseline, series_baseline, setup_label)
@@ -241,6 +242,28 @@ def _failure_lines(runs: pd.DataFrame, baseline: str) -> list[str]:
     return lines
 
 
+def _at(frame: pd.DataFrame | None, model: str, seq_len: int | None = None) -> pd.DataFrame:
+    """A results.tuning frame's rows at one model (and seq len); empty when there is none."""
+    if frame is None or frame.empty:
+        return pd.DataFrame()
+    keep = frame["model"] == model
+    if seq_len is not None:
+        keep &= frame["seq_len"] == seq_len
+    return frame[keep]
+
+
+def _shared_machine_lines(runs: pd.DataFrame) -> list[str]:
+    """Said when results were measured while other cells ran beside them (run --jobs)."""
+    shared = runs[runs["jobs"].fillna(1) > 1] if "jobs" in runs else runs.iloc[0:0]
+    if shared.empty:
+        return []
+    jobs = ", ".join(str(int(j)) for j in sorted(shared["jobs"].unique()))
+    return [f"**{len(shared)} of {len(runs)} results shared the machine** with other cells"
+            f" (`run --jobs {jobs}`: each cell got its share of the CPU cores, or its own GPU):"
+            " their times and throughput are lower than a cell alone would measure; memory and"
+            " loss are unaffected. Rerun them with `--rerun --jobs 1` for clean timings.", ""]
+
+
 def _provenance_line(runs: pd.DataFrame, command: str, store: str) -> str:
     n_ok = int((runs["status"] == "ok").sum())
     n_est = int((runs["status"] == "estimated").sum())
@@ -266,9 +289,13 @@ def write_report(
     baseline: str = "adamw",
     command: str = "",
     store: str = "",
+    tuning: pd.DataFrame | None = None,
+    sensitivity: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write out_dir/summary.md and its PNG figures; return the paths written (summary first).
-    `command` (the real command line) and `store` (the results database) go in its provenance."""
+    `command` (the real command line) and `store` (the results database) go in its provenance;
+    `tuning` and `sensitivity` (results.tuning's frames) add the tuning views where a search
+    ran."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     baseline = resolve_baseline(runs, baseline)
@@ -278,7 +305,8 @@ def write_report(
     if description.strip():
         lines += [description.strip(), ""]
     sharded = bool((runs["parallel"] != "none").any())
-    lines += [_provenance_line(runs, command, store), "", *_legend_lines(baseline, sharded), ""]
+    lines += [_provenance_line(runs, command, store), "", *_shared_machine_lines(runs),
+              *_legend_lines(baseline, sharded), ""]
     if runs.empty:
         lines += ["No results to report.", ""]
     written: list[Path] = []
@@ -295,7 +323,10 @@ def write_report(
                           " allocator peak on CUDA; State: the rank's own shards):", "",
                           markdown_table(ranks), ""]
             lines += parity_lines(group)
-        for alt, path in model_figures(model, model_runs, curves, styles, baseline, out_dir):
+            lines += render_tuning.markdown_lines(_at(tuning, model, seq_len))
+        figures = model_figures(model, model_runs, curves, styles, baseline, out_dir)
+        figures += render_tuning.sensitivity_figures(_at(sensitivity, model), out_dir)
+        for alt, path in figures:
             lines += [f"![{alt}]({path.name})", ""]
             written.append(path)
     if (~runs["status"].isin(RESULT_STATUSES)).any():

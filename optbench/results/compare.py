@@ -38,6 +38,14 @@ from optbench.models import get_model_size
 from optbench.optimizers import get_spec, resolve_hparams
 from optbench.results import stats
 from optbench.results.store import ResultStore, StoredRun, latest
+from optbench.results.tuning import (
+    best_trial,
+    edge_notes,
+    ordered,
+    reference,
+    trial_key,
+    trials_at,
+)
 
 DEFAULT_MODEL, DEFAULT_SEQ_LEN = "llama_9m", 128  # the quick suite's smaller model and longer seq
 BY_AXES = ("seq_len", "model")
@@ -94,42 +102,6 @@ def select(store: ResultStore, names: list[str], req: Request,
     runs = [r for r in runs if not req.parallel or r.parallel in req.parallel]
     return latest(runs, key=lambda r: (r.model, r.seq_len, r.optimizer_name, trial_key(r),
                                        r.parallel, r.seed))
-
-
-def trial_key(run: StoredRun) -> str:
-    """A run's setup of its optimizer (its resolved hparams): one trial of a search space."""
-    return json.dumps(run.config.get("optimizer", {}).get("hparams", {}), sort_keys=True)
-
-
-Trials = dict[str, list[StoredRun]]  # trial key -> its runs (seeds), in seed order
-
-
-def _trials_at(runs: list[StoredRun], pair: Pair,
-               keep=lambda r: True) -> dict[tuple[str, str], Trials]:
-    """(optimizer name, strategy) -> its trials at one table, each trial's runs by seed."""
-    out: dict[tuple[str, str], Trials] = {}
-    for r in sorted(_at(runs, pair), key=lambda r: r.seed):
-        if keep(r):
-            out.setdefault((r.optimizer_name, r.parallel), {}).setdefault(trial_key(r), []).append(r)
-    return out
-
-
-def _ordered(trials: Trials, name: str) -> list[list[StoredRun]]:
-    """An optimizer's trials: the one labelled by its bare name (no search) first, else the
-    one at its default values (every factor 1x), then by label."""
-    def at_default(label: str) -> bool:
-        settings = label.partition("@")[2].split(",")
-        return all(s.endswith("=1x") for s in settings)
-
-    return sorted(trials.values(), key=lambda t: (t[-1].optimizer != name,
-                                                  not at_default(t[-1].optimizer), t[-1].optimizer))
-
-
-def _reference(groups: dict[tuple[str, str], Trials], baseline: str, parallel: str) -> list[StoredRun]:
-    """The baseline's runs ratios and verdicts are against: under the row's strategy, else one
-    process; its first trial (the bare-named one when it was swept)."""
-    trials = groups.get((baseline, parallel)) or groups.get((baseline, "none"))
-    return _ordered(trials, baseline)[0] if trials else []
 
 
 def _at(runs: list[StoredRun], pair: Pair) -> list[StoredRun]:
@@ -229,38 +201,10 @@ def parallels_at(runs: list[StoredRun], pair: Pair, req: Request) -> list[str]:
     return ["none", *sorted(stored)]
 
 
-SELECTION_METRIC = "eval_loss"  # the best trial: lowest final eval loss, mean over its seeds
-
-
-def best_trial(trials: Trials) -> list[StoredRun] | None:
-    """The trial with the lowest mean final eval loss over its seeds (the end of training, never
-    an intermediate point); None when no trial has one."""
-    scored = [(float(np.mean(v)), seeds) for seeds in trials.values()
-              if (v := [r.metric(SELECTION_METRIC) for r in seeds if np.isfinite(r.metric(SELECTION_METRIC))])]
-    return min(scored, key=lambda s: s[0])[1] if scored else None
-
-
-def edge_notes(trials: Trials, best: list[StoredRun]) -> list[str]:
-    """For each hparam the search varied, whether the best trial's value is the smallest or the
-    largest tried: the optimum may lie outside the range."""
-    hparams = [json.loads(key) for key in trials]
-    chosen = json.loads(trial_key(best[0]))
-    notes = []
-    for name in sorted(chosen):
-        tried = sorted({h.get(name) for h in hparams if isinstance(h.get(name), (int, float))
-                        and not isinstance(h.get(name), bool)})
-        if len(tried) < 2 or chosen[name] not in (tried[0], tried[-1]):
-            continue
-        end = "largest" if chosen[name] == tried[-1] else "smallest"
-        notes.append(f"{best[0].optimizer}: {name} {chosen[name]:g} is the {end} tried "
-                     f"({len(tried)} values, {tried[0]:g} to {tried[-1]:g}): widen the range")
-    return notes
-
-
 def tuned_notes(runs: list[StoredRun], names: list[str], pair: Pair,
                 parallels: list[str]) -> list[str]:
     """The selection, said per optimizer: which trial won out of how many, and any edge."""
-    groups = _trials_at(runs, pair)
+    groups = trials_at(runs, pair)
     notes = []
     for name, parallel in [(n, p) for n in names for p in parallels]:
         trials = groups.get((name, parallel), {})
@@ -280,14 +224,14 @@ def table_rows(runs: list[StoredRun], names: list[str], pair: Pair, metrics: lis
     baseline's one-process run. A row with several seeds holds each metric's mean over them,
     its 95 % interval and Welch's verdict against the baseline's seeds."""
     model, seq_len = pair
-    groups = _trials_at(runs, pair)
+    groups = trials_at(runs, pair)
     if tuned:  # each optimizer's best trial only, the baseline's included
         groups = {key: ({trial_key(b[0]): b} if (b := best_trial(t)) else {})
                   for key, t in groups.items()}
     rows = []
     for name, parallel in [(n, p) for n in names for p in parallels]:
-        base = _reference(groups, baseline, parallel)
-        for seeds in _ordered(groups.get((name, parallel), {}), name) or [[]]:
+        base = reference(groups, baseline, parallel)
+        for seeds in ordered(groups.get((name, parallel), {}), name) or [[]]:
             rows.append(_row(model, seq_len, name, parallel, seeds, base, metrics, baseline))
     frame = pd.DataFrame(rows)
     frame["best"] = _best(frame, metrics)
@@ -339,10 +283,10 @@ def time_to_target(runs: list[StoredRun], names: list[str], pair: Pair, baseline
     needed over these. Over seeds, the mean of the seeds' steps (`None` unless every seed gets
     there); `reached` says how many did."""
     by_run = {run_id: (list(g["step"]), list(g["loss"])) for run_id, g in curves.groupby("run_id")}
-    groups = _trials_at(runs, pair, keep=lambda r: r.run_id in by_run and r.status == "ok")
+    groups = trials_at(runs, pair, keep=lambda r: r.run_id in by_run and r.status == "ok")
     rows = []
     for parallel in parallels:
-        base = _reference(groups, baseline, parallel)
+        base = reference(groups, baseline, parallel)
         if not base:
             continue
         target = float(np.mean([stats.smoothed(by_run[r.run_id][1], FINAL_LOSS_WINDOW)[-1]
@@ -353,7 +297,7 @@ def time_to_target(runs: list[StoredRun], names: list[str], pair: Pair, baseline
             stats.steps_to_target(*by_run[r.run_id], target, FINAL_LOSS_WINDOW)
             or by_run[r.run_id][0][-1] for r in base]))
         for name in names:
-            for seeds in _ordered(groups.get((name, parallel), {}), name):
+            for seeds in ordered(groups.get((name, parallel), {}), name):
                 rows.append(_target_row(name, parallel, seeds, by_run, target, base_steps,
                                         is_baseline=seeds == base))
     return pd.DataFrame(rows)

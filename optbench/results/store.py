@@ -296,7 +296,7 @@ def latest(runs: Iterable[StoredRun], key: Callable[[StoredRun], Hashable],
 
 
 RUN_COLUMNS = ("run_id", "suite", "cell_id", "fingerprint", "model", "optimizer", "optimizer_name",
-               "seq_len", "device", "dtype", "status", "error", "parallel", "seed", "tokens_per_step")
+               "seq_len", "device", "dtype", "status", "error", "parallel", "seed", "tokens_per_step", "jobs")
 
 
 def runs_frame(runs: Iterable[StoredRun]) -> pd.DataFrame:
