@@ -236,10 +236,11 @@ def _validate_search(search: Search, where: str) -> None:
     _seed(search.seed, f"{where}: search.seed")
 
 
-def _validate_sweep(choice, models, search: Search, where: str) -> None:
-    """Every trial of the space resolves for every model: its hparams exist and take the
-    values (a factor scales a number)."""
-    trials = sweep.trials(choice.sweep, search, where)  # raises on a malformed space
+def _validate_sweep(choice, models, search: Search, key: str) -> None:
+    """Every trial of the space (its own, else the suite's `search.space`) resolves for every
+    model: its hparams exist and take the values (a factor scales a number)."""
+    where = f"{key}.sweep" if choice.sweep else f"{key}, from search.space"
+    trials = sweep.trials(search.space_of(choice.sweep), search, where)  # raises on a malformed space
     for trial in trials:
         for model in models:
             base = resolve_hparams(choice.name, choice.hparams, model)
@@ -258,7 +259,7 @@ def _validate_grid(grid: Grid, where: str, search: Search = Search()) -> None:
         _named(lambda: get_spec(choice.name), key)
         for model in grid.models:
             _named(lambda: resolve_hparams(choice.name, choice.hparams, model), f"{key}.hparams")
-        _validate_sweep(choice, grid.models, search, f"{key}.sweep")
+        _validate_sweep(choice, grid.models, search, key)
     labels = [c.display for c in grid.optimizers]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:

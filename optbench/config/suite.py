@@ -286,7 +286,7 @@ def _trials(choice: OptimizerChoice, model: str, search: Search) -> Iterator[Opt
     """A resolved choice per trial of its search space (one when it has none): the registry's
     name, every hparam resolved, and the trial's label."""
     base = resolve_hparams(choice.name, choice.hparams, model)
-    for trial in sweep.trials(choice.sweep, search, "sweep"):
+    for trial in sweep.trials(search.space_of(choice.sweep), search, "sweep"):
         hparams = resolve_hparams(choice.name, {**choice.hparams, **sweep.apply(trial, base)}, model)
         # Store the registry's name (an alias like `adam` stays visible as the label).
         yield dataclasses.replace(choice, name=get_spec(choice.name).name, hparams=hparams,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from optbench.errors import OptbenchError
@@ -28,6 +28,11 @@ class Search:
     method: str = "grid"  # grid | quasi_random
     trials: int = 8  # quasi_random: points drawn per optimizer
     seed: int = 0  # quasi_random: the Sobol scramble's seed
+    space: dict[str, Any] = field(default_factory=dict)  # every optimizer's without a `sweep`
+
+    def space_of(self, own: dict[str, Any]) -> dict[str, Any]:
+        """An optimizer's search space: its own `sweep`, else the suite's `search.space`."""
+        return own or self.space
 
 
 @dataclass(frozen=True)

@@ -260,8 +260,9 @@ def _shared_machine_lines(runs: pd.DataFrame) -> list[str]:
     jobs = ", ".join(str(int(j)) for j in sorted(shared["jobs"].unique()))
     return [f"**{len(shared)} of {len(runs)} results shared the machine** with other cells"
             f" (`run --jobs {jobs}`: each cell got its share of the CPU cores, or its own GPU):"
-            " their times and throughput are lower than a cell alone would measure; memory and"
-            " loss are unaffected. Rerun them with `--rerun --jobs 1` for clean timings.", ""]
+            " their times and throughput are not what a cell alone would measure; memory and loss"
+            " are (up to float rounding with fewer threads). Rerun them with `--rerun --jobs 1`"
+            " for clean timings.", ""]
 
 
 def _provenance_line(runs: pd.DataFrame, command: str, store: str) -> str:

@@ -101,3 +101,25 @@ def test_bad_search_settings_are_one_line(write_suite, search, words):
     with pytest.raises(OptbenchError) as info:
         load_suite(write_suite(SPACE + f"search: {search}\n"))
     assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_search_space_is_every_optimizer_s_space_unless_it_has_its_own(write_suite):
+    text = TINY_SUITE.replace("[adamw, sgd, scale]", "[adamw, sgd, {name: scale, sweep: {adam_lr: [0.01]}}]")
+    text += "search: {space: {lr: {factors: [0.5, 1]}}}\n"
+    cells = expand(load_suite(write_suite(text)))
+    assert [c.optimizer.display for c in cells] == [
+        "adamw@lr=0.5x", "adamw@lr=1x", "sgd@lr=0.5x", "sgd@lr=1x", "scale@adam_lr=0.01"]
+    sgd_lr = resolve_hparams("sgd", {}, "llama_tiny")["lr"]
+    assert cells[2].optimizer.hparams["lr"] == pytest.approx(0.5 * sgd_lr)
+
+
+@pytest.mark.parametrize("space,words", [
+    ("{adam_lr: [0.1]}", ["grid.optimizers[0], from search.space", "no hparam 'adam_lr'"]),
+    ("{lr: {factors: [0]}}", ["grid.optimizers[0], from search.space.lr.factors[0]",
+                              "not a positive number"]),
+])
+def test_a_bad_suite_wide_space_names_the_optimizer_and_the_key(write_suite, space, words):
+    text = TINY_SUITE + f"search: {{space: {space}}}\n"
+    with pytest.raises(OptbenchError) as info:
+        load_suite(write_suite(text))
+    assert all(w in str(info.value) for w in words) and "\n" not in str(info.value)
