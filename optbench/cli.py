@@ -49,6 +49,12 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+class RunExecutor(str, Enum):
+    local = "local"
+    slurm = "slurm"
+    submitit_local = "submitit-local"
+
+
 @app.command()
 @user_errors
 def run(
@@ -58,17 +64,25 @@ def run(
     rerun: bool = typer.Option(False, "--rerun", help="Run every cell again, even those with an ok result."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cells whose fingerprint already has an ok result (default). --no-resume is the same as --rerun."),
     only: Optional[str] = typer.Option(None, "--only", help="Run only cells whose id matches this glob, e.g. 'llama_9m/*'."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Cells run at once: one per GPU on a GPU machine, the CPU cores split between them on CPU. The default 1 keeps measurements clean; the report says which results shared the machine."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", show_default=False, help="Cells run at once: one per GPU on a GPU machine, the CPU cores split between them on CPU. The default 1 keeps measurements clean; the report says which results shared the machine. With --executor slurm|submitit-local: the most jobs in flight (default: every cell)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells, which are stored, and an estimate of the time left; run nothing."),
+    executor: RunExecutor = typer.Option(RunExecutor.local, "--executor", help="local: each cell in a process here; slurm: each cell a SLURM job through submitit, results stored here as they come back; submitit-local: the same path with submitit's local executor, to try it on one machine."),
+    slurm: list[str] = typer.Option([], "--slurm", metavar="KEY=VALUE", help="A submitit parameter for every job (repeatable), by submitit's names: slurm_partition=gpu, slurm_account=x, cpus_per_task=8, mem_gb=64, timeout_min=120."),
+    submitit_dir: Path = typer.Option(Path("results/submitit"), "--submitit-dir", help="Where submitit keeps each job's script, pickles and logs (<job id>_0_log.out/.err)."),
 ) -> None:
-    """Run a suite's grid (each cell in its own process), store every result, write reports/<suite>/."""
+    """Run a suite's grid (each cell in its own process, or SLURM job), store every result, write reports/<suite>/."""
+    from optbench.commands.common import submitit_options
     from optbench.commands.run import dry_run_suite, run_suite
 
     if dry_run:
-        dry_run_suite(suite_path, db, rerun=rerun or not resume, only=only, jobs=jobs, console=console)
+        # Under submitit, --jobs caps jobs in flight, not this machine's shares: estimate as one.
+        local_jobs = (jobs or 1) if executor is RunExecutor.local else 1
+        dry_run_suite(suite_path, db, rerun=rerun or not resume, only=only, jobs=local_jobs,
+                      console=console)
         return
-    code = run_suite(suite_path, db, reports, rerun=rerun or not resume, only=only, jobs=jobs,
-                     console=console)
+    options = submitit_options(executor.value, slurm, submitit_dir, jobs)
+    code = run_suite(suite_path, db, reports, rerun=rerun or not resume, only=only, jobs=jobs or 1,
+                     console=console, executor=options)
     raise typer.Exit(code)
 
 

@@ -10,6 +10,7 @@ from optbench.config.suite import Cell
 from optbench.console import LiveProgress
 from optbench.engine.outcome import RunResult
 from optbench.engine.runner import run_cells
+from optbench.engine.slurm import SubmititOptions, parse_parameters, run_cells_submitit
 from optbench.errors import OptbenchError
 from optbench.results.store import ResultStore
 
@@ -55,9 +56,30 @@ def pending_cells(cells: list[Cell], store: ResultStore, rerun: bool) -> list[Ce
     return list(cells) if rerun else [c for c in cells if not store.has_result(c.fingerprint)]
 
 
-def run_into_store(cells: list[Cell], store: ResultStore, console, jobs: int = 1) -> list[RunResult]:
-    """Run `cells` under the live progress bar (`jobs` at a time), storing each result the
-    moment it ends (nothing is shown when there are none)."""
+# `optbench run --executor`: local processes, or submitit on SLURM / on this machine.
+EXECUTORS = {"slurm": "slurm", "submitit-local": "local"}
+
+
+def submitit_options(executor: str, pairs: list[str], folder: Path,
+                     jobs: int | None) -> SubmititOptions | None:
+    """The --executor, --slurm, --submitit-dir and --jobs options as the engine takes them;
+    None for local processes (where --slurm means nothing, so it is refused)."""
+    if executor == "local":
+        if pairs:
+            raise OptbenchError("--slurm: only with --executor slurm or submitit-local")
+        return None
+    if executor not in EXECUTORS:
+        raise OptbenchError(f"--executor {executor}: accepted: local, {', '.join(EXECUTORS)}")
+    if jobs is not None and jobs < 1:
+        raise OptbenchError(f"--jobs {jobs}: at least 1 job in flight")
+    ensure_writable_dir(folder, "--submitit-dir")  # before anything is submitted
+    return SubmititOptions(EXECUTORS[executor], folder, parse_parameters(pairs), max_in_flight=jobs)
+
+
+def run_into_store(cells: list[Cell], store: ResultStore, console, jobs: int = 1,
+                   executor: SubmititOptions | None = None) -> list[RunResult]:
+    """Run `cells` under the live progress bar (`jobs` at a time; or as submitit jobs), storing
+    each result the moment it ends (nothing is shown when there are none)."""
     if not cells:
         return []
     with LiveProgress(console, len(cells)) as live:
@@ -65,4 +87,6 @@ def run_into_store(cells: list[Cell], store: ResultStore, console, jobs: int = 1
             store.save(result)
             live.done(cell, result)
 
+        if executor is not None:
+            return run_cells_submitit(cells, executor, hooks=live.hooks, on_done=done)
         return run_cells(cells, hooks=live.hooks, on_done=done, jobs=jobs)

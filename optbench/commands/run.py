@@ -18,6 +18,7 @@ from optbench.errors import OptbenchError
 from optbench.metrics import NOT_FAILED, RESULT_STATUSES
 from optbench.render import report
 from optbench.engine.slots import machine_slots
+from optbench.engine.slurm import SubmititOptions, check_options
 from optbench.results import tuning
 from optbench.results.plan import plan, plan_without_store
 from optbench.results.store import ResultStore, runs_frame
@@ -34,23 +35,29 @@ def select_cells(cells: list[Cell], suite: Suite, only: str | None) -> list[Cell
 
 
 def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, only: str | None,
-              console: Console, jobs: int = 1) -> int:
-    """Run what is not stored yet, then write the suite's report; the exit code."""
+              console: Console, jobs: int = 1, executor: SubmititOptions | None = None) -> int:
+    """Run what is not stored yet (in local processes, or as submitit jobs with `executor`),
+    then write the suite's report; the exit code."""
     suite = load_suite(suite_path)
+    _check_device(suite, executor)
     cells = expand(suite)
     chosen = select_cells(cells, suite, only)
     store = ResultStore(db)
     todo = pending_cells(chosen, store, rerun)
+    if executor is not None:
+        check_options(executor, todo)  # an unknown --slurm parameter fails before any submission
+    how = _jobs_note(jobs, todo) if executor is None else _executor_note(executor, todo)
     console.print(
         f"suite [bold]{escape(suite.name)}[/]: {len(chosen)} cells, {len(chosen) - len(todo)} already"
-        f" stored, {len(todo)} to run{_jobs_note(jobs, todo)} · results in {escape(str(db))}",
+        f" stored, {len(todo)} to run{how} · results in {escape(str(db))}",
         highlight=False,
     )
     try:
-        results = run_into_store(todo, store, console, jobs=jobs)
+        results = run_into_store(todo, store, console, jobs=jobs, executor=executor)
     except KeyboardInterrupt:
+        cancelled = " · jobs not back yet were cancelled" if executor is not None else ""
         console.print(f"[yellow]interrupted[/]: finished cells are stored in {escape(str(db))};"
-                      " run again to resume")
+                      f" run again to resume{cancelled}")
         return 130
     # The report covers the whole suite, not just the cells this --only run touched.
     write_suite_report(suite, cells, store, reports_dir, console)
@@ -59,6 +66,26 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
         console.print(f"[yellow]{len(failed)} of {len(results)} cells did not finish ok[/] (see the report)")
     # Exit 1 when a cell failed, so scripts and CI notice; a device skip is not a failure.
     return 1 if any(r.status not in NOT_FAILED for r in results) else 0
+
+
+def _check_device(suite: Suite, executor: SubmititOptions | None) -> None:
+    """`device: auto` would be resolved here, on the login node (usually without a GPU), not on
+    the compute node the cell runs on."""
+    if executor is not None and executor.cluster == "slurm" and suite.defaults.device == "auto":
+        raise OptbenchError(f"suite '{suite.name}': device auto would be resolved on this login"
+                            " node, not on the compute node: set `device: cuda` or `device: cpu`"
+                            " under defaults for --executor slurm")
+
+
+def _executor_note(executor: SubmititOptions, todo: list[Cell]) -> str:
+    """' · as SLURM jobs, at most 4 in flight · logs in results/submitit'."""
+    if not todo:
+        return ""
+    cap = f", at most {executor.max_in_flight} in flight" if executor.max_in_flight else ""
+    ignored = executor.ignored()
+    skip = f" · ignored here (SLURM only): {', '.join(ignored)}" if ignored else ""
+    return (f" · as {executor.label} jobs{cap} · logs in {escape(str(executor.folder))}"
+            f"{escape(skip)}")
 
 
 def _jobs_note(jobs: int, todo: list[Cell]) -> str:
