@@ -44,9 +44,10 @@ def run_compare(req: cmp.Request, db: Path, reports_dir: Path, *, by: str | None
                  for p in pairs]
     curves = store.curves([r.run_id for r in runs])
     targets = [cmp.time_to_target(runs, names, pair, baseline, cmp.parallels_at(runs, pair, req),
-                                  curves) for pair in pairs]
+                                  curves, tuned=req.tuned) for pair in pairs]
     comparison = render.Comparison(names, baseline, metrics, tables, notes,
-                                   [cmp.group_title(runs, p) for p in pairs], runs, targets,
+                                   [cmp.group_title(runs, p) for p in pairs],
+                                   cmp.runs_shown(runs, pairs, req.tuned), targets,
                                    selection, tuning.tuning_frame(runs),
                                    tuning.sensitivity_frame(runs))
     for table in render.rich_tables(comparison, chosen=bool(req.metrics)):

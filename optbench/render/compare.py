@@ -34,8 +34,8 @@ VERDICT_MARK = {"better": "better", "worse": "worse", "within noise": "≈ noise
 def fmt_cell(metric: Metric, value: float, ratio: float, best: bool,
              ci: tuple[float, float] = (np.nan, np.nan), verdict: str = "") -> str:
     """'12.0 MiB (0.08×) ★': value, ratio to the baseline, and a star where best. Over seeds:
-    '5.62 ± 0.03 (0.98×) better': the mean, the half-width of its 95 % interval, and Welch's
-    verdict against the baseline instead of a star."""
+    '5.62 ± 0.03 (0.98×) better': the mean, the half-width of its 95 % interval, and the
+    t-test's verdict against the baseline instead of a star."""
     text = format_number(metric, value)
     low, high = ci
     if np.isfinite(low) and np.isfinite(high) and high > low:
@@ -96,8 +96,10 @@ def caption(cmp: Comparison) -> str:
     text = (f"(×) = ratio to {cmp.baseline} · ★ = best in the column · MiB = 2^20 bytes · "
             f"— = not measured · Config = suite and config fingerprint of the row")
     if any((t["seeds"] > 1).any() for t in cmp.tables if "seeds" in t):
-        text += (f" · over seeds: mean ± half the 95 % interval, and Welch's verdict against "
-                 f"{cmp.baseline} (p < 0.05: better / worse, else ≈ noise) instead of ★")
+        text += (f" · over seeds: mean ± half the 95 % interval, and a t-test against "
+                 f"{cmp.baseline} (p < 0.05: better / worse, else ≈ noise) instead of ★: paired"
+                 f" over the same seeds (seed k gives every optimizer the same initial weights"
+                 f" and batches), Welch's when the seeds differ")
     return text
 
 
@@ -260,9 +262,11 @@ def write_markdown(cmp: Comparison, curves: pd.DataFrame, out_dir: Path, command
 
 
 def _plot_frame(cmp: Comparison) -> pd.DataFrame:
-    """The selected runs labelled by optimizer name, as optbench.report's figures expect."""
+    """The selected runs labelled as the table's rows are (the optimizer's name, or a trial's
+    label such as 'adamw@lr=2x'), as optbench.report's figures expect."""
     runs = runs_frame(cmp.runs)
-    runs["optimizer"] = runs["optimizer_name"]
+    runs["optimizer"] = [label if "@" in label else name
+                         for label, name in zip(runs["optimizer"], runs["optimizer_name"])]
     return prepare_runs(runs)  # a sharded run becomes 'scale · fsdp2x2', as in the tables
 
 

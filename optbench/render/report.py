@@ -242,6 +242,10 @@ def _failure_lines(runs: pd.DataFrame, baseline: str) -> list[str]:
     return lines
 
 
+def _frame_or_empty(frame: pd.DataFrame | None) -> pd.DataFrame:
+    return pd.DataFrame() if frame is None else frame
+
+
 def _at(frame: pd.DataFrame | None, model: str, seq_len: int | None = None) -> pd.DataFrame:
     """A results.tuning frame's rows at one model (and seq len); empty when there is none."""
     if frame is None or frame.empty:
@@ -301,7 +305,8 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     baseline = resolve_baseline(runs, baseline)
     runs = prepare_runs(runs)
-    styles = optimizer_styles(runs["optimizer"])
+    shown_runs = render_tuning.best_trials_only(runs, _frame_or_empty(tuning))
+    styles = optimizer_styles(shown_runs["optimizer"])  # the figures' series
     lines = [f"# {title}", ""]
     if description.strip():
         lines += [description.strip(), ""]
@@ -325,7 +330,12 @@ def write_report(
                           markdown_table(ranks), ""]
             lines += parity_lines(group)
             lines += render_tuning.markdown_lines(_at(tuning, model, seq_len))
-        figures = model_figures(model, model_runs, curves, styles, baseline, out_dir)
+        shown = shown_runs[shown_runs["model"] == model]
+        if len(shown) < len(model_runs):
+            lines += [f"_Figures: each searched optimizer's best trial only ({len(shown)} of"
+                      f" {len(model_runs)} runs); every trial is in the tables above and in the"
+                      " learning-rate figure._", ""]
+        figures = model_figures(model, shown, curves, styles, baseline, out_dir)
         figures += render_tuning.sensitivity_figures(_at(sensitivity, model), out_dir)
         for alt, path in figures:
             lines += [f"![{alt}]({path.name})", ""]

@@ -46,7 +46,8 @@ def tuning_cells(frame: pd.DataFrame) -> list[list[str]]:
 TUNING_CAPTION = (
     f"Best trial per optimizer: {SELECTION_RULE}. Eval loss in nats, ± half the 95 % interval "
     "over seeds; default = the trial at the optimizer's default setting (every factor 1×); "
-    "the verdict is Welch's test of the chosen trial's seeds against the default's (the best of "
+    "the verdict is a t-test of the chosen trial's seeds against the default's, paired over the "
+    "same seeds (Welch's when they differ; the best of "
     "several trials is favoured a little by chance, so read a small gain with care)")
 
 
@@ -65,6 +66,20 @@ def markdown_lines(frame: pd.DataFrame) -> list[str]:
     if edges:
         lines += ["**On the edge of the searched range:**", "", *[f"- {e}" for e in edges], ""]
     return lines
+
+
+def best_trials_only(runs: pd.DataFrame, tuning: pd.DataFrame) -> pd.DataFrame:
+    """The runs of a (prepared) runs frame that figures show when a search ran: an optimizer's
+    chosen trial (every seed of it) where it searched, all of its runs where it did not. Two
+    dozen trial curves in one plot read as noise; the sensitivity figure shows every trial."""
+    if tuning.empty or runs.empty:
+        return runs
+    chosen = {(r.model, r.seq_len, r.name, r.parallel): r.label for r in tuning.itertuples()}
+    trial = [label[:len(label) - len(suffix)] if suffix else label
+             for label, suffix in zip(runs["optimizer"], runs["series_suffix"])]
+    keys = zip(runs["model"], runs["seq_len"], runs["optimizer_name"], runs["parallel"])
+    keep = [chosen.get(key, t) == t for key, t in zip(keys, trial)]
+    return runs[keep]
 
 
 def plot_sensitivity(model: str, points: pd.DataFrame, path: Path) -> Path | None:

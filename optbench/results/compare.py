@@ -39,6 +39,7 @@ from optbench.optimizers import get_spec, resolve_hparams
 from optbench.results import stats
 from optbench.results.store import ResultStore, StoredRun, latest
 from optbench.results.tuning import (
+    best_only,
     best_trial,
     edge_notes,
     ordered,
@@ -222,12 +223,11 @@ def table_rows(runs: list[StoredRun], names: list[str], pair: Pair, metrics: lis
     setups, labelled as the suite did) and strategies, for one (model, seq_len); absent ones as
     'missing'. Ratios are against the baseline under the row's own strategy, else the
     baseline's one-process run. A row with several seeds holds each metric's mean over them,
-    its 95 % interval and Welch's verdict against the baseline's seeds."""
+    its 95 % interval and a t-test's verdict against the baseline's seeds."""
     model, seq_len = pair
     groups = trials_at(runs, pair)
     if tuned:  # each optimizer's best trial only, the baseline's included
-        groups = {key: ({trial_key(b[0]): b} if (b := best_trial(t)) else {})
-                  for key, t in groups.items()}
+        groups = best_only(groups)
     rows = []
     for name, parallel in [(n, p) for n in names for p in parallels]:
         base = reference(groups, baseline, parallel)
@@ -251,39 +251,54 @@ def _row(model: str, seq_len: int, name: str, parallel: str, seeds: list[StoredR
         "config": config + (f" ×{len(seeds)} seeds" if len(seeds) > 1 else ""),
         "run_id": None if latest_run is None else latest_run.run_id}
     for m in metrics:
-        values, base_values = _values(seeds, m), _values(base, m)
-        value = float(np.mean(values)) if values else np.nan
+        values, base_values = _by_seed(seeds, m), _by_seed(base, m)
+        value = float(np.mean(list(values.values()))) if values else np.nan
+        base_value = float(np.mean(list(base_values.values()))) if base_values else np.nan
         out[m.name] = value
-        out[f"{m.name}_vs_{baseline}"] = _ratio(value, float(np.mean(base_values)) if base_values else np.nan)
+        out[f"{m.name}_vs_{baseline}"] = _ratio(value, base_value)
         out.update(_seed_columns(m, values, base_values, seeds == base))
     return out
 
 
-def _values(runs: list[StoredRun], m: Metric) -> list[float]:
-    return [v for v in (r.metric(m.name) for r in runs) if np.isfinite(v)]
+def _by_seed(runs: list[StoredRun], m: Metric) -> dict[int, float]:
+    """{seed: value} of the runs that measured the metric (a trial's runs are one per seed)."""
+    return {r.seed: v for r in runs if np.isfinite(v := r.metric(m.name))}
 
 
-def _seed_columns(m: Metric, values: list[float], base: list[float], is_baseline: bool) -> dict:
-    """`<metric>_ci_low/_ci_high` (95 % interval of the mean over seeds, NaN under 2 seeds) and
-    `<metric>_verdict` (Welch's, against the baseline's seeds; '' when not both have 2)."""
-    summary = stats.summarize(values) if values else None
-    verdict = ""
+def _seed_columns(m: Metric, values: dict[int, float], base: dict[int, float],
+                  is_baseline: bool) -> dict:
+    """`<metric>_ci_low/_ci_high` (95 % interval of the mean over seeds, NaN under 2 seeds),
+    `<metric>_verdict` against the baseline's seeds ('' when not both have 2) and its test:
+    paired over the same seeds, else Welch's (stats.seed_test)."""
+    summary = stats.summarize(list(values.values())) if values else None
+    verdict = test = ""
     if len(values) >= 2 and len(base) >= 2 and not is_baseline:
-        verdict = stats.welch(values, base, m.higher_is_better).verdict
+        result = stats.seed_test(values, base, m.higher_is_better)
+        verdict, test = result.verdict, result.test
     return {f"{m.name}_ci_low": summary.ci_low if summary else np.nan,
             f"{m.name}_ci_high": summary.ci_high if summary else np.nan,
-            f"{m.name}_verdict": verdict}
+            f"{m.name}_verdict": verdict, f"{m.name}_test": test}
+
+
+def runs_shown(runs: list[StoredRun], pairs: list[Pair], tuned: bool) -> list[StoredRun]:
+    """The runs the tables show (what figures draw): with `tuned`, each optimizer's best trial."""
+    if not tuned:
+        return runs
+    return [r for pair in pairs for trials in best_only(trials_at(runs, pair)).values()
+            for seeds in trials.values() for r in seeds]
 
 
 def time_to_target(runs: list[StoredRun], names: list[str], pair: Pair, baseline: str,
-                   parallels: list[str], curves: pd.DataFrame) -> pd.DataFrame:
+                   parallels: list[str], curves: pd.DataFrame, tuned: bool = False) -> pd.DataFrame:
     """Per row of one table: when its training loss, smoothed as `final_train_loss` is, first
     reaches the baseline's final loss (the mean over the baseline's seeds), in steps, tokens and
     estimated seconds (steps x the median step time), and the speedup: the steps the baseline
     needed over these. Over seeds, the mean of the seeds' steps (`None` unless every seed gets
-    there); `reached` says how many did."""
+    there); `reached` says how many did. With `tuned`, each optimizer's best trial only."""
     by_run = {run_id: (list(g["step"]), list(g["loss"])) for run_id, g in curves.groupby("run_id")}
     groups = trials_at(runs, pair, keep=lambda r: r.run_id in by_run and r.status == "ok")
+    if tuned:  # each optimizer's best trial, the target the baseline's best
+        groups = best_only(groups)
     rows = []
     for parallel in parallels:
         base = reference(groups, baseline, parallel)

@@ -1,10 +1,12 @@
 """Statistics over seeds and loss curves, for the tuning protocol (issue 13): mean, spread and a
-95 % confidence interval of a metric over seeds; Welch's t-test between two optimizers, read as
-`better`, `worse` or `within noise`; and time-to-target on stored loss curves.
+95 % confidence interval of a metric over seeds; a t-test between two optimizers, read as
+`better`, `worse` or `within noise` (paired over matched seeds, since seed k gives every
+optimizer the same initial weights and batches; Welch's when the seeds differ); and
+time-to-target on stored loss curves.
 
-scipy does the statistics (`scipy.stats.ttest_1samp(...).confidence_interval`, `ttest_ind` with
-`equal_var=False`); what is optbench's own is only how a result is read, and it is tested
-against hand-computed float64 values.
+scipy does the statistics (`scipy.stats.ttest_1samp(...).confidence_interval`, `ttest_rel`,
+`ttest_ind` with `equal_var=False`); what is optbench's own is only how a result is read, and it
+is tested against hand-computed float64 values.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 CONFIDENCE = 0.95
-ALPHA = 0.05  # a difference is called only when Welch's p-value is below this
+ALPHA = 0.05  # a difference is called only when the test's p-value is below this
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,9 @@ class Verdict:
     """How optimizer A compares with B on one metric over seeds."""
 
     verdict: str  # better | worse | within noise | too few seeds
-    p_value: float  # Welch's two-sided p-value (NaN with too few seeds)
+    p_value: float  # the test's two-sided p-value (NaN with too few seeds)
     difference: float  # mean(A) - mean(B), in the metric's unit
+    test: str = "welch"  # welch | paired
 
 
 VERDICTS = ("better", "worse", "within noise", "too few seeds")
@@ -75,6 +78,39 @@ def welch(a: Sequence[float], b: Sequence[float], higher_is_better: bool,
     if p_value >= alpha:
         return Verdict("within noise", p_value, difference)
     return Verdict(_direction(difference, higher_is_better), p_value, difference)
+
+
+def paired(a: Sequence[float], b: Sequence[float], higher_is_better: bool,
+           alpha: float = ALPHA) -> Verdict:
+    """The paired t-test of A against B over matched seeds (`scipy.stats.ttest_rel`: a one-sample
+    t-test of the differences a_k - b_k), read as `welch` reads its test."""
+    from scipy import stats
+
+    xa, xb = [float(v) for v in a], [float(v) for v in b]
+    if len(xa) != len(xb):
+        raise ValueError("a paired test needs one value of each side per seed")
+    if len(xa) < 2:
+        return Verdict("too few seeds", math.nan, math.fsum(xa) / len(xa) - math.fsum(xb) / len(xb)
+                       if xa else math.nan, "paired")
+    differences = [x - y for x, y in zip(xa, xb)]
+    difference = math.fsum(differences) / len(differences)
+    if _constant(differences):  # the same gap on every seed: exact
+        verdict = "within noise" if difference == 0 else _direction(difference, higher_is_better)
+        return Verdict(verdict, 0.0 if difference else 1.0, difference, "paired")
+    p_value = float(stats.ttest_rel(xa, xb).pvalue)
+    verdict = "within noise" if p_value >= alpha else _direction(difference, higher_is_better)
+    return Verdict(verdict, p_value, difference, "paired")
+
+
+def seed_test(a: dict[int, float], b: dict[int, float], higher_is_better: bool,
+              alpha: float = ALPHA) -> Verdict:
+    """A against B over seeds ({seed: value}). optbench's seed k gives every optimizer the same
+    initial weights and the same batches, so when both sides ran the same seeds the runs are
+    pairs and the paired test removes what the seed itself does to the loss; otherwise Welch's."""
+    if set(a) == set(b) and len(a) >= 2:
+        seeds = sorted(a)
+        return paired([a[k] for k in seeds], [b[k] for k in seeds], higher_is_better, alpha)
+    return welch(list(a.values()), list(b.values()), higher_is_better, alpha)
 
 
 def _constant(xs: list[float]) -> bool:

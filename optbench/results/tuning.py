@@ -104,6 +104,11 @@ def best_trial(trials: Trials) -> list[StoredRun] | None:
     return min(scored, key=lambda s: s[0])[1] if scored else None
 
 
+def best_only(groups: dict[Group, Trials]) -> dict[Group, Trials]:
+    """Each optimizer's best trial alone (what `compare --tuned` shows)."""
+    return {key: ({trial_key(b[0]): b} if (b := best_trial(t)) else {}) for key, t in groups.items()}
+
+
 def swept(trials: Trials) -> list[str]:
     """The hparams whose value differs between the trials, in name order."""
     settings = [json.loads(key) for key in trials]
@@ -172,12 +177,17 @@ def _tuning_row(pair: Pair, name: str, parallel: str, trials: Trials,
            "default_eval_loss": float(np.mean(default_values)) if default_values else math.nan,
            "edges": edge_notes(trials, best)}
     row["delta"] = row["eval_loss"] - row["default_eval_loss"]
-    row["verdict"] = ""
+    row["verdict"] = row["test"] = ""
     if default is best:
         row["verdict"] = "default is best"
     elif len(default_values) >= 2 and tuned.n >= 2:
-        row["verdict"] = stats.welch(selection_values(best), default_values, False).verdict
+        result = stats.seed_test(_by_seed(best), _by_seed(default), higher_is_better=False)
+        row["verdict"], row["test"] = result.verdict, result.test
     return row
+
+
+def _by_seed(seeds: list[StoredRun]) -> dict[int, float]:
+    return {r.seed: v for r in seeds if np.isfinite(v := r.metric(SELECTION_METRIC))}
 
 
 def sensitivity_frame(runs: list[StoredRun], hparam: str = SENSITIVITY_HPARAM) -> pd.DataFrame:

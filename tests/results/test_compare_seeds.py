@@ -70,6 +70,7 @@ def test_compare_rows_aggregate_seeds_with_welch_verdicts(store):
     assert (scale["final_train_loss_ci_low"], scale["final_train_loss_ci_high"]) == pytest.approx(
         (expected.ci_low, expected.ci_high))
     assert scale["final_train_loss_verdict"] == "better"  # 0.19 nats lower, tight seeds
+    assert scale["final_train_loss_test"] == "paired"  # the same seeds on both sides
     assert table.loc["sgd", "final_train_loss_verdict"] == "within noise"
     assert table.loc["adamw", "final_train_loss_verdict"] == ""  # the baseline itself
     # Identical state on every seed: exact, no noise to speak of, and no ★ anywhere.

@@ -1,4 +1,5 @@
-"""Seed statistics, Welch verdicts and time-to-target against hand-computed float64 values."""
+"""Seed statistics, Welch and paired verdicts and time-to-target against hand-computed float64
+values."""
 
 from __future__ import annotations
 
@@ -52,6 +53,31 @@ def test_welch_calls_overlap_within_noise_and_needs_two_seeds_a_side():
     assert few.difference == pytest.approx(-0.15)
     exact = stats.welch([1.0, 1.0], [2.0, 2.0], higher_is_better=False)
     assert exact.verdict == "better" and exact.p_value == 0.0
+
+
+def test_paired_against_the_closed_form_at_two_degrees_of_freedom():
+    # Seed-shared offsets (+0.0, +0.3, -0.2) hide a steady gap of about 0.1 from Welch's test.
+    a, b = [5.00, 5.28, 4.81], [5.10, 5.40, 4.90]
+    differences = [-0.10, -0.12, -0.09]
+    mean = sum(differences) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / 2)
+    t = mean / (sd / math.sqrt(3))
+    p = 1 - abs(t) / math.sqrt(t * t + 2)  # P(|T| > t) at 2 dof, in closed form
+    result = stats.paired(a, b, higher_is_better=False)
+    assert result.test == "paired" and result.verdict == "better"
+    assert result.p_value == pytest.approx(p, rel=1e-9)
+    assert result.difference == pytest.approx(mean, rel=1e-12)
+    assert stats.welch(a, b, higher_is_better=False).verdict == "within noise"
+    exact = stats.paired([1.0, 2.0], [1.5, 2.5], higher_is_better=False)
+    assert (exact.verdict, exact.p_value) == ("better", 0.0)  # the same gap on every seed
+    assert stats.paired([1.0], [2.0], higher_is_better=False).verdict == "too few seeds"
+
+
+def test_seed_test_pairs_matched_seeds_and_falls_back_to_welch():
+    a, b = {0: 5.00, 1: 5.28, 2: 4.81}, {0: 5.10, 1: 5.40, 2: 4.90}
+    assert stats.seed_test(a, b, higher_is_better=False).test == "paired"
+    assert stats.seed_test(a, {0: 5.1, 1: 5.4, 3: 4.9}, higher_is_better=False).test == "welch"
+    assert stats.seed_test({0: 5.0, 1: 5.1}, {0: 5.2}, False).verdict == "too few seeds"
 
 
 def test_smoothing_is_the_trailing_mean_of_final_train_loss():

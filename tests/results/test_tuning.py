@@ -57,7 +57,7 @@ def test_the_best_trial_its_gain_over_the_default_and_welch_s_verdict(runs):
     assert adamw["eval_loss"] == pytest.approx(sum(EVAL["adamw@lr=2x"]) / 3)
     assert adamw["default_eval_loss"] == pytest.approx(sum(EVAL["adamw@lr=1x"]) / 3)
     assert adamw["delta"] == pytest.approx((sum(EVAL["adamw@lr=2x"]) - sum(EVAL["adamw@lr=1x"])) / 3)
-    p = scipy_stats.ttest_ind(EVAL["adamw@lr=2x"], EVAL["adamw@lr=1x"], equal_var=False).pvalue
+    p = scipy_stats.ttest_rel(EVAL["adamw@lr=2x"], EVAL["adamw@lr=1x"]).pvalue  # seeds pair up
     assert p < 0.05 and adamw["verdict"] == "better"
     interval = scipy_stats.ttest_1samp(EVAL["adamw@lr=2x"], 0).confidence_interval(0.95)
     assert adamw["eval_loss_ci"] == pytest.approx((interval.high - interval.low) / 2)
@@ -120,3 +120,27 @@ def test_tuning_cells_format_a_missing_default_and_the_sign_of_the_gain(runs):
     adamw, scale = cells
     assert adamw[6].startswith("-") and adamw[7] == "better"
     assert scale[5] == "not tried" and scale[6] == "—" and scale[7] == "—"
+
+
+def test_tuned_time_to_target_keeps_each_optimizer_s_best_trial(write_suite, tmp_path):
+    from optbench.results import compare as cmp
+
+    store = ResultStore(tmp_path / "t.sqlite")
+    for cell in expand(load_suite(write_suite(SWEPT))):
+        _save(store, cell, EVAL[cell.optimizer.display][cell.defaults.seed])
+    runs = store.runs()
+    curves = store.curves([r.run_id for r in runs])
+    pair = ("llama_tiny", 32)
+    every = cmp.time_to_target(runs, ["adamw", "scale"], pair, "adamw", ["none"], curves)
+    tuned = cmp.time_to_target(runs, ["adamw", "scale"], pair, "adamw", ["none"], curves, tuned=True)
+    assert len(every) == 5
+    assert list(tuned["optimizer"]) == ["adamw@lr=2x", "scale@lr=0.003"]
+    # The target: the best adamw trial's final loss smoothed over its last 5 (here 2) steps.
+    assert tuned["target"].iloc[0] == pytest.approx(sum((6.0 + x) / 2 for x in EVAL["adamw@lr=2x"]) / 3)
+
+
+def test_the_gain_over_the_default_is_tested_on_paired_seeds(runs):
+    adamw = tuning.tuning_frame(runs).set_index("name").loc["adamw"]
+    assert adamw["test"] == "paired"
+    p = scipy_stats.ttest_rel(EVAL["adamw@lr=2x"], EVAL["adamw@lr=1x"]).pvalue
+    assert p < 0.05 and adamw["verdict"] == "better"
