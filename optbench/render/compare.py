@@ -100,6 +100,10 @@ def caption(cmp: Comparison) -> str:
                  f"{cmp.baseline} (p < 0.05: better / worse, else ≈ noise) instead of ★: paired"
                  f" over the same seeds (seed k gives every optimizer the same initial weights"
                  f" and batches), Welch's when the seeds differ")
+    shared = sum(r.jobs > 1 for r in cmp.runs)
+    if shared:
+        text += (f" · {shared} of {len(cmp.runs)} results ran beside other cells (run --jobs):"
+                 f" their times and throughput are not what a cell alone measures")
     return text
 
 
