@@ -76,12 +76,13 @@ def run(
 
     if dry_run:
         # Under submitit, --jobs caps jobs in flight, not this machine's shares: estimate as one.
-        local_jobs = (jobs or 1) if executor is RunExecutor.local else 1
+        local_jobs = (1 if jobs is None else jobs) if executor is RunExecutor.local else 1
         dry_run_suite(suite_path, db, rerun=rerun or not resume, only=only, jobs=local_jobs,
                       console=console)
         return
     options = submitit_options(executor.value, slurm, submitit_dir, jobs)
-    code = run_suite(suite_path, db, reports, rerun=rerun or not resume, only=only, jobs=jobs or 1,
+    code = run_suite(suite_path, db, reports, rerun=rerun or not resume, only=only,
+                     jobs=1 if jobs is None else jobs,
                      console=console, executor=options)
     raise typer.Exit(code)
 

@@ -38,6 +38,7 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
               console: Console, jobs: int = 1, executor: SubmititOptions | None = None) -> int:
     """Run what is not stored yet (in local processes, or as submitit jobs with `executor`),
     then write the suite's report; the exit code."""
+    check_jobs(jobs)
     suite = load_suite(suite_path)
     _check_device(suite, executor)
     cells = expand(suite)
@@ -88,6 +89,12 @@ def _executor_note(executor: SubmititOptions, todo: list[Cell]) -> str:
             f"{escape(skip)}")
 
 
+def check_jobs(jobs: int) -> None:
+    """Refused at once, even when every cell is stored and nothing would run."""
+    if jobs < 1:
+        raise OptbenchError(f"--jobs {jobs}: must be 1 or more")
+
+
 def _jobs_note(jobs: int, todo: list[Cell]) -> str:
     """' · 2 at a time, 1 CPU thread each' under --jobs (refused here when it cannot be)."""
     if jobs == 1 or not todo:
@@ -99,6 +106,7 @@ def _jobs_note(jobs: int, todo: list[Cell]) -> str:
 def dry_run_suite(suite_path: Path, db: Path, *, rerun: bool, only: str | None, jobs: int,
                   console: Console) -> None:
     """The cells, which are stored, and the time the rest should take; nothing is run."""
+    check_jobs(jobs)
     suite = load_suite(suite_path)
     chosen = select_cells(expand(suite), suite, only)
     store = ResultStore(db) if Path(db).exists() else None

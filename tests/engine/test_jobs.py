@@ -110,3 +110,18 @@ def test_the_dry_run_estimates_from_runs_alike_and_counts_the_unknown(write_suit
     p = plan(other_seq, store, rerun=False)
     assert p.unknown == 3 and p.known_seconds == 0  # nothing alike at seq 64
     assert plan(cells, store, rerun=True).stored == 0
+
+
+def test_cli_refuses_bad_jobs_and_the_dry_run_writes_nothing(write_suite, tmp_path):
+    from typer.testing import CliRunner
+
+    from optbench.cli import app
+
+    suite, db = write_suite(TINY_SUITE), tmp_path / "none.sqlite"
+    for jobs in ("0", "-2"):
+        result = CliRunner().invoke(app, ["run", str(suite), "--jobs", jobs, "--db", str(db)])
+        assert result.exit_code == 2 and f"--jobs {jobs}: must be 1 or more" in result.output
+    result = CliRunner().invoke(app, ["run", str(suite), "--dry-run", "--jobs", "2", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "llama_tiny/adamw/seq32" in result.output and "3 to run" in result.output
+    assert "nothing run (--dry-run)" in result.output and not db.exists()
