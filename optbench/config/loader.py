@@ -239,7 +239,7 @@ def _validate_search(search: Search, where: str) -> None:
 def _validate_sweep(choice, models, search: Search, key: str) -> None:
     """Every trial of the space (its own, else the suite's `search.space`) resolves for every
     model: its hparams exist and take the values (a factor scales a number)."""
-    where = f"{key}.sweep" if choice.sweep else f"{key}, from search.space"
+    where = f"{key}.sweep" if choice.sweep is not None else f"{key}, from search.space"
     trials = sweep.trials(search.space_of(choice.sweep), search, where)  # raises on a malformed space
     for trial in trials:
         for model in models:

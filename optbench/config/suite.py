@@ -88,7 +88,8 @@ class OptimizerChoice:
     name: str
     hparams: dict[str, Any] = field(default_factory=dict)
     label: str | None = None  # defaults to the name; needed to tell two setups of one name apart
-    sweep: dict[str, Any] = field(default_factory=dict)  # a search space: one cell per trial
+    # A search space: one cell per trial. None: the suite's `search.space`; {}: no search.
+    sweep: dict[str, Any] | None = None
 
     @property
     def display(self) -> str:

@@ -30,9 +30,10 @@ class Search:
     seed: int = 0  # quasi_random: the Sobol scramble's seed
     space: dict[str, Any] = field(default_factory=dict)  # every optimizer's without a `sweep`
 
-    def space_of(self, own: dict[str, Any]) -> dict[str, Any]:
-        """An optimizer's search space: its own `sweep`, else the suite's `search.space`."""
-        return own or self.space
+    def space_of(self, own: dict[str, Any] | None) -> dict[str, Any]:
+        """An optimizer's search space: its own `sweep` (`sweep: {}` opts out of the suite's
+        space, e.g. for an untuned baseline), else the suite's `search.space`."""
+        return self.space if own is None else own
 
 
 @dataclass(frozen=True)

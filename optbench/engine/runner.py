@@ -31,8 +31,11 @@ from optbench.engine.worker import EVENT_PREFIX
 
 STDERR_TAIL_LINES = 20
 
-# Children running now, so that an interrupted --jobs run can stop every one of them.
+# Children running now, so that an interrupted --jobs run can stop every one of them; once
+# stopping, no new child starts.
 _RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+_STOPPING = threading.Event()
 
 
 @dataclass
@@ -51,12 +54,15 @@ def run_cell(cell: Cell, hooks: Hooks | None = None, slot: Slot | None = None) -
     with tempfile.TemporaryDirectory(prefix="optbench-cell-") as tmp:
         cell_path, result_path = Path(tmp, "cell.pkl"), Path(tmp, "result.json")
         cell_path.write_bytes(pickle.dumps(cell))
-        proc = subprocess.Popen(
-            _command(cell, cell_path, result_path, Path(tmp, "logs")),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True, env=_child_env(slot), start_new_session=True,
-        )
-        _RUNNING.add(proc)
+        with _RUNNING_LOCK:  # an interrupted --jobs run either sees this child or stops it here
+            if _STOPPING.is_set():
+                raise KeyboardInterrupt
+            proc = subprocess.Popen(
+                _command(cell, cell_path, result_path, Path(tmp, "logs")),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                text=True, env=_child_env(slot), start_new_session=True,
+            )
+            _RUNNING.add(proc)
         hooks.on_start(cell, proc.pid)
         stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         drain = threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True)
@@ -67,7 +73,8 @@ def run_cell(cell: Cell, hooks: Hooks | None = None, slot: Slot | None = None) -
             _kill(proc)
             raise
         finally:
-            _RUNNING.discard(proc)
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
         drain.join(timeout=5)
         returncode = proc.returncode
         if cell.parallel.sharded and returncode != 0 and result_path.exists() and not timed_out:
@@ -265,10 +272,22 @@ def _run_side_by_side(cells: list[Cell], slots: list[Slot], hooks: Hooks | None,
         for future in as_completed(futures):
             on_done(futures[future], future.result())
             results.append(future.result())
-    except BaseException:  # Ctrl-C: start no more cells, stop those running
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in list(_RUNNING):
-            threading.Thread(target=_kill, args=(proc,), daemon=True).start()
+    except BaseException:  # Ctrl-C (or a failing on_done): start no more cells, stop those running
+        _stop_all(pool)
         raise
     pool.shutdown()
     return results
+
+
+def _stop_all(pool: ThreadPoolExecutor) -> None:
+    pool.shutdown(wait=False, cancel_futures=True)
+    with _RUNNING_LOCK:
+        _STOPPING.set()
+        running = list(_RUNNING)
+    stoppers = [threading.Thread(target=_kill, args=(proc,), daemon=True) for proc in running]
+    for t in stoppers:
+        t.start()
+    for t in stoppers:  # a plain worker dies at once; torchrun gets its grace
+        t.join(TERMINATE_GRACE_S + 5)
+    pool.shutdown(wait=True)
+    _STOPPING.clear()

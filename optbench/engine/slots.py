@@ -44,10 +44,16 @@ def visible_gpus() -> list[str]:
 
 
 def machine_slots(jobs: int, cells: list[Cell]) -> list[Slot]:
-    """`jobs` equal shares of this machine. GPUs are shared out only when a cell runs on CUDA;
-    more jobs than GPUs is refused (one cell per GPU at least)."""
+    """`jobs` equal shares of this machine (no more than there are cells). GPUs are shared out
+    only when a cell runs on CUDA; more jobs than GPUs is refused (one cell per GPU at least)."""
     if jobs < 1:
         raise OptbenchError(f"--jobs {jobs}: must be 1 or more")
+    if jobs > 1 and launch_nodes() > 1:
+        # Every node must start the same sharded cell at the same time on one rendezvous port;
+        # cells finishing in a different order on each node would meet the wrong cell's ranks.
+        raise OptbenchError(f"--jobs {jobs}: with OPTBENCH_NNODES set, cells run one at a time "
+                            "(every node runs the same cell together); use --jobs 1")
+    jobs = max(1, min(jobs, len(cells)))  # more shares than cells would leave cores idle
     cores = os.cpu_count() or 1
     threads = max(1, cores // jobs)
     gpus = visible_gpus() if any(c.defaults.device == "cuda" for c in cells) else []

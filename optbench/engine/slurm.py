@@ -76,6 +76,8 @@ def parse_parameters(items: list[str]) -> dict[str, Any]:
 
 
 def _typed(key: str, value: str) -> Any:
+    if _looks_like_a_name(value):  # slurm_exclude=007, name=1e3: not numbers
+        return value
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
     if value[0] in "[{":
@@ -89,6 +91,18 @@ def _typed(key: str, value: str) -> Any:
         except ValueError:
             continue
     return value
+
+
+def _looks_like_a_name(value: str) -> bool:
+    """A value float() would read but a user meant as text: leading zeros ('007'), an exponent
+    or inf/nan ('1e3' as a job name)."""
+    try:
+        float(value)
+    except ValueError:
+        return False
+    digits = value.lstrip("+-")
+    leading_zero = len(digits) > 1 and digits[0] == "0" and digits[1] != "."
+    return leading_zero or any(c in value.lower() for c in ("e", "inf", "nan"))
 
 
 def check_options(options: SubmititOptions, cells: list[Cell] | tuple = ()) -> None:

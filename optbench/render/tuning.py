@@ -35,16 +35,17 @@ def tuning_cells(frame: pd.DataFrame) -> list[list[str]]:
     out = []
     for _, row in frame.iterrows():
         delta = row["delta"]
-        out.append([_row_name(row), str(row["trials"]), str(row["seeds"]), row["chosen"] or "—",
-                    _loss(row["eval_loss"], row["eval_loss_ci"]),
-                    _loss(row["default_eval_loss"]) if np.isfinite(row["default_eval_loss"])
-                    else "not tried", f"{delta:+.3f}" if np.isfinite(delta) else "—",
-                    row["verdict"] or "—"])
+        default = (_loss(row["default_eval_loss"]) if np.isfinite(row["default_eval_loss"])
+                   else "failed" if row.get("default_tried") else "not tried")
+        trials = str(row["trials"]) + (f" ({row['out']} out)" if row.get("out") else "")
+        out.append([_row_name(row), trials, str(row["seeds"]), row["chosen"] or "—",
+                    _loss(row["eval_loss"], row["eval_loss_ci"]), default,
+                    f"{delta:+.3f}" if np.isfinite(delta) else "—", row["verdict"] or "—"])
     return out
 
 
 TUNING_CAPTION = (
-    f"Best trial per optimizer: {SELECTION_RULE}. Eval loss in nats, ± half the 95 % interval "
+    f"Best trial per optimizer: {SELECTION_RULE} (`N out` in Trials). Eval loss in nats, ± half the 95 % interval "
     "over seeds; default = the trial at the optimizer's default setting (every factor 1×); "
     "the verdict is a t-test of the chosen trial's seeds against the default's, paired over the "
     "same seeds (Welch's when they differ; the best of "
@@ -77,7 +78,7 @@ def best_trials_only(runs: pd.DataFrame, tuning: pd.DataFrame) -> pd.DataFrame:
     chosen = {(r.model, r.seq_len, r.name, r.parallel): r.label for r in tuning.itertuples()}
     trial = [label[:len(label) - len(suffix)] if suffix else label
              for label, suffix in zip(runs["optimizer"], runs["series_suffix"])]
-    keys = zip(runs["model"], runs["seq_len"], runs["optimizer_name"], runs["parallel"])
+    keys = zip(runs["model"], runs["seq_len"], [t.partition("@")[0] for t in trial], runs["parallel"])
     keep = [chosen.get(key, t) == t for key, t in zip(keys, trial)]
     return runs[keep]
 

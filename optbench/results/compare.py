@@ -41,7 +41,10 @@ from optbench.results.store import ResultStore, StoredRun, latest
 from optbench.results.tuning import (
     best_only,
     best_trial,
+    complete,
     edge_notes,
+    searches,
+    setup_view,
     ordered,
     reference,
     trial_key,
@@ -145,16 +148,9 @@ def missing_cells(runs: list[StoredRun], pairs: list[Pair], names: list[str], re
     return cells
 
 
-def _setup_view(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored config's setup (defaults and data) without its parallel strategy, which each
-    row states in its label, and its seed (a row's seeds are one setup)."""
-    defaults = {k: v for k, v in config["defaults"].items() if k not in ("parallel", "seed")}
-    return {"defaults": defaults, "data": config["data"]}
-
-
 def _shared_setup(group: list[StoredRun]) -> Setup | None:
     """(Defaults, DataConfig) that every stored row of this table shares, else None."""
-    setups = {json.dumps(_setup_view(r.config), sort_keys=True) for r in group}
+    setups = {json.dumps(setup_view(r.config), sort_keys=True) for r in group}
     if len(setups) != 1:
         return None
     setup = json.loads(setups.pop())
@@ -204,16 +200,19 @@ def parallels_at(runs: list[StoredRun], pair: Pair, req: Request) -> list[str]:
 
 def tuned_notes(runs: list[StoredRun], names: list[str], pair: Pair,
                 parallels: list[str]) -> list[str]:
-    """The selection, said per optimizer: which trial won out of how many, and any edge."""
+    """The selection, said per search: which trial won out of how many (and how many were out
+    for a failed or missing seed), and any edge."""
     groups = trials_at(runs, pair)
     notes = []
     for name, parallel in [(n, p) for n in names for p in parallels]:
-        trials = groups.get((name, parallel), {})
-        best = best_trial(trials)
-        if best is None or len(trials) < 2:
-            continue
-        notes.append(f"{row_label(best[0].optimizer, parallel)}: best of {len(trials)} trials")
-        notes += edge_notes(trials, best)
+        for trials in searches(groups.get((name, parallel), {})).values():
+            best = best_trial(trials)
+            if best is None or len(trials) < 2:
+                continue
+            out = len(trials) - len(complete(trials))
+            notes.append(f"{row_label(best[0].optimizer, parallel)}: best of {len(trials)} trials"
+                         + (f" ({out} out: a seed failed, diverged or is missing)" if out else ""))
+            notes += edge_notes(trials, best)
     return notes
 
 
@@ -365,7 +364,7 @@ def _best(frame: pd.DataFrame, metrics: list[Metric]) -> list[list[str]]:
 
 def config_notes(runs: list[StoredRun], pair: Pair) -> list[str]:
     """What differs between the setups of one table's rows (the optimizer part aside)."""
-    flat = {config_label(r): _flatten(_setup_view(r.config) | {
+    flat = {config_label(r): _flatten(setup_view(r.config) | {
         k: v for k, v in r.config.items() if k not in ("optimizer", "defaults", "data")})
         for r in _at(runs, pair)}
     if len({json.dumps(f, sort_keys=True) for f in flat.values()}) < 2:

@@ -3,9 +3,13 @@ best trial chosen by a stated rule, its edges flagged, its gain over the default
 the points of an LR-sensitivity plot.
 
 A *trial* is one setting of an optimizer's hparams (one point of a suite's search space); its
-runs are its seeds. The best trial of an optimizer × model × seq len × strategy is the one
-with the lowest final eval loss (after the last training step, never an intermediate point),
-mean over its seeds. Picking the best of N trials favours it a little (the winner's curse):
+runs are its seeds. A *search* is the trials of one suite
+entry, named by its label before '@' ('adamw' for 'adamw@lr=2x'; two labelled setups of one
+optimizer are two searches). The best trial of a search at a model × seq len × strategy is the
+one with the lowest final eval loss (after the last training step, never an intermediate
+point), mean over its seeds, among its *complete* trials: every seed of the search finished ok.
+A trial with a diverged, failed or missing seed is out (it counts as tried for the edge flags):
+otherwise a trial that diverged on the hard seed would win on the easy one. Picking the best of N trials favours it a little (the winner's curse):
 the tuned-vs-default gain is an upper estimate, and the verdict against the default says
 whether it is more than seed noise.
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -26,7 +30,8 @@ from optbench.results.store import StoredRun
 
 SELECTION_METRIC = "eval_loss"  # the best trial: lowest final eval loss, mean over its seeds
 SELECTION_RULE = ("each optimizer's trial with the lowest final eval loss (after the last "
-                  "training step, never an intermediate point), mean over its seeds")
+                  "training step, never an intermediate point), mean over its seeds; a trial "
+                  "with a failed, diverged or missing seed is out")
 SENSITIVITY_HPARAM = "lr"
 
 Pair = tuple[str, int]  # (model, seq_len)
@@ -34,9 +39,34 @@ Trials = dict[str, list[StoredRun]]  # trial key -> its runs (seeds), in seed or
 Group = tuple[str, str]  # (optimizer name, strategy)
 
 
+def setup_view(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config's setup (defaults and data) without its parallel strategy, which each
+    row states in its label, and its seed (a trial's seeds are one setup)."""
+    defaults = {k: v for k, v in config["defaults"].items() if k not in ("parallel", "seed")}
+    return {"defaults": defaults, "data": config["data"]}
+
+
 def trial_key(run: StoredRun) -> str:
-    """A run's setup of its optimizer (its resolved hparams): one trial of a search space."""
-    return json.dumps(run.config.get("optimizer", {}).get("hparams", {}), sort_keys=True)
+    """One trial: the run's resolved hparams. Its setup is not part of it: compare takes the
+    latest result whatever suite made it, and notes when the rows' setups differ."""
+    return json.dumps(hparams_of(run), sort_keys=True)
+
+
+def hparams_of(run: StoredRun) -> dict[str, Any]:
+    return run.config.get("optimizer", {}).get("hparams", {})
+
+
+def search_label(run: StoredRun) -> str:
+    """The suite entry a run's trial belongs to: its label before '@'."""
+    return run.optimizer.partition("@")[0]
+
+
+def searches(trials: Trials) -> dict[str, Trials]:
+    """One optimizer's trials split by the search (suite entry) each belongs to."""
+    out: dict[str, Trials] = {}
+    for key, seeds in trials.items():
+        out.setdefault(search_label(seeds[-1]), {})[key] = seeds
+    return out
 
 
 def trials_at(runs: list[StoredRun], pair: Pair, keep=lambda r: True) -> dict[Group, Trials]:
@@ -58,60 +88,83 @@ def is_default_label(label: str, name: str) -> bool:
 
 
 def ordered(trials: Trials, name: str) -> list[list[StoredRun]]:
-    """An optimizer's trials: the one labelled by its bare name (no search) first, else the
-    one at its default values (every factor 1x), then by label."""
-    return sorted(trials.values(), key=lambda t: (t[-1].optimizer != name,
-                                                  not is_default_label(t[-1].optimizer, name),
-                                                  t[-1].optimizer))
+    """An optimizer's trials: the one at its default setting first (default_trial), then by
+    search and in numeric order of their hparams."""
+    default = default_trial(trials, name)
+    return sorted(trials.values(), key=lambda t: (t is not default, search_label(t[-1]),
+                                                  _value_order(t[-1])))
+
+
+def _value_order(run: StoredRun) -> list:
+    """Trials in numeric order of their hparams (text order would put 10x before 2x)."""
+    return [(k, (0, v, "") if _is_number(v) else (1, 0, str(v)))
+            for k, v in sorted(hparams_of(run).items())]
 
 
 def default_trial(trials: Trials, name: str) -> list[StoredRun] | None:
-    """The trial at the optimizer's default setting: labelled so (its bare name, or every
-    factor 1x), else the one whose hparams are the registry's defaults for the model (a list
+    """The trial at the optimizer's default setting: labelled by the bare name, else every
+    factor 1x, else the one whose hparams are the registry's defaults for the model (a list
     that happens to hold the default value); None when the search left it out."""
-    first = ordered(trials, name)[:1]
-    if first and is_default_label(first[0][-1].optimizer, name):
-        return first[0]
-    for seeds in trials.values():
-        if trial_key(seeds[0]) == _registry_default_key(name, seeds[0].model):
-            return seeds
+    runs = list(trials.values())
+    for is_default in (lambda t: t[-1].optimizer == name,
+                       lambda t: is_default_label(t[-1].optimizer, name),
+                       lambda t: _jsonable(hparams_of(t[0])) == _registry_defaults(name, t[0].model)):
+        if (found := next((t for t in runs if is_default(t)), None)) is not None:
+            return found
     return None
 
 
-def _registry_default_key(name: str, model: str) -> str | None:
+def _registry_defaults(name: str, model: str) -> Any:
     try:  # a run stored under an optimizer the registry no longer has: no default to know
-        return json.dumps(resolve_hparams(name, {}, model), sort_keys=True)
+        return _jsonable(resolve_hparams(name, {}, model))
     except OptbenchError:
         return None
+
+
+def _jsonable(hparams: dict) -> Any:
+    return json.loads(json.dumps(hparams, sort_keys=True))
 
 
 def reference(groups: dict[Group, Trials], baseline: str, parallel: str) -> list[StoredRun]:
     """The baseline's runs ratios and verdicts are against: under the row's strategy, else one
     process; its first trial (the bare-named one when it was swept)."""
     trials = groups.get((baseline, parallel)) or groups.get((baseline, "none"))
-    return ordered(trials, baseline)[0] if trials else []
+    if not trials:
+        return []
+    return ordered(searches(trials).get(baseline, trials), baseline)[0]
 
 
 def selection_values(seeds: list[StoredRun]) -> list[float]:
     return [v for v in (r.metric(SELECTION_METRIC) for r in seeds) if np.isfinite(v)]
 
 
+def complete(trials: Trials) -> Trials:
+    """The trials with a finished result on every seed of their search."""
+    seeds = {r.seed for runs in trials.values() for r in runs}
+    return {key: runs for key, runs in trials.items()
+            if {r.seed for r in runs} == seeds and len(selection_values(runs)) == len(runs)
+            and all(r.status == "ok" for r in runs)}
+
+
 def best_trial(trials: Trials) -> list[StoredRun] | None:
-    """The trial with the lowest mean final eval loss over its seeds (the end of training, never
-    an intermediate point); None when no trial has one."""
-    scored = [(float(np.mean(v)), seeds) for seeds in trials.values()
-              if (v := selection_values(seeds))]
+    """The complete trial with the lowest mean final eval loss over its seeds (the end of
+    training, never an intermediate point); None when no trial is complete."""
+    scored = [(float(np.mean(selection_values(seeds))), seeds) for seeds in complete(trials).values()]
     return min(scored, key=lambda s: s[0])[1] if scored else None
 
 
 def best_only(groups: dict[Group, Trials]) -> dict[Group, Trials]:
-    """Each optimizer's best trial alone (what `compare --tuned` shows)."""
-    return {key: ({trial_key(b[0]): b} if (b := best_trial(t)) else {}) for key, t in groups.items()}
+    """Each search's best trial alone (what `compare --tuned` shows)."""
+    out = {}
+    for key, trials in groups.items():
+        best = [b for search in searches(trials).values() if (b := best_trial(search))]
+        out[key] = {trial_key(b[0]): b for b in best}
+    return out
 
 
 def swept(trials: Trials) -> list[str]:
     """The hparams whose value differs between the trials, in name order."""
-    settings = [json.loads(key) for key in trials]
+    settings = [hparams_of(seeds[0]) for seeds in trials.values()]
     names = sorted({k for s in settings for k in s})
     return [k for k in names if len({json.dumps(s.get(k)) for s in settings}) > 1]
 
@@ -119,8 +172,8 @@ def swept(trials: Trials) -> list[str]:
 def edge_notes(trials: Trials, best: list[StoredRun]) -> list[str]:
     """For each hparam the search varied, whether the best trial's value is the smallest or the
     largest tried: the optimum may lie outside the range."""
-    hparams = [json.loads(key) for key in trials]
-    chosen = json.loads(trial_key(best[0]))
+    hparams = [hparams_of(seeds[0]) for seeds in trials.values()]
+    chosen = hparams_of(best[0])
     notes = []
     for name in sorted(chosen):
         tried = sorted({h.get(name) for h in hparams if _is_number(h.get(name))})
@@ -138,7 +191,7 @@ def _is_number(value: Any) -> bool:
 
 def chosen_text(trials: Trials, best: list[StoredRun]) -> str:
     """The chosen values of the swept hparams, with the factor the label gives: 'lr 0.002 (2x)'."""
-    hparams = json.loads(trial_key(best[0]))
+    hparams = hparams_of(best[0])
     factors = dict(s.split("=", 1) for s in best[0].optimizer.partition("@")[2].split(",") if "=" in s)
     parts = []
     for name in swept(trials):
@@ -149,33 +202,37 @@ def chosen_text(trials: Trials, best: list[StoredRun]) -> str:
     return ", ".join(parts)
 
 
-def tuning_frame(runs: list[StoredRun]) -> pd.DataFrame:
-    """One row per optimizer × model × seq len × strategy that was searched (more than one
-    trial): how many trials and seeds, the chosen setting, its final eval loss against the
-    default setting's, and whether that gain is more than seed noise."""
-    rows = []
+def searched(runs: list[StoredRun]) -> Iterator[tuple[Pair, str, str, Trials]]:
+    """((model, seq len), search label, strategy, its trials) of every search with more than
+    one trial, whatever its runs' statuses (a failed trial was still tried)."""
     for pair in sorted({(r.model, int(r.seq_len)) for r in runs}):
-        for (name, parallel), trials in trials_at(runs, pair, keep=_finished).items():
-            if len(trials) > 1 and (best := best_trial(trials)) is not None:
-                rows.append(_tuning_row(pair, name, parallel, trials, best))
+        for (_, parallel), trials in trials_at(runs, pair).items():
+            for label, search in searches(trials).items():
+                if len(search) > 1:
+                    yield pair, label, parallel, search
+
+
+def tuning_frame(runs: list[StoredRun]) -> pd.DataFrame:
+    """One row per search (optimizer entry × model × seq len × strategy) of more than one
+    trial: how many trials (and how many are out), seeds, the chosen setting, its final eval
+    loss against the default setting's, and whether that gain is more than seed noise."""
+    rows = [_tuning_row(pair, label, parallel, trials, best)
+            for pair, label, parallel, trials in searched(runs)
+            if (best := best_trial(trials)) is not None]
     return pd.DataFrame(rows)
 
 
-def _finished(run: StoredRun) -> bool:
-    return run.status == "ok"
-
-
-def _tuning_row(pair: Pair, name: str, parallel: str, trials: Trials,
+def _tuning_row(pair: Pair, label: str, parallel: str, trials: Trials,
                 best: list[StoredRun]) -> dict[str, Any]:
     tuned = stats.summarize(selection_values(best))
-    default = default_trial(trials, name)
-    default_values = selection_values(default) if default else []
-    row = {"model": pair[0], "seq_len": pair[1], "name": name, "parallel": parallel,
-           "trials": len(trials), "seeds": len(best), "chosen": chosen_text(trials, best),
-           "label": best[0].optimizer, "eval_loss": tuned.mean,
-           "eval_loss_ci": (tuned.ci_high - tuned.ci_low) / 2,
+    default = default_trial(trials, best[0].optimizer_name)
+    default_values = selection_values(default) if default and default in complete(trials).values() else []
+    row = {"model": pair[0], "seq_len": pair[1], "name": label, "parallel": parallel,
+           "trials": len(trials), "out": len(trials) - len(complete(trials)), "seeds": len(best),
+           "chosen": chosen_text(trials, best), "label": best[0].optimizer,
+           "eval_loss": tuned.mean, "eval_loss_ci": (tuned.ci_high - tuned.ci_low) / 2,
            "default_eval_loss": float(np.mean(default_values)) if default_values else math.nan,
-           "edges": edge_notes(trials, best)}
+           "default_tried": default is not None, "edges": edge_notes(trials, best)}
     row["delta"] = row["eval_loss"] - row["default_eval_loss"]
     row["verdict"] = row["test"] = ""
     if default is best:
@@ -191,29 +248,28 @@ def _by_seed(seeds: list[StoredRun]) -> dict[int, float]:
 
 
 def sensitivity_frame(runs: list[StoredRun], hparam: str = SENSITIVITY_HPARAM) -> pd.DataFrame:
-    """Points of the sensitivity plot: per optimizer × model × seq len × strategy whose search
-    varied `hparam`, each trial at the best trial's other settings, with its final eval loss
-    over seeds (mean, sample std, n) and whether it is the chosen one."""
+    """Points of the sensitivity plot: per search whose trials varied `hparam`, each complete
+    trial at the best trial's other settings, with its final eval loss over seeds (mean,
+    sample std, n) and whether it is the chosen one."""
     rows = []
-    for pair in sorted({(r.model, int(r.seq_len)) for r in runs}):
-        for (name, parallel), trials in trials_at(runs, pair, keep=_finished).items():
-            best = best_trial(trials)
-            if best is None or hparam not in swept(trials):
+    for pair, label, parallel, trials in searched(runs):
+        best = best_trial(trials)
+        if best is None or hparam not in swept(trials):
+            continue
+        rest = _without(best[0], hparam)
+        for seeds in complete(trials).values():
+            if _without(seeds[0], hparam) != rest:
                 continue
-            rest = _without(trial_key(best[0]), hparam)
-            for key, seeds in trials.items():
-                values = selection_values(seeds)
-                if _without(key, hparam) != rest or not values:
-                    continue
-                s = stats.summarize(values)
-                rows.append({"model": pair[0], "seq_len": pair[1], "name": name,
-                             "parallel": parallel, "value": float(json.loads(key)[hparam]),
-                             "mean": s.mean, "std": 0.0 if s.n == 1 else s.std, "seeds": s.n,
-                             "chosen": seeds is best})
+            s = stats.summarize(selection_values(seeds))
+            rows.append({"model": pair[0], "seq_len": pair[1], "name": label,
+                         "parallel": parallel, "value": float(hparams_of(seeds[0])[hparam]),
+                         "mean": s.mean, "std": 0.0 if s.n == 1 else s.std, "seeds": s.n,
+                         "chosen": seeds is best})
     return pd.DataFrame(rows)
 
 
-def _without(key: str, hparam: str) -> str:
-    settings = json.loads(key)
+def _without(run: StoredRun, hparam: str) -> str:
+    """The run's trial with one hparam left out: the other settings a sensitivity line holds."""
+    settings = dict(hparams_of(run))
     settings.pop(hparam, None)
     return json.dumps(settings, sort_keys=True)

@@ -123,3 +123,10 @@ def test_a_bad_suite_wide_space_names_the_optimizer_and_the_key(write_suite, spa
     with pytest.raises(OptbenchError) as info:
         load_suite(write_suite(text))
     assert all(w in str(info.value) for w in words) and "\n" not in str(info.value)
+
+
+def test_an_empty_sweep_opts_out_of_the_suite_wide_space(write_suite):
+    text = TINY_SUITE.replace("[adamw, sgd, scale]", "[{name: adamw, sweep: {}}, sgd]")
+    text += "search: {space: {lr: {factors: [0.5, 1]}}}\n"
+    assert [c.optimizer.display for c in expand(load_suite(write_suite(text)))] == [
+        "adamw", "sgd@lr=0.5x", "sgd@lr=1x"]

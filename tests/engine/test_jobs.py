@@ -42,12 +42,12 @@ def test_cpu_shares_split_the_cores_and_say_so(cells, monkeypatch):
     assert [s.threads for s in shares] == [2, 2, 2] and all(not s.gpus for s in shares)
     assert shares[0].env == {"OPTBENCH_JOBS": "3", "OPTBENCH_CPU_SHARE": "2", "OMP_NUM_THREADS": "2"}
     assert shares[0].describe() == "2 CPU threads"
-    assert slots.machine_slots(16, cells)[0].threads == 1  # never below one thread
+    assert slots.machine_slots(16, cells * 6)[0].threads == 1  # never below one thread
 
 
 def test_gpu_shares_give_each_job_its_own_devices(cells, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    cuda = _on(cells, "cuda")
+    cuda = _on(cells * 2, "cuda")  # six cells: enough for every share
     shares = slots.machine_slots(2, cuda)
     assert [s.gpus for s in shares] == [("0", "1"), ("2", "3")]
     assert shares[1].env["CUDA_VISIBLE_DEVICES"] == "2,3"
@@ -59,9 +59,37 @@ def test_gpu_shares_give_each_job_its_own_devices(cells, monkeypatch):
     assert slots.fits(cells[0], shares[0])  # a CPU cell fits any share
 
 
-def test_bad_jobs_are_refused(cells):
+def test_bad_jobs_are_refused(cells, monkeypatch):
     with pytest.raises(OptbenchError, match="--jobs 0: must be 1 or more"):
         slots.machine_slots(0, cells)
+    monkeypatch.setenv("OPTBENCH_NNODES", "2")
+    with pytest.raises(OptbenchError, match="with OPTBENCH_NNODES set, cells run one at a time"):
+        slots.machine_slots(2, cells)
+
+
+def test_no_more_shares_than_cells(cells, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    shares = slots.machine_slots(8, cells[:2])
+    assert len(shares) == 2 and shares[0].threads == 8 and shares[0].env["OPTBENCH_JOBS"] == "2"
+
+
+@pytest.mark.slow
+def test_an_interrupted_jobs_run_leaves_no_child_running(cells, tmp_path):
+    from optbench.engine.runner import Hooks
+
+    pids = []
+
+    def interrupt(cell, result):
+        raise KeyboardInterrupt  # Ctrl-C as the first result comes back
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cells(cells, Hooks(on_start=lambda cell, pid: pids.append(pid)), on_done=interrupt,
+                  jobs=2)
+    assert 1 <= len(pids) <= 3
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]  # stopped and reaped
+    # The runner is usable again afterwards.
+    (result,) = run_cells(cells[:1])
+    assert result.status == "ok"
 
 
 @pytest.mark.slow

@@ -164,6 +164,9 @@ def test_slurm_values_reach_submitit_typed():
                              "slurm_exclusive=true", 'slurm_setup=["module load cuda"]']) == {
         "cpus_per_task": 8, "mem_gb": 2.5, "slurm_partition": "gpu", "slurm_exclusive": True,
         "slurm_setup": ["module load cuda"]}
+    # Text that only looks like a number stays text: a node list, a job name.
+    assert parse_parameters(["slurm_exclude=007", "name=1e3"]) == {"slurm_exclude": "007",
+                                                                   "name": "1e3"}
 
 
 @pytest.mark.parametrize("extra,device,words", [

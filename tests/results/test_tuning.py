@@ -4,6 +4,7 @@ points and PNG of the LR-sensitivity figure, in the suite report and in `compare
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -32,13 +33,17 @@ EVAL = {"adamw@lr=0.5x": [5.30, 5.32, 5.28], "adamw@lr=1x": [5.00, 5.03, 4.99],
         "scale@lr=0.003": [4.5, 4.6, 4.4]}
 
 
+def _result(cell, eval_loss: float) -> RunResult:
+    return RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
+                     model=cell.model, optimizer=cell.optimizer.display,
+                     optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
+                     dtype="fp32", status="ok", config=cell.config,
+                     metrics={"eval_loss": eval_loss, "peak_allocated_bytes": 1 << 20},
+                     curve=[(1, 6.0, 1.0), (2, eval_loss, 1.0)])
+
+
 def _save(store: ResultStore, cell, eval_loss: float) -> None:
-    store.save(RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
-                         model=cell.model, optimizer=cell.optimizer.display,
-                         optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
-                         dtype="fp32", status="ok", config=cell.config,
-                         metrics={"eval_loss": eval_loss, "peak_allocated_bytes": 1 << 20},
-                         curve=[(1, 6.0, 1.0), (2, eval_loss, 1.0)]))
+    store.save(_result(cell, eval_loss))
 
 
 @pytest.fixture
@@ -144,3 +149,48 @@ def test_the_gain_over_the_default_is_tested_on_paired_seeds(runs):
     assert adamw["test"] == "paired"
     p = scipy_stats.ttest_rel(EVAL["adamw@lr=2x"], EVAL["adamw@lr=1x"]).pvalue
     assert p < 0.05 and adamw["verdict"] == "better"
+
+
+def test_a_trial_with_a_diverged_seed_is_out_but_still_counts_as_tried(write_suite, tmp_path):
+    text = TINY_SUITE.replace("[adamw, sgd, scale]", "[{name: adamw, sweep: {lr: {factors: [1, 2, 4]}}}]")
+    text = text.replace("seq_lens: [32]", "seq_lens: [32]\n  seeds: [0, 1]")
+    store = ResultStore(tmp_path / "d.sqlite")
+    losses = {"adamw@lr=1x": [5.0, 5.1], "adamw@lr=2x": [4.8, None], "adamw@lr=4x": [None, None]}
+    for cell in expand(load_suite(write_suite(text))):
+        loss = losses[cell.optimizer.display][cell.defaults.seed]
+        if loss is None:
+            store.save(dataclasses.replace(_result(cell, math.nan), status="diverged"))
+        else:
+            _save(store, cell, loss)
+    (row,) = tuning.tuning_frame(store.runs()).to_dict("records")
+    assert row["label"] == "adamw@lr=1x"  # 2x won only on the seed where it did not diverge
+    assert (row["trials"], row["out"], row["seeds"]) == (3, 2, 2)
+    assert row["edges"] == [f"adamw@lr=1x: lr {LR:g} is the smallest tried (3 values, {LR:g} to "
+                            f"{4 * LR:g}): widen the range"]
+    assert row["verdict"] == "default is best"
+    assert "(2 out)" in render_tuning.tuning_cells(tuning.tuning_frame(store.runs()))[0][1]
+
+
+def test_two_labelled_setups_of_one_optimizer_are_two_searches(write_suite, tmp_path):
+    text = TINY_SUITE.replace("[adamw, sgd, scale]", "[adamw, {name: adamw, hparams: {weight_decay: 0.1}, label: adamw-wd}]")
+    store = ResultStore(tmp_path / "l.sqlite")
+    for cell, loss in zip(expand(load_suite(write_suite(text))), [5.0, 4.9]):
+        _save(store, cell, loss)
+    assert tuning.tuning_frame(store.runs()).empty  # one trial each: nothing was searched
+    frame = runs_frame(store.runs())
+    frame["series_suffix"] = ""
+    assert len(render_tuning.best_trials_only(frame, tuning.tuning_frame(store.runs()))) == 2
+
+
+def test_ratios_are_against_the_baseline_s_default_even_in_a_list(write_suite, tmp_path):
+    from optbench.results import compare as cmp
+
+    text = TINY_SUITE.replace("[adamw, sgd, scale]", f"[{{name: adamw, sweep: {{lr: [1.0e-4, {LR!r}, 3.0e-3]}}}}, sgd]")
+    store = ResultStore(tmp_path / "r.sqlite")
+    for cell, loss in zip(expand(load_suite(write_suite(text))), [5.5, 5.0, 4.9, 6.0]):
+        _save(store, cell, loss)
+    req = cmp.Request(("sgd",), metrics=("eval_loss",))
+    names, baseline, metrics = cmp.resolve(req)
+    table = cmp.table_rows(store.runs(), names, ("llama_tiny", 32), metrics, baseline)
+    assert table.set_index("optimizer").loc["sgd", "eval_loss_vs_adamw"] == pytest.approx(6.0 / 5.0)
+    assert list(table["optimizer"])[:3] == ["adamw@lr=0.001", "adamw@lr=0.0001", "adamw@lr=0.003"]
