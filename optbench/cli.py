@@ -229,6 +229,13 @@ def parity(
     run_parity(names or [], strategy, nproc, steps, db, reports, console, err_console)
 
 
+EXACT_OPTION = typer.Option(
+    False, "--exact",
+    help="Trace every decoder layer. Default: trace the model at 1 and 2 layers and extrapolate "
+         "each byte count to its depth (a decoder stack repeats one layer), which equals the full "
+         "trace and takes seconds at 7B.")
+
+
 @app.command()
 @user_errors
 def estimate(
@@ -242,12 +249,14 @@ def estimate(
     grad_clip: Optional[float] = GRAD_CLIP_OPTION,
     as_json: bool = JSON_OPTION,
     reports: Path = REPORTS_OPTION,
+    exact: bool = EXACT_OPTION,
 ) -> None:
     """Peak training memory without a GPU: one step traced on fake tensors, with its breakdown."""
     from optbench.commands.estimate import run_estimate
 
     run_estimate(model, optimizers, seq_len, batch_size, dtype.value if dtype else None, autocast,
-                 grad_accum, grad_clip, as_json=as_json, reports=reports, console=console)
+                 grad_accum, grad_clip, as_json=as_json, reports=reports, console=console,
+                 exact=exact)
 
 
 @app.command()
@@ -264,12 +273,13 @@ def fit(
     grad_clip: Optional[float] = GRAD_CLIP_OPTION,
     as_json: bool = JSON_OPTION,
     reports: Path = REPORTS_OPTION,
+    exact: bool = EXACT_OPTION,
 ) -> None:
     """Largest batch size (or sequence length) whose estimated peak fits in --memory."""
     from optbench.commands.estimate import run_fit
 
     run_fit(memory, model, optimizers or ["adamw"], seq_len, batch_size, dtype.value, autocast,
-            grad_accum, grad_clip, as_json=as_json, reports=reports, console=console)
+            grad_accum, grad_clip, as_json=as_json, reports=reports, console=console, exact=exact)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ embeddings alone would be most of a 9M-parameter model.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -91,12 +92,17 @@ def llama_config(size: ModelSize):
 
 
 def build_model(
-    name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    layers: int | None = None,
 ) -> torch.nn.Module:
-    """A freshly initialised LlamaForCausalLM of that size (seed the RNG first for determinism)."""
+    """A freshly initialised LlamaForCausalLM of that size (seed the RNG first for determinism);
+    with `layers`, the same shape with that many decoder layers (the estimator's shallow
+    traces)."""
     from transformers import LlamaForCausalLM
 
     size = get_model_size(name)
+    if layers is not None:
+        size = dataclasses.replace(size, num_hidden_layers=layers)
     with torch.device(device):
         model = LlamaForCausalLM(llama_config(size))
     return model.to(dtype=dtype)

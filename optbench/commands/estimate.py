@@ -71,20 +71,20 @@ def choice_label(name: str, hparams: dict) -> str:
     return name + ("" if not hparams else "(" + ",".join(f"{k}={v}" for k, v in hparams.items()) + ")")
 
 
-def estimate_all(targets: list[Target]) -> list[Estimate]:
+def estimate_all(targets: list[Target], exact: bool = False) -> list[Estimate]:
     """Estimate every target; each model and dtype's traces are shared."""
-    return [estimator(t.workload.model, t.workload.dtype).estimate(t.workload, t.optimizer,
-                                                                   t.hparams, t.label)
-            for t in targets]
+    return [estimator(t.workload.model, t.workload.dtype, exact).estimate(
+        t.workload, t.optimizer, t.hparams, t.label) for t in targets]
 
 
 def run_estimate(model: str, optimizers: list[str], seq_len, batch_size, dtype, autocast,
-                 grad_accum, grad_clip, *, as_json: bool, reports: Path, console) -> None:
+                 grad_accum, grad_clip, *, as_json: bool, reports: Path, console,
+                 exact: bool = False) -> None:
     ensure_writable_dir(reports, "--reports")
     name, targets = estimate_targets(model, optimizers, seq_len, batch_size, dtype, autocast,
                                      grad_accum, grad_clip)
     with status(f"tracing {len(targets)} estimates", quiet=as_json):
-        estimates = estimate_all(targets)
+        estimates = estimate_all(targets, exact)
     paths = render.write_estimate_report(estimates, reports, name, command_line())
     if as_json:
         print(render.estimates_json(estimates))
@@ -97,7 +97,8 @@ def run_estimate(model: str, optimizers: list[str], seq_len, batch_size, dtype, 
 
 def run_fit(memory: str, model: str, choices: list[str], seq_len: int | None,
             batch_size: int | None, dtype: str, autocast: bool, grad_accum: int,
-            grad_clip: float | None, *, as_json: bool, reports: Path, console) -> None:
+            grad_clip: float | None, *, as_json: bool, reports: Path, console,
+            exact: bool = False) -> None:
     """The largest batch size at seq_len, or with batch_size the largest seq len, per optimizer."""
     ensure_writable_dir(reports, "--reports")
     budget = parse_memory(memory)
@@ -109,7 +110,8 @@ def run_fit(memory: str, model: str, choices: list[str], seq_len: int | None,
     parsed = [parse_choice(choice) for choice in choices]
     _check_hparams(parsed, model)
     with status("searching", quiet=as_json):
-        results = [fit(estimator(model, dtype), base, axis, budget, opt, hp, choice_label(opt, hp))
+        results = [fit(estimator(model, dtype, exact), base, axis, budget, opt, hp,
+                       choice_label(opt, hp))
                    for opt, hp in parsed]
     fixed = f"batch {base.batch_size}" if axis == "seq_len" else f"seq {base.seq_len}"
     title = f"{model} · {fixed} · {dtype}{' + bf16 autocast' if autocast else ''} · budget {memory}"

@@ -112,6 +112,18 @@ class NotTraceable(Exception):
     """An optimizer step that fake tensors cannot follow (the reason is the message)."""
 
 
+@dataclass
+class Traced:
+    """What one trace of a step gives: the parts at every moment that can be its peak
+    (forward+backward with the state held, each optimizer step; or each whole step), the
+    state's bytes, value-dependent selections and the attention kernel."""
+
+    candidates: list[dict[str, int]]
+    state: dict[str, int]
+    selections: int
+    attention: str
+
+
 class _PlaceholderScalars(torch.utils._python_dispatch.TorchDispatchMode):
     """Answers the few value-dependent ops fake tensors cannot: `.item()` reads 1.0 / 1 /
     True; `nonzero` and boolean-mask indexing select every element. Scalar reads are mostly
@@ -160,11 +172,12 @@ def _full_selections(indices) -> list:
 class Estimator:
     """Traces for one model and dtype, cached, so many optimizers and workloads share them."""
 
-    def __init__(self, model: str, dtype: str = "bf16") -> None:
+    def __init__(self, model: str, dtype: str = "bf16", layers: int | None = None) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         self.model_name, self.dtype = model, dtype
-        self.meta_model = build_model(model, torch_dtype(dtype), "meta")
+        self.layers = layers or get_model_size(model).num_hidden_layers
+        self.meta_model = build_model(model, torch_dtype(dtype), "meta", layers=layers)
         self._fake_mode = FakeTensorMode()
         self._fwd_bwd: dict[Workload, dict[str, int]] = {}
         self._steps: dict[tuple, tuple] = {}
@@ -172,6 +185,16 @@ class Estimator:
     def estimate(self, workload: Workload, optimizer: str, hparams: dict | None = None,
                  label: str | None = None) -> Estimate:
         """The peak of a full training step (the larger of steps 1 and 2), or an error row."""
+        est, traced = self.traced(workload, optimizer, hparams, label)
+        if traced is not None:
+            est.parts = max(traced.candidates, key=lambda parts: sum(parts.values()))
+            fill(est, self.dtype, self.layers, traced)
+        return est
+
+    def traced(self, workload: Workload, optimizer: str, hparams: dict | None = None,
+               label: str | None = None) -> tuple[Estimate, "Traced | None"]:
+        """The estimate row (its error set when the step cannot be traced) and what was traced:
+        every moment that can be the step's peak, before the largest is taken."""
         self._check(workload)
         name = get_spec(optimizer).name
         resolved = resolve_hparams(name, hparams or {}, workload.model)
@@ -179,34 +202,32 @@ class Estimator:
         with warnings.catch_warnings():
             # Library chatter (create_graph reference cycles, fake data pointers) is not news here.
             warnings.simplefilter("ignore", UserWarning)
-            self._trace_into(est)
-        return est
+            try:
+                traced = self._trace(est)
+            except NotTraceable as exc:
+                est.error = str(exc)
+                return est, None
+        return est, traced
 
     def _check(self, workload: Workload) -> None:
         if (workload.model, workload.dtype) != (self.model_name, self.dtype):
             raise ValueError(f"this Estimator traces {self.model_name} in {self.dtype}, "
                              f"not {workload.model} in {workload.dtype}")
 
-    def _trace_into(self, est: Estimate) -> None:
-        name = est.optimizer
-        try:
-            if get_spec(name).needs_create_graph:
-                self._estimate_whole(est)
-            else:
-                self._estimate_composed(est)
-        except NotTraceable as exc:
-            est.error = str(exc)
+    def _trace(self, est: Estimate) -> "Traced":
+        if get_spec(est.optimizer).needs_create_graph:
+            return self._trace_whole(est)
+        return self._trace_composed(est)
 
-    # -- the two ways to get a peak
+    # -- the two ways to get a step's candidate peaks
 
-    def _estimate_composed(self, est: Estimate) -> None:
+    def _trace_composed(self, est: Estimate) -> "Traced":
         state, step_peaks, selections, attention = self._optimizer_steps(est)
         fb = self.fwd_bwd_peak(est.workload)
-        candidates = [{**fb, "optimizer_state": state["bytes"]}, *step_peaks]
-        est.parts = max(candidates, key=lambda parts: sum(parts.values()))
-        self._fill(est, state, selections, attention)
+        return Traced([{**fb, "optimizer_state": state["bytes"]}, *step_peaks], state,
+                      selections, attention)
 
-    def _estimate_whole(self, est: Estimate) -> None:
+    def _trace_whole(self, est: Estimate) -> "Traced":
         w = est.workload
         model = self._fake_model()
         with self._fake_mode, _PlaceholderScalars() as placeholders:
@@ -218,21 +239,9 @@ class Estimator:
                 for _ in range(2):
                     with measure.tracked_peak(model, optimizer) as peak:
                         train_step(model, optimizer, windows, opts)
-                    peaks.append(peak)
+                    peaks.append(peak_parts(peak))
             state = _state_summary(optimizer)
-        est.parts = peak_parts(max(peaks, key=lambda p: p["tracked_peak_bytes"]))
-        self._fill(est, state, placeholders.selections, _attention(model))
-
-    def _fill(self, est: Estimate, state: dict, selections: int, attention: str) -> None:
-        size = get_model_size(self.model_name)
-        est.n_params = size.n_params()
-        est.param_bytes = est.n_params * torch_dtype(self.dtype).itemsize
-        est.optimizer_state_bytes = state["bytes"]
-        est.paper_state_values = state["paper_bytes"] // PAPER_BYTES_PER_VALUE
-        est.paper_bytes = PAPER_BYTES_PER_VALUE * est.n_params + state["paper_bytes"]
-        est.attention = attention
-        if selections:
-            est.note = f"upper bound: {selections} mask selections taken as full"
+        return Traced(peaks, state, placeholders.selections, _attention(model))
 
     # -- traces
 
@@ -284,6 +293,78 @@ class Estimator:
         return [torch.randint(0, vocab, (w.batch_size, w.seq_len + 1)) for _ in range(w.grad_accum)]
 
 
+def fill(est: Estimate, dtype: str, layers: int, traced: Traced) -> None:
+    """The estimate's counts for its model at `layers` decoder layers, and its notes."""
+    size = dataclasses.replace(get_model_size(est.workload.model), num_hidden_layers=layers)
+    est.n_params = size.n_params()
+    est.param_bytes = est.n_params * torch_dtype(dtype).itemsize
+    est.optimizer_state_bytes = traced.state["bytes"]
+    est.paper_state_values = traced.state["paper_bytes"] // PAPER_BYTES_PER_VALUE
+    est.paper_bytes = PAPER_BYTES_PER_VALUE * est.n_params + traced.state["paper_bytes"]
+    est.attention = traced.attention
+    if traced.selections:
+        est.note = f"upper bound: {traced.selections} mask selections taken as full"
+
+
+# The depths a deep model's estimate is extrapolated from (decoder layers are identical, so
+# every byte count of a step is a + b x layers: held against full traces in the tests and in
+# benchmarks/estimate_speed.py).
+SHALLOW_DEPTHS = (1, 2)
+
+
+class DepthEstimator:
+    """Estimates of a deep model from traces of two shallow copies of it.
+
+    A decoder stack repeats one layer, so at every moment that can be a step's peak (forward
+    and backward with the state held, each optimizer step) each part's bytes are a line in the
+    number of layers: weights, gradients and state per layer, activations kept per layer, and
+    whatever the embedding, head and loss add once. Two traces, at 1 and 2 layers, give the
+    line; the estimate takes each moment at the model's depth and then the largest, as a full
+    trace would. A model no deeper than the shallow traces is traced whole."""
+
+    def __init__(self, model: str, dtype: str = "bf16") -> None:
+        self.model_name, self.dtype = model, dtype
+        self.layers = get_model_size(model).num_hidden_layers
+        self.shallow = [Estimator(model, dtype, layers=d) for d in SHALLOW_DEPTHS]
+
+    @functools.cached_property
+    def meta_model(self) -> torch.nn.Module:
+        return build_model(self.model_name, torch_dtype(self.dtype), "meta")
+
+    @functools.cached_property
+    def exact(self) -> Estimator:
+        return Estimator(self.model_name, self.dtype)
+
+    def estimate(self, workload: Workload, optimizer: str, hparams: dict | None = None,
+                 label: str | None = None) -> Estimate:
+        if self.layers <= max(SHALLOW_DEPTHS):
+            return self.exact.estimate(workload, optimizer, hparams, label)
+        traces = [e.traced(workload, optimizer, hparams, label) for e in self.shallow]
+        est = traces[-1][0]
+        if any(t is None for _, t in traces):
+            est.error = next(e.error for e, t in traces if t is None)
+            return est
+        lows, highs = (t for _, t in traces)
+        if len(lows.candidates) != len(highs.candidates):  # not one structure: trace it whole
+            return self.exact.estimate(workload, optimizer, hparams, label)
+        candidates = [_at_depth(a, b, self.layers) for a, b in zip(lows.candidates, highs.candidates)]
+        est.parts = max(candidates, key=lambda parts: sum(parts.values()))
+        traced = Traced(candidates, _at_depth(lows.state, highs.state, self.layers),
+                        _line(lows.selections, highs.selections, self.layers), highs.attention)
+        fill(est, self.dtype, self.layers, traced)
+        return est
+
+
+def _line(low: int, high: int, layers: int) -> int:
+    """The value at `layers` on the line through (d1, low) and (d2, high); never below 0."""
+    d1, d2 = SHALLOW_DEPTHS
+    return max(0, low + (high - low) * (layers - d1) // (d2 - d1))
+
+
+def _at_depth(low: dict[str, int], high: dict[str, int], layers: int) -> dict[str, int]:
+    return {key: _line(low.get(key, 0), high.get(key, 0), layers) for key in dict.fromkeys([*low, *high])}
+
+
 def _fake_like(t: torch.Tensor) -> torch.Tensor:
     fake = torch.empty(t.shape, dtype=t.dtype, device="cpu")
     if isinstance(t, torch.nn.Parameter):
@@ -325,9 +406,10 @@ def _attention(model: torch.nn.Module) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def estimator(model: str, dtype: str) -> Estimator:
-    """One shared Estimator per model and dtype within a process."""
-    return Estimator(model, dtype)
+def estimator(model: str, dtype: str, exact: bool = False) -> Estimator | DepthEstimator:
+    """One shared estimator per model and dtype within a process: the depth-extrapolating one,
+    or with `exact` the full trace."""
+    return Estimator(model, dtype) if exact else DepthEstimator(model, dtype)
 
 
 def workload_of(cell) -> Workload:

@@ -1,0 +1,52 @@
+"""The depth-extrapolated estimate (traces at 1 and 2 decoder layers, each byte count taken to
+the model's depth) equals the full trace to the byte: on a few optimizers in the inner loop,
+the whole roster on two small sizes in CI (the paper sizes: benchmarks/estimate_speed.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from optbench.engine.trace import DepthEstimator, Estimator, Workload, estimator
+from optbench.optimizers import list_specs
+
+FEW = ["adamw", "scale", "muon", "apollo_mini", "adahessian"]  # adahessian: the whole-step path
+
+
+def _assert_equal(model: str, names: list[str], seq_len: int = 64, batch: int = 2,
+                  dtype: str = "bf16", grad_accum: int = 1) -> None:
+    w = Workload(model, seq_len, batch, dtype, grad_accum=grad_accum)
+    full, fast = Estimator(model, dtype), DepthEstimator(model, dtype)
+    for name in names:
+        a, b = full.estimate(w, name), fast.estimate(w, name)
+        assert bool(a.error) == bool(b.error), name
+        if a.error:
+            continue
+        assert b.parts == a.parts, name
+        assert (b.optimizer_state_bytes, b.n_params, b.param_bytes, b.paper_bytes) == (
+            a.optimizer_state_bytes, a.n_params, a.param_bytes, a.paper_bytes), name
+
+
+def test_extrapolated_equals_full_trace_on_a_few_optimizers():
+    _assert_equal("llama_9m", FEW)
+
+
+def test_extrapolated_equals_full_trace_under_fp32_and_accumulation():
+    _assert_equal("llama_9m", ["adamw", "scale"], dtype="fp32", grad_accum=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["llama_9m", "llama_20m"])
+def test_extrapolated_equals_full_trace_on_the_whole_roster(model):
+    _assert_equal(model, [s.name for s in list_specs()])
+
+
+def test_a_model_no_deeper_than_the_shallow_traces_is_traced_whole():
+    fast = DepthEstimator("llama_tiny", "fp32")  # 2 layers
+    w = Workload("llama_tiny", 32, 2, "fp32")
+    assert fast.estimate(w, "adamw").parts == Estimator("llama_tiny", "fp32").estimate(w, "adamw").parts
+    assert fast.exact.layers == 2
+
+
+def test_the_shared_estimator_is_extrapolating_unless_exact():
+    assert isinstance(estimator("llama_9m", "bf16"), DepthEstimator)
+    assert isinstance(estimator("llama_9m", "bf16", True), Estimator)
