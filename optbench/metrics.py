@@ -12,6 +12,7 @@ optbench.render.figures); the tracker, the store, the tables and the gate read t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from optbench.errors import OptbenchError, did_you_mean
@@ -78,6 +79,30 @@ def part_metric(part: str) -> str:
 
 
 PART_METRICS = tuple(part_metric(p) for p in MEMORY_PARTS)
+
+# How tables show the peak's parts: the optimizer's part split in two, the state it keeps
+# between steps (as much of it as was alive at the peak) and the transient scratch of
+# `optimizer.step()` when the peak falls inside it. The tracker files both under one part; a
+# paper's memory table counts only the first.
+PEAK_COLUMNS: dict[str, str] = {
+    "params": "Params",
+    "grads": "Grads",
+    "state_held": "State held",
+    "step_scratch": "Step scratch",
+    "activations": "Activations",
+    "temporaries": "Temps",
+}
+
+
+def split_peak(parts: dict[str, float], state_kept: float) -> dict[str, float]:
+    """The peak's parts keyed as PEAK_COLUMNS: the optimizer part split into the kept state it
+    held and the step's scratch (the rest). They still sum to the peak."""
+    opt = parts.get("optimizer_state", math.nan)
+    held = min(opt, state_kept) if is_number(opt) and is_number(state_kept) else opt
+    scratch = opt - held if is_number(opt) and is_number(held) else math.nan
+    out = {key: parts.get(key, math.nan) for key in PEAK_COLUMNS}
+    out.update(state_held=held, step_scratch=scratch)
+    return out
 
 _ALL = (
     _memory("optimizer_state_bytes", "State"),

@@ -306,21 +306,23 @@ def fill(est: Estimate, dtype: str, layers: int, traced: Traced) -> None:
         est.note = f"upper bound: {traced.selections} mask selections taken as full"
 
 
-# The depths a deep model's estimate is extrapolated from (decoder layers are identical, so
-# every byte count of a step is a + b x layers: held against full traces in the tests and in
-# benchmarks/estimate_speed.py).
-SHALLOW_DEPTHS = (1, 2)
+# The depths a deep model's estimate is extrapolated from: the line through the last two, the
+# first to check that the step is a line in depth at all (held against full traces in the
+# tests and in benchmarks/estimate_speed.py).
+SHALLOW_DEPTHS = (1, 2, 3)
 
 
 class DepthEstimator:
-    """Estimates of a deep model from traces of two shallow copies of it.
+    """Estimates of a deep model from traces of shallow copies of it.
 
     A decoder stack repeats one layer, so at every moment that can be a step's peak (forward
-    and backward with the state held, each optimizer step) each part's bytes are a line in the
-    number of layers: weights, gradients and state per layer, activations kept per layer, and
-    whatever the embedding, head and loss add once. Two traces, at 1 and 2 layers, give the
-    line; the estimate takes each moment at the model's depth and then the largest, as a full
-    trace would. A model no deeper than the shallow traces is traced whole."""
+    and backward with the state held, each optimizer step) each part's bytes are usually a
+    line in the number of layers: weights, gradients and state per layer, activations kept per
+    layer, and whatever the embedding, head and loss add once. Traces at 2 and 3 layers give
+    the line; the trace at 1 layer must lie on it too, or the step is not a line in depth (an
+    optimizer whose scratch peaks at its largest matrix until enough layers outgrow it: SWAN)
+    and the model is traced whole. The estimate takes each moment at the model's depth and
+    then the largest, as a full trace would."""
 
     def __init__(self, model: str, dtype: str = "bf16") -> None:
         self.model_name, self.dtype = model, dtype
@@ -344,25 +346,48 @@ class DepthEstimator:
         if any(t is None for _, t in traces):
             est.error = next(e.error for e, t in traces if t is None)
             return est
-        lows, highs = (t for _, t in traces)
-        if len(lows.candidates) != len(highs.candidates):  # not one structure: trace it whole
+        traced = _extrapolated([t for _, t in traces], self.layers)
+        if traced is None:  # not a line in depth: trace every layer
             return self.exact.estimate(workload, optimizer, hparams, label)
-        candidates = [_at_depth(a, b, self.layers) for a, b in zip(lows.candidates, highs.candidates)]
-        est.parts = max(candidates, key=lambda parts: sum(parts.values()))
-        traced = Traced(candidates, _at_depth(lows.state, highs.state, self.layers),
-                        _line(lows.selections, highs.selections, self.layers), highs.attention)
+        est.parts = max(traced.candidates, key=lambda parts: sum(parts.values()))
         fill(est, self.dtype, self.layers, traced)
         return est
 
 
+def _extrapolated(traces: list[Traced], layers: int) -> Traced | None:
+    """The traces taken to `layers` along the line through the last two depths; None when the
+    first depth is off that line (or the traces do not have the same moments)."""
+    first, low, high = traces
+    if not len(first.candidates) == len(low.candidates) == len(high.candidates):
+        return None
+    pairs = [*zip(first.candidates, low.candidates, high.candidates),
+             (first.state, low.state, high.state)]
+    if not all(_on_line(a, lo, hi) for a, lo, hi in pairs):
+        return None
+    candidates = [_at_depth(lo, hi, layers) for _, lo, hi in pairs[:-1]]
+    return Traced(candidates, _at_depth(low.state, high.state, layers),
+                  _line(low.selections, high.selections, layers), high.attention)
+
+
+def _on_line(first: dict[str, int], low: dict[str, int], high: dict[str, int]) -> bool:
+    """Whether every count at the first depth is where the line through the others puts it."""
+    d0 = SHALLOW_DEPTHS[0]
+    return all(_line(low.get(k, 0), high.get(k, 0), d0) == first.get(k, 0)
+               for k in dict.fromkeys([*first, *low, *high]))
+
+
 def _line(low: int, high: int, layers: int) -> int:
-    """The value at `layers` on the line through (d1, low) and (d2, high); never below 0."""
-    d1, d2 = SHALLOW_DEPTHS
-    return max(0, low + (high - low) * (layers - d1) // (d2 - d1))
+    """The value at `layers` on the line through the last two shallow depths."""
+    d1, d2 = SHALLOW_DEPTHS[-2:]
+    return low + (high - low) * (layers - d1) // (d2 - d1)
+
+
+def _keys(low: dict, high: dict) -> list:
+    return list(dict.fromkeys([*low, *high]))
 
 
 def _at_depth(low: dict[str, int], high: dict[str, int], layers: int) -> dict[str, int]:
-    return {key: _line(low.get(key, 0), high.get(key, 0), layers) for key in dict.fromkeys([*low, *high])}
+    return {key: _line(low.get(key, 0), high.get(key, 0), layers) for key in _keys(low, high)}
 
 
 def _fake_like(t: torch.Tensor) -> torch.Tensor:

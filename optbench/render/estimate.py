@@ -11,7 +11,7 @@ from rich.table import Table
 
 from optbench.engine.fit import FitResult
 from optbench.engine.trace import Estimate, Workload
-from optbench.metrics import DASH, GB, GIB, MEMORY_PARTS, MIB
+from optbench.metrics import DASH, GB, GIB, MEMORY_PARTS, MIB, PEAK_COLUMNS, split_peak
 from optbench.render.figures import (PEAK_PARTS, new_figure, optimizer_styles, safe_name,
                                      save_figure)
 from optbench.render.markdown import generated_line, rows_table
@@ -46,7 +46,7 @@ def estimate_rows(estimates: list[Estimate]) -> tuple[list[str], list[list[str]]
     unit, scale = _unit(estimates)
     ref = next((e for e in estimates if e.optimizer == REFERENCE and not e.error), None)
     header = ["Optimizer", f"Peak ({unit})", f"State ({unit})",
-              *[f"{label} ({unit})" for label in MEMORY_PARTS.values()],
+              *[f"{label} ({unit})" for label in PEAK_COLUMNS.values()],
               f"Peak vs {REFERENCE}", "Paper conv. (GB)", "Note"]
     rows = []
     for e in estimates:
@@ -56,7 +56,7 @@ def estimate_rows(estimates: list[Estimate]) -> tuple[list[str], list[list[str]]
         ratio = f"{e.peak_bytes / ref.peak_bytes:.2f}×" if ref else DASH
         rows.append([e.label, f"{e.peak_bytes / scale:,.2f}",
                      f"{e.optimizer_state_bytes / scale:,.2f}",
-                     *[f"{e.parts[p] / scale:,.2f}" for p in MEMORY_PARTS],
+                     *[f"{v / scale:,.2f}" for v in split_peak(e.parts, e.optimizer_state_bytes).values()],
                      ratio, _gb(e.paper_bytes), e.note])
     return header, rows
 
@@ -72,9 +72,9 @@ def rich_estimate_tables(estimates: list[Estimate]) -> list[Table]:
         header, rows = estimate_rows(group)
         table = Table(title=workload_title(workload),
                       caption=f"traced on fake tensors · attention: {_attention(group)}")
-        for col in header:
+        for col in header:  # the optimizer's label whole: it names the row
             table.add_column(col, justify="left" if col in ("Optimizer", "Note") else "right",
-                             overflow="fold")
+                             overflow="fold", no_wrap=col == "Optimizer")
         for row in rows:
             table.add_row(*row)
         tables.append(table)
@@ -94,9 +94,10 @@ ASSUMPTIONS = [
     " and log-sum-exp kept, no seq×seq scores), as CUDA's flash kernel does; autocast follows"
     " CPU autocast's cast lists. No allocator caching or fragmentation: compare with CUDA's"
     " `max_memory_allocated`, not `reserved` or what nvidia-smi shows.",
-    "- **Columns**: *State* is what the optimizer keeps between steps; the parts are the"
-    " tracker's split at the peak moment, where *Opt state* also holds `optimizer.step()`'s"
-    " scratch tensors when the peak falls inside the step, and *Temps* are activation"
+    "- **Columns**: *State* is what the optimizer keeps between steps (what a paper's memory"
+    " table counts); the parts are the tracker's split at the peak moment: *State held* is as"
+    " much of that state as was alive then, *Step scratch* the transient tensors of"
+    " `optimizer.step()` when the peak falls inside the step, and *Temps* are activation"
     " gradients and whatever else a step allocates outside forward, backward and the"
     " optimizer step.",
     f"- **{PAPER_FORMULA[0].upper()}{PAPER_FORMULA[1:]}.**",

@@ -15,9 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from optbench.errors import informative_line
-from optbench.metrics import (DASH, MEMORY_PARTS, RESULT_STATUSES, STATUSES, format_mib,
-                              format_ratio, is_number, part_metric, rank_metric,
-                              split_rank_metric)
+from optbench.metrics import (DASH, MEMORY_PARTS, PEAK_COLUMNS, RESULT_STATUSES, STATUSES,
+                              format_mib, format_ratio, is_number, part_metric, rank_metric,
+                              split_peak, split_rank_metric)
 from optbench.optimizers.sharding import known_parity
 from optbench.render import tuning as render_tuning
 from optbench.render.figures import model_figures, optimizer_styles
@@ -43,7 +43,7 @@ def _status_text(row: pd.Series) -> str:
     return f"{row['status']}: {short}"
 
 
-PART_COLUMNS = tuple(f"{label} (MiB)" for label in MEMORY_PARTS.values())
+PART_COLUMNS = tuple(f"{label} (MiB)" for label in PEAK_COLUMNS.values())
 # The terminal gets the headline columns; the breakdown lives in summary.md.
 BREAKDOWN_COLUMNS = (*PART_COLUMNS, "fwd+bwd / opt (ms)", "Tokens/step")
 
@@ -71,7 +71,7 @@ def _format_row(row: pd.Series, base: pd.Series | None, baseline: str) -> list[s
         str(row["status"]),
         format_mib(row["optimizer_state_bytes"]),
         format_mib(row["peak_allocated_bytes"]),
-        *(format_mib(row[part_metric(part)]) for part in MEMORY_PARTS),
+        *(format_mib(v) for v in _split_peak(row, lambda metric: row[metric])),
         format_ratio(row["peak_allocated_bytes"], peak_base),
         format_ratio(row["optimizer_state_bytes"], state_base),
         _fmt(row["tokens_per_step"], ",.0f"),
@@ -138,6 +138,13 @@ PER_RANK_COLUMNS = ["Optimizer", "Rank", "State (MiB)", "Peak (MiB)", *PART_COLU
                     "Step (ms)", "fwd+bwd / opt (ms)"]
 
 
+def _split_peak(row: pd.Series, value) -> list[float]:
+    """The peak's parts as the tables show them (metrics.PEAK_COLUMNS), `value(metric)` reading
+    the row's (or one rank's) numbers."""
+    parts = {part: value(part_metric(part)) for part in MEMORY_PARTS}
+    return list(split_peak(parts, value("optimizer_state_bytes")).values())
+
+
 def _rank_value(row: pd.Series, metric: str, rank: int):
     return row.get(rank_metric(metric, rank), np.nan)
 
@@ -155,7 +162,7 @@ def per_rank_frame(group: pd.DataFrame) -> pd.DataFrame:
                 str(row["optimizer"]), str(rank),
                 format_mib(value("optimizer_state_bytes")),
                 format_mib(value("peak_allocated_bytes")),
-                *(format_mib(value(part_metric(part))) for part in MEMORY_PARTS),
+                *(format_mib(v) for v in _split_peak(row, value)),
                 _fmt(value("step_ms"), ",.1f"),
                 f"{_fmt(value('fwd_bwd_ms'), ',.1f')} / {_fmt(value('optimizer_step_ms'), ',.1f')}",
             ])
@@ -196,11 +203,13 @@ def _legend_lines(baseline: str, sharded: bool) -> list[str]:
         "- **Peak (MiB)** — peak memory of training: on CUDA `torch.cuda.max_memory_allocated`"
         " over the whole run; on CPU the tensor tracker's peak of live tensors over steps 1 and 2"
         " (state allocation and first-time work, then a step with the state held).",
-        f"- **{' / '.join(MEMORY_PARTS.values())} (MiB)** — what the live tensors were at the"
-        " peak moment; Temps are activation gradients and whatever a step allocates outside"
-        " forward, backward and the optimizer step, and when the peak falls inside"
-        " `optimizer.step()` the optimizer part includes that step's temporaries. They sum to Peak"
-        " on CPU; on CUDA the allocator's Peak can be a little larger.",
+        f"- **{' / '.join(PEAK_COLUMNS.values())} (MiB)** — what the live tensors were at the"
+        " peak moment. *State held* is as much of the optimizer's kept state (the State column:"
+        " what a paper's memory table counts) as was alive then; *Step scratch* is what"
+        " `optimizer.step()` had allocated besides, when the peak falls inside it; Temps are"
+        " activation gradients and whatever a step allocates outside forward, backward and the"
+        " optimizer step. They sum to Peak on CPU; on CUDA the allocator's Peak can be a little"
+        " larger.",
         f"- **Peak vs {baseline}** — this row's Peak divided by the {baseline} row's Peak at the"
         f" same model and sequence length, under the same parallel strategy when {baseline} ran"
         f" under it (`—` when {baseline} is missing or not ok).",

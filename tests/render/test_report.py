@@ -188,7 +188,7 @@ def test_pipe_table_rows_have_same_cell_count(tmp_path, runs, curves):
     lines = (tmp_path / "summary.md").read_text().splitlines()
     table_lines = [line for line in lines if line.startswith("| ")]
     counts = {len(re.findall(r"(?<!\\)\|", line)) for line in table_lines}
-    assert counts == {18}  # 17 columns
+    assert counts == {19}  # 18 columns
 
 
 def test_single_seq_len_skips_peak_vs_seq(tmp_path, runs, curves):
