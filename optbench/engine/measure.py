@@ -200,7 +200,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda" and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(device)
-        env["driver"] = _nvml_driver()
+        env["driver"] = nvml_driver()
     try:
         env["git_commit"] = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -211,7 +211,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def _nvml_driver() -> str | None:
+def nvml_driver() -> str | None:
     try:
         import pynvml
 
