@@ -250,13 +250,17 @@ def estimate(
     as_json: bool = JSON_OPTION,
     reports: Path = REPORTS_OPTION,
     exact: bool = EXACT_OPTION,
+    timeline: bool = typer.Option(
+        False, "--timeline",
+        help="Also draw each optimizer's memory through one step (a full trace of every layer, "
+             "slower): parts over forward, backward, clipping and the step, the peak marked."),
 ) -> None:
     """Peak training memory without a GPU: one step traced on fake tensors, with its breakdown."""
     from optbench.commands.estimate import run_estimate
 
     run_estimate(model, optimizers, seq_len, batch_size, dtype.value if dtype else None, autocast,
                  grad_accum, grad_clip, as_json=as_json, reports=reports, console=console,
-                 exact=exact)
+                 exact=exact, timeline=timeline)
 
 
 @app.command()

@@ -77,15 +77,23 @@ def estimate_all(targets: list[Target], exact: bool = False) -> list[Estimate]:
         t.workload, t.optimizer, t.hparams, t.label) for t in targets]
 
 
+def step_timelines(targets: list[Target], estimates: list[Estimate]) -> dict[str, list]:
+    """label -> the memory timeline of one whole step (a full trace each, every layer), for
+    the estimates that could be traced."""
+    return {t.label: estimator(t.workload.model, t.workload.dtype, True).step_timeline(
+        t.workload, t.optimizer, t.hparams) for t, e in zip(targets, estimates) if not e.error}
+
+
 def run_estimate(model: str, optimizers: list[str], seq_len, batch_size, dtype, autocast,
                  grad_accum, grad_clip, *, as_json: bool, reports: Path, console,
-                 exact: bool = False) -> None:
+                 exact: bool = False, timeline: bool = False) -> None:
     ensure_writable_dir(reports, "--reports")
     name, targets = estimate_targets(model, optimizers, seq_len, batch_size, dtype, autocast,
                                      grad_accum, grad_clip)
     with status(f"tracing {len(targets)} estimates", quiet=as_json):
         estimates = estimate_all(targets, exact)
-    paths = render.write_estimate_report(estimates, reports, name, command_line())
+        timelines = step_timelines(targets, estimates) if timeline else None
+    paths = render.write_estimate_report(estimates, reports, name, command_line(), timelines)
     if as_json:
         print(render.estimates_json(estimates))
         return

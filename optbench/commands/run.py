@@ -162,7 +162,8 @@ def write_suite_report(suite: Suite, cells: list[Cell], store: ResultStore, repo
                                 title=f"optbench · {suite.name}", description=suite.description,
                                 command=command_line(), store=str(store.path),
                                 tuning=tuning.tuning_frame(runs),
-                                sensitivity=tuning.sensitivity_frame(runs))
+                                sensitivity=tuning.sensitivity_frame(runs),
+                                timelines=store.timelines(frame["run_id"]))
     console.print(f"report: {escape(str(out / 'summary.md'))} (+{len(paths) - 1} plots)",
                   highlight=False)
 

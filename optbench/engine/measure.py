@@ -36,16 +36,25 @@ _PART_OF_REFTYPE = {
 }
 
 
+# A memory timeline point: the phase of the step, then the live bytes of each memory part
+# (MEMORY_PARTS order) at that moment.
+TIMELINE_PHASES = ("forward", "backward", "other", "optimizer step")
+
+
 @contextlib.contextmanager
-def tracked_peak(model: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer | None) -> Iterator[dict[str, int]]:
+def tracked_peak(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                 timeline: list | None = None) -> Iterator[dict[str, int]]:
     """Track the block under MemTracker; the dict it yields is filled, on exit, with the peak
-    total (`tracked_peak_bytes`) and its parts (`peak_<part>_bytes`), in bytes.
+    total (`tracked_peak_bytes`) and its parts (`peak_<part>_bytes`), in bytes. With a
+    `timeline` list, every moment the tracker checks for a new peak (after each op, and in its
+    module and optimizer hooks) is appended to it as [phase index, *part bytes]: its largest
+    total is the peak.
 
     Works on real and on fake tensors alike. Several forwards in the block (micro-batches of
     one step) are fine: see `_state_aware_tracker_class`.
     """
     tracker = state_aware_tracker()
+    tracker.timeline = timeline
     tracker.track_external(*([model] if optimizer is None else [model, optimizer]))
     peak: dict[str, int] = {}
     with tracker:
@@ -62,6 +71,34 @@ def _peak_parts(snapshots: dict) -> dict[str, int]:
                 out[part_metric(part)] += int(nbytes)
     out["tracked_peak_bytes"] = sum(out[part_metric(p)] for p in MEMORY_PARTS)
     return out
+
+
+TIMELINE_POINTS = 1500  # what a stored timeline keeps at most: a figure needs no more
+
+
+def thinned(timeline: list[list[int]], points: int = TIMELINE_POINTS) -> list[list[int]]:
+    """At most about `points` moments of a timeline, evenly spaced, always keeping the peak
+    and the first moment of each phase (so the figure's peak and boundaries stay exact)."""
+    if len(timeline) <= points:
+        return timeline
+    every = -(-len(timeline) // points)
+    totals = [sum(p[1:]) for p in timeline]
+    peak = totals.index(max(totals))
+    keep = [i for i, p in enumerate(timeline)
+            if i % every == 0 or i == peak or i == len(timeline) - 1
+            or (i and p[0] != timeline[i - 1][0])]
+    return [timeline[i] for i in keep]
+
+
+def _parts_now(snapshot: dict) -> list[int]:
+    """Live bytes per memory part (MEMORY_PARTS order) in a tracker's current snapshot."""
+    out = dict.fromkeys(MEMORY_PARTS, 0)
+    for device_snap in snapshot.values():
+        for reftype, nbytes in device_snap.items():
+            part = _PART_OF_REFTYPE.get(getattr(reftype, "value", str(reftype)))
+            if part is not None:
+                out[part] += int(nbytes)
+    return list(out.values())
 
 
 def peak_parts(peak: dict[str, int]) -> dict[str, int]:
@@ -93,6 +130,22 @@ def _state_aware_tracker_class() -> type:
         def _track_optimizer_states(self, reftype, optimizer) -> None:
             for tensor in state_tensors(optimizer):
                 self._update_and_maybe_create_winfos(tensor, reftype)
+
+        timeline: list | None = None
+
+        def _update_peak_stats(self, peak_state) -> None:
+            super()._update_peak_stats(peak_state)
+            if self.timeline is not None:
+                self.timeline.append([self._phase(), *_parts_now(self._curr_mem_snap)])
+
+        def _phase(self) -> int:
+            if self._in_opt:
+                return TIMELINE_PHASES.index("optimizer step")
+            if self._mod_tracker.is_bw:
+                return TIMELINE_PHASES.index("backward")
+            if set(self._mod_tracker.parents) - {"Global"}:
+                return TIMELINE_PHASES.index("forward")
+            return TIMELINE_PHASES.index("other")
 
         def _pre_fw_hook(self, module, inputs) -> None:
             if module in self.memory_tracking and not self._mod_tracker.is_bw:

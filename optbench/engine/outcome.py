@@ -13,6 +13,9 @@ from typing import Any
 from optbench.config.suite import Cell
 
 Curve = list[tuple[int, float, float]]  # (step, loss, lr)
+# The memory timeline of the tracked step with the larger peak: [phase, *part bytes] per moment
+# (optbench.engine.measure.TIMELINE_PHASES, optbench.metrics.MEMORY_PARTS).
+Timeline = list[list[int]]
 
 
 @dataclass
@@ -27,6 +30,7 @@ class CellOutcome:
     env: dict[str, Any] = field(default_factory=dict)
     started_at: float | None = None
     ended_at: float | None = None
+    timeline: Timeline = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -61,6 +65,7 @@ class RunResult:
     curve: Curve = field(default_factory=list)
     started_at: float | None = None
     ended_at: float | None = None
+    timeline: Timeline = field(default_factory=list)
 
     @property
     def parallel(self) -> str:
@@ -98,4 +103,5 @@ class RunResult:
             status=outcome.status, config=cell.config, error=outcome.error,
             traceback=outcome.traceback, env=outcome.env, metrics=outcome.metrics,
             curve=outcome.curve, started_at=outcome.started_at, ended_at=outcome.ended_at,
+            timeline=outcome.timeline,
         )

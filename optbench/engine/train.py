@@ -48,9 +48,12 @@ class Burst:
     opt_ms: list[float] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
 
-    def keep_larger_peak(self, peak: dict[str, int], step: int) -> None:
+    timeline: list = field(default_factory=list)  # of the tracked step with the larger peak
+
+    def keep_larger_peak(self, peak: dict[str, int], step: int, timeline: list) -> None:
         if peak["tracked_peak_bytes"] > self.metrics.get("tracked_peak_bytes", -1):
             self.metrics.update(peak, tracked_peak_step=step)
+            self.timeline = measure.thinned(timeline)
 
 
 def step_options(cell: Cell) -> StepOptions:
@@ -116,7 +119,8 @@ def train_cell(cell: Cell, emit: Emit) -> CellOutcome:
     per_rank = parallel.gather_to_leader(burst.metrics, ranks)
     metrics = merge_rank_metrics(per_rank, cell) if per_rank and ranks.world > 1 else burst.metrics
     curve = [(i + 1, loss, lr) for i, (loss, lr) in enumerate(zip(burst.losses, burst.lrs))]
-    return CellOutcome(status, error, metrics=metrics, curve=curve)
+    # The timeline is this rank's (rank 0's for a sharded cell: the one that stores results).
+    return CellOutcome(status, error, metrics=metrics, curve=curve, timeline=burst.timeline)
 
 
 def _silent(event: dict[str, Any]) -> None:
@@ -147,9 +151,10 @@ def _one_step(cell: Cell, opts: StepOptions, model, optimizer, windows, step: in
     """One step, either tracked (memory) or timed (speed); its loss and lr go into `burst`."""
     burst.lrs.append(optimizer.param_groups[0]["lr"])
     if step in TRACKED_STEPS:
-        with measure.tracked_peak(model, optimizer) as peak:
+        timeline: list = []
+        with measure.tracked_peak(model, optimizer, timeline) as peak:
             loss = train_step(model, optimizer, windows, opts)
-        burst.keep_larger_peak(peak, step)
+        burst.keep_larger_peak(peak, step, timeline)
     else:
         device = next(model.parameters()).device  # stopwatch synchronizes it
         with measure.stopwatch(device) as total:

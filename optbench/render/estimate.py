@@ -15,6 +15,7 @@ from optbench.metrics import DASH, GB, GIB, MEMORY_PARTS, MIB, PEAK_COLUMNS, spl
 from optbench.render.figures import (PEAK_PARTS, new_figure, optimizer_styles, safe_name,
                                      save_figure)
 from optbench.render.markdown import generated_line, rows_table
+from optbench.render.timeline import plot_overlay, plot_timelines
 
 REFERENCE = "adamw"
 PAPER_FORMULA = (
@@ -105,8 +106,9 @@ ASSUMPTIONS = [
 
 
 def write_estimate_report(estimates: list[Estimate], out_dir: Path, name: str,
-                          command: str) -> list[Path]:
-    """reports/estimate-<name>.md with a table and a stacked-bar plot per workload."""
+                          command: str, timelines: dict[str, list] | None = None) -> list[Path]:
+    """reports/estimate-<name>.md with a table and a stacked-bar plot per workload, and with
+    `timelines` (estimate label -> one step's memory timeline) the timeline figures."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"estimate-{safe_name(name)}"
     lines = [f"# Memory estimate: {name}", "", generated_line(command), "", *ASSUMPTIONS, ""]
@@ -119,6 +121,16 @@ def write_estimate_report(estimates: list[Estimate], out_dir: Path, name: str,
         if _plot_breakdown(group, workload, png):
             lines += [f"![peak memory breakdown]({png.name})", ""]
             written.append(png)
+        mine = {e.label: (timelines or {}).get(e.label) for e in group}
+        title = workload_title(workload)
+        for alt, path in ((f"{title}: memory through one step", plot_timelines(
+                              title, mine, out_dir / f"{stem}-{i + 1}-timeline.png")),
+                          (f"{title}: total memory through one step", plot_overlay(
+                              title, mine, optimizer_styles(list(mine)),
+                              out_dir / f"{stem}-{i + 1}-timeline-overlay.png"))):
+            if path is not None:
+                lines += [f"![{alt}]({path.name})", ""]
+                written.append(path)
     md = out_dir / f"{stem}.md"
     md.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return [md, *written]

@@ -19,10 +19,11 @@ from optbench.metrics import (DASH, MEMORY_PARTS, PEAK_COLUMNS, RESULT_STATUSES,
                               format_mib, format_ratio, is_number, part_metric, rank_metric,
                               split_peak, split_rank_metric)
 from optbench.optimizers.sharding import known_parity
+from optbench.render import timeline as render_timeline
 from optbench.render import tuning as render_tuning
-from optbench.render.figures import model_figures, optimizer_styles
-from optbench.render.frames import (group_title, grouped, model_order, prepare_runs,
-                                    resolve_baseline, series_baseline, setup_label)
+from optbench.render.figures import model_figures, optimizer_styles, safe_name
+from optbench.render.frames import (SERIES_SEPARATOR, group_title, grouped, model_order,
+                                    prepare_runs, resolve_baseline, series_baseline, setup_label)
 from optbench.render.markdown import LEFT_ALIGNED, fence, generated_line, markdown_table
 
 __all__ = ["rich_tables", "summary_frame", "write_report"]
@@ -251,6 +252,26 @@ def _failure_lines(runs: pd.DataFrame, baseline: str) -> list[str]:
     return lines
 
 
+def _timeline_figures(model: str, seq_len: int, runs: pd.DataFrame, timelines: dict[int, list],
+                      styles: dict, out_dir: Path) -> list[tuple[str, Path]]:
+    """The memory timeline of one step per optimizer of one (model, seq len), and their overlay:
+    one run per series (seeds share their memory), those that stored a timeline."""
+    group = runs[(runs["model"] == model) & (runs["seq_len"] == seq_len)]
+    chosen: dict[str, list] = {}
+    for _, row in group.iterrows():
+        label = str(row["optimizer"]).split(SERIES_SEPARATOR + "seed")[0]
+        if label not in chosen and timelines.get(int(row["run_id"])):
+            chosen[label] = timelines[int(row["run_id"])]
+    name = f"{safe_name(model)}_seq{seq_len}"
+    out = [(f"{model} · seq {seq_len}: memory through one step, per optimizer",
+            render_timeline.plot_timelines(f"{model} · seq {seq_len}", chosen,
+                                           out_dir / f"timeline_{name}.png")),
+           (f"{model} · seq {seq_len}: total memory through one step",
+            render_timeline.plot_overlay(f"{model} · seq {seq_len}", chosen, styles,
+                                         out_dir / f"timeline_overlay_{name}.png"))]
+    return [(alt, path) for alt, path in out if path is not None]
+
+
 def _frame_or_empty(frame: pd.DataFrame | None) -> pd.DataFrame:
     return pd.DataFrame() if frame is None else frame
 
@@ -305,6 +326,7 @@ def write_report(
     store: str = "",
     tuning: pd.DataFrame | None = None,
     sensitivity: pd.DataFrame | None = None,
+    timelines: dict[int, list] | None = None,
 ) -> list[Path]:
     """Write out_dir/summary.md and its PNG figures; return the paths written (summary first).
     `command` (the real command line) and `store` (the results database) go in its provenance;
@@ -339,6 +361,10 @@ def write_report(
                           markdown_table(ranks), ""]
             lines += parity_lines(group)
             lines += render_tuning.markdown_lines(_at(tuning, model, seq_len))
+            for alt, path in _timeline_figures(model, seq_len, shown_runs, timelines or {},
+                                               styles, out_dir):
+                lines += [f"![{alt}]({path.name})", ""]
+                written.append(path)
         shown = shown_runs[shown_runs["model"] == model]
         if len(shown) < len(model_runs):
             lines += [f"_Figures: each searched optimizer's best trial only ({len(shown)} of"

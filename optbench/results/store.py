@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS parity (
     env_json TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS timelines (
+    run_id INTEGER PRIMARY KEY REFERENCES runs (run_id),
+    points_json TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS loss_curves (
     run_id INTEGER NOT NULL REFERENCES runs (run_id),
     step INTEGER NOT NULL,
@@ -162,6 +166,9 @@ class ResultStore:
                 "INSERT INTO loss_curves (run_id, step, loss, lr) VALUES (?,?,?,?)",
                 [(run_id, int(s), _finite_or_none(loss), lr) for s, loss, lr in r.curve],
             )
+            if r.timeline:
+                self.conn.execute("INSERT INTO timelines (run_id, points_json) VALUES (?, ?)",
+                                  (run_id, json.dumps(r.timeline)))
         return run_id
 
     def has_result(self, fingerprint: str) -> bool:
@@ -228,6 +235,18 @@ class ResultStore:
             f" JOIN runs r USING (run_id) WHERE c.run_id IN ({marks}) ORDER BY c.run_id, c.step",
             self.conn, params=ids,
         )
+
+    def timelines(self, run_ids: Iterable[int]) -> dict[int, list[list[int]]]:
+        """run_id -> its memory timeline (runs stored before timelines, or without one, absent)."""
+        ids = [int(i) for i in run_ids]
+        out = {}
+        for start in range(0, len(ids), _SQL_VARIABLES):
+            chunk = ids[start:start + _SQL_VARIABLES]
+            rows = self.conn.execute(
+                f"SELECT run_id, points_json FROM timelines WHERE run_id IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall()
+            out.update({int(run_id): json.loads(points) for run_id, points in rows})
+        return out
 
     def save_parity(self, records: Iterable[ParityRecord]) -> None:
         """Verdicts of one harness run, in one transaction."""
