@@ -4,7 +4,8 @@ time side by side in one run, the ratio, and whether every byte agrees.
     python benchmarks/estimate_speed.py                                  # llama_7b x 4, and fit
     python benchmarks/estimate_speed.py --models llama_60m llama_130m --optimizers all --no-fit
 
-Each side starts from a cold estimator (no shared traces), as a fresh `optbench estimate` does.
+Each side starts from a cold estimator (no shared traces), as a fresh `optbench estimate` does;
+the imports every command pays once are timed apart.
 Exit status 1 when an extrapolated estimate differs from its full trace in any byte.
 """
 
@@ -66,6 +67,11 @@ def main() -> int:
     args = parse_args()
     names = [s.name for s in list_specs()] if args.optimizers == ["all"] else args.optimizers
     warnings.simplefilter("ignore")
+    # The imports (transformers, the fake-tensor machinery) cost any command the same few
+    # seconds once: pay them before timing, and say how long they took.
+    _, t_imports = timed(lambda: Estimator("llama_tiny", args.dtype).estimate(
+        Workload("llama_tiny", 32, 1, args.dtype), "adamw"))
+    print(f"imports and first trace: {t_imports:.1f} s (not in the times below)")
     differ = 0
     for model in args.models:
         fast, t_fast = timed(lambda: estimates(model, names, args, exact=False))
