@@ -43,7 +43,8 @@ TIMELINE_PHASES = ("forward", "backward", "other", "optimizer step")
 
 @contextlib.contextmanager
 def tracked_peak(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                 timeline: list | None = None) -> Iterator[dict[str, int]]:
+                 timeline: list | None = None,
+                 moments: dict | None = None) -> Iterator[dict[str, int]]:
     """Track the block under MemTracker; the dict it yields is filled, on exit, with the peak
     total (`tracked_peak_bytes`) and its parts (`peak_<part>_bytes`), in bytes. With a
     `timeline` list, every moment the tracker checks for a new peak (after each op, and in its
@@ -52,9 +53,16 @@ def tracked_peak(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
 
     Works on real and on fake tensors alike. Several forwards in the block (micro-batches of
     one step) are fine: see `_state_aware_tracker_class`.
+
+    With a `moments` dict, the fullest moment of each (phase, place) of the step is kept in it
+    as {(phase, place): part bytes}: the places are the embedding, the first and the last
+    decoder layer, the final norm, the head and outside any module (`step_place`). Each such
+    moment's bytes are a line in the number of layers, where the step's peak (the largest of
+    them) need not be: the depth-extrapolating estimator takes each to depth before the max.
     """
     tracker = state_aware_tracker()
-    tracker.timeline = timeline
+    tracker.timeline, tracker.moments = timeline, moments
+    tracker.layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
     tracker.track_external(*([model] if optimizer is None else [model, optimizer]))
     peak: dict[str, int] = {}
     with tracker:
@@ -88,6 +96,28 @@ def thinned(timeline: list[list[int]], points: int = TIMELINE_POINTS) -> list[li
             if i % every == 0 or i == peak or i == len(timeline) - 1
             or (i and p[0] != timeline[i - 1][0])]
     return [timeline[i] for i in keep]
+
+
+def step_places(parents, backward: bool, layers: int) -> list[str]:
+    """Where in the model a moment of the step is: 'first' / 'last' decoder layer (both for a
+    one-layer model; none for the layers between, whose moments lie between those two),
+    'head', 'norm', 'embed', or 'outside' any module. The module tracker can keep a finished
+    submodule among the parents, so the current layer is the highest index going forward and
+    the lowest going backward."""
+    indices = []
+    for name in parents:
+        head, _, rest = name.partition(".layers.")
+        if rest:
+            number = rest.split(".", 1)[0]
+            if number.isdigit():
+                indices.append(int(number))
+    if indices:
+        current = min(indices) if backward else max(indices)
+        return [place for place, index in (("first", 0), ("last", layers - 1)) if current == index]
+    for place, marker in (("head", "lm_head"), ("norm", ".model.norm"), ("embed", "embed_tokens")):
+        if any(marker in name for name in parents):
+            return [place]
+    return ["outside"]
 
 
 def _parts_now(snapshot: dict) -> list[int]:
@@ -132,11 +162,23 @@ def _state_aware_tracker_class() -> type:
                 self._update_and_maybe_create_winfos(tensor, reftype)
 
         timeline: list | None = None
+        moments: dict | None = None
+        layers: int = 0
 
         def _update_peak_stats(self, peak_state) -> None:
             super()._update_peak_stats(peak_state)
+            if self.timeline is None and self.moments is None:
+                return
+            parts = _parts_now(self._curr_mem_snap)
+            phase = self._phase()
             if self.timeline is not None:
-                self.timeline.append([self._phase(), *_parts_now(self._curr_mem_snap)])
+                self.timeline.append([phase, *parts])
+            if self.moments is not None:
+                for place in step_places(self._mod_tracker.parents, self._mod_tracker.is_bw,
+                                         self.layers):
+                    kept = self.moments.get((phase, place))
+                    if kept is None or sum(parts) > sum(kept):
+                        self.moments[(phase, place)] = parts
 
         def _phase(self) -> int:
             if self._in_opt:

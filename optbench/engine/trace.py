@@ -122,6 +122,10 @@ class Traced:
     state: dict[str, int]
     selections: int
     attention: str
+    # Every moment whose bytes are a line in depth, by name (the fullest of each phase and
+    # place, each optimizer step's peak): what DepthEstimator extrapolates. Their largest is
+    # the peak except where it falls inside a middle layer, which a line never does.
+    moments: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class _PlaceholderScalars(torch.utils._python_dispatch.TorchDispatchMode):
@@ -223,9 +227,11 @@ class Estimator:
 
     def _trace_composed(self, est: Estimate) -> "Traced":
         state, step_peaks, selections, attention = self._optimizer_steps(est)
-        fb = self.fwd_bwd_peak(est.workload)
-        return Traced([{**fb, "optimizer_state": state["bytes"]}, *step_peaks], state,
-                      selections, attention)
+        held = lambda parts: {**parts, "optimizer_state": state["bytes"]}  # noqa: E731
+        fb = held(self.fwd_bwd_peak(est.workload))
+        moments = {name: held(parts) for name, parts in self.fwd_bwd_moments(est.workload).items()}
+        moments.update({f"step{i + 1}": peak for i, peak in enumerate(step_peaks)})
+        return Traced([fb, *step_peaks], state, selections, attention, moments)
 
     def _trace_whole(self, est: Estimate) -> "Traced":
         w = est.workload
@@ -234,14 +240,17 @@ class Estimator:
             optimizer = _build(est, model)
             windows = self._windows(w)
             opts = w.step_options(create_graph=get_spec(est.optimizer).needs_create_graph)
-            peaks = []
+            peaks, moments = [], {}
             with _not_traceable(est.optimizer, "a training step"):
-                for _ in range(2):
-                    with measure.tracked_peak(model, optimizer) as peak:
+                for i in range(2):
+                    step_moments: dict = {}
+                    with measure.tracked_peak(model, optimizer, moments=step_moments) as peak:
                         train_step(model, optimizer, windows, opts)
                     peaks.append(peak_parts(peak))
+                    moments.update({f"step{i + 1} {name}": parts
+                                    for name, parts in _named_moments(step_moments).items()})
             state = _state_summary(optimizer)
-        return Traced(peaks, state, placeholders.selections, _attention(model))
+        return Traced(peaks, state, placeholders.selections, _attention(model), moments)
 
     # -- traces
 
@@ -271,15 +280,23 @@ class Estimator:
 
     def fwd_bwd_peak(self, workload: Workload) -> dict[str, int]:
         """Peak parts of forward+backward alone (no optimizer state), cached per workload."""
+        return self._fwd_bwd_trace(workload)[0]
+
+    def fwd_bwd_moments(self, workload: Workload) -> dict[str, dict[str, int]]:
+        """The fullest moment of each (phase, place) of forward+backward (measure.step_places)."""
+        return self._fwd_bwd_trace(workload)[1]
+
+    def _fwd_bwd_trace(self, workload: Workload) -> tuple[dict[str, int], dict]:
         self._check(workload)
         key = dataclasses.replace(workload, grad_clip=None)
         if key not in self._fwd_bwd:
             model = self._fake_model()
+            moments: dict = {}
             with self._fake_mode, _PlaceholderScalars():  # the loss's .item()
                 windows = self._windows(workload)
-                with measure.tracked_peak(model, None) as peak:
+                with measure.tracked_peak(model, None, moments=moments) as peak:
                     forward_backward(model, windows, workload.step_options())
-            self._fwd_bwd[key] = peak_parts(peak)
+            self._fwd_bwd[key] = (peak_parts(peak), _named_moments(moments))
         return self._fwd_bwd[key]
 
     def _optimizer_steps(self, est: Estimate) -> tuple[dict, list[dict], int, str]:
@@ -315,6 +332,12 @@ class Estimator:
     def _windows(self, w: Workload) -> list[torch.Tensor]:
         vocab = get_model_size(w.model).vocab_size
         return [torch.randint(0, vocab, (w.batch_size, w.seq_len + 1)) for _ in range(w.grad_accum)]
+
+
+def _named_moments(moments: dict) -> dict[str, dict[str, int]]:
+    """measure's {(phase, place): part bytes} as {'backward at last': {part: bytes}}."""
+    return {f"{measure.TIMELINE_PHASES[phase]} at {place}": dict(zip(MEMORY_PARTS, parts))
+            for (phase, place), parts in moments.items()}
 
 
 def _top(timeline: list[list[int]]) -> int:
@@ -383,18 +406,18 @@ class DepthEstimator:
 
 
 def _extrapolated(traces: list[Traced], layers: int) -> Traced | None:
-    """The traces taken to `layers` along the line through the last two depths; None when the
-    first depth is off that line (or the traces do not have the same moments)."""
+    """The traces' moments taken to `layers` along the line through the last two depths; None
+    when a count at the first depth is off that line, or the depths do not have the same
+    moments (then the step is not a line in depth)."""
     first, low, high = traces
-    if not len(first.candidates) == len(low.candidates) == len(high.candidates):
+    if not set(first.moments) == set(low.moments) == set(high.moments):
         return None
-    pairs = [*zip(first.candidates, low.candidates, high.candidates),
-             (first.state, low.state, high.state)]
-    if not all(_on_line(a, lo, hi) for a, lo, hi in pairs):
+    triples = [(first.moments[k], low.moments[k], high.moments[k]) for k in high.moments]
+    if not all(_on_line(*t) for t in [*triples, (first.state, low.state, high.state)]):
         return None
-    candidates = [_at_depth(lo, hi, layers) for _, lo, hi in pairs[:-1]]
-    return Traced(candidates, _at_depth(low.state, high.state, layers),
-                  _line(low.selections, high.selections, layers), high.attention)
+    moments = {k: _at_depth(low.moments[k], high.moments[k], layers) for k in high.moments}
+    return Traced(list(moments.values()), _at_depth(low.state, high.state, layers),
+                  _line(low.selections, high.selections, layers), high.attention, moments)
 
 
 def _on_line(first: dict[str, int], low: dict[str, int], high: dict[str, int]) -> bool:

@@ -50,3 +50,14 @@ def test_a_model_no_deeper_than_the_shallow_traces_is_traced_whole():
 def test_the_shared_estimator_is_extrapolating_unless_exact():
     assert isinstance(estimator("llama_9m", "bf16"), DepthEstimator)
     assert isinstance(estimator("llama_9m", "bf16", True), Estimator)
+
+
+def test_a_peak_that_moves_with_depth_is_still_found():
+    # llama_60m at seq 192, batch 1: at 2 and 3 layers forward+backward peaks where the logits'
+    # gradient is made, at its 8 layers at the end of backward (the gradients outgrew it). Each
+    # moment is taken to depth on its own before the largest is picked.
+    w = Workload("llama_60m", 192, 1, "bf16")
+    moments = [Estimator("llama_60m", "bf16", layers=d).fwd_bwd_moments(w) for d in (3, None)]
+    tops = [max(m, key=lambda k: sum(m[k].values())) for m in moments]
+    assert tops == ["backward at outside", "backward at first"]
+    _assert_equal("llama_60m", ["scale", "sgd"], seq_len=192, batch=1)
