@@ -1,4 +1,4 @@
-"""The depth-extrapolated estimate (traces at 1 and 2 layers) against the full trace (--exact):
+"""The depth-extrapolated estimate (traces at 2, 3 and 4 layers) against the full trace (--exact):
 time side by side in one run, the ratio, and whether every byte agrees.
 
     python benchmarks/estimate_speed.py                                  # llama_7b x 4, and fit
@@ -51,7 +51,7 @@ def same(a: Estimate, b: Estimate) -> bool:
 
 
 def estimates(model: str, names: list[str], args, exact: bool) -> dict[str, Estimate]:
-    est = Estimator(model, args.dtype) if exact else DepthEstimator(model, args.dtype)
+    est = Estimator(model, args.dtype) if exact else DepthEstimator(model, args.dtype, from_layers=0)
     w = Workload(model, args.seq_len, args.batch_size, args.dtype)
     return {n: est.estimate(w, n) for n in names}
 

@@ -231,7 +231,7 @@ def parity(
 
 EXACT_OPTION = typer.Option(
     False, "--exact",
-    help="Trace every decoder layer. Default: trace the model at 1 and 2 layers and extrapolate "
+    help="Trace every decoder layer. Default: trace the model at 2, 3 and 4 layers and extrapolate "
          "each byte count to its depth (a decoder stack repeats one layer), which equals the full "
          "trace and takes seconds at 7B.")
 

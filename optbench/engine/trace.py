@@ -254,6 +254,24 @@ class Estimator:
 
     # -- traces
 
+    def traced_steps(self, workload: Workload, optimizer: str, hparams: dict | None = None,
+                     label: str | None = None) -> tuple[Estimate, "Traced | None"]:
+        """The estimate row and the optimizer's two steps alone, traced on fake gradients
+        (their peaks as moments 'step1', 'step2'; no forward or backward)."""
+        self._check(workload)
+        name = get_spec(optimizer).name
+        est = Estimate(label or name, name, resolve_hparams(name, hparams or {}, workload.model),
+                       workload)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                state, peaks, selections, attention = self._optimizer_steps(est)
+            except NotTraceable as exc:
+                est.error = str(exc)
+                return est, None
+        moments = {f"step{i + 1}": peak for i, peak in enumerate(peaks)}
+        return est, Traced(peaks, state, selections, attention, moments)
+
     def step_timeline(self, workload: Workload, optimizer: str,
                       hparams: dict | None = None) -> list[list[int]]:
         """The memory timeline of one whole training step (steps 1 and 2 traced, the one with
@@ -360,24 +378,30 @@ def fill(est: Estimate, dtype: str, layers: int, traced: Traced) -> None:
 # The depths a deep model's estimate is extrapolated from: the line through the last two, the
 # first to check that the step is a line in depth at all (held against full traces in the
 # tests and in benchmarks/estimate_speed.py).
-SHALLOW_DEPTHS = (1, 2, 3)
+SHALLOW_DEPTHS = (2, 3, 4)
+# Below this many layers a full trace is cheaper than the three shallow ones (llama_60m's 8
+# layers: 45 s in full against 78 s for the roster); llama_350m, 1b and 7b are extrapolated.
+EXTRAPOLATE_FROM_LAYERS = 16
 
 
 class DepthEstimator:
-    """Estimates of a deep model from traces of shallow copies of it.
+    """Estimates of a deep model from forward+backward traced on shallow copies of it.
 
-    A decoder stack repeats one layer, so at every moment that can be a step's peak (forward
-    and backward with the state held, each optimizer step) each part's bytes are usually a
-    line in the number of layers: weights, gradients and state per layer, activations kept per
-    layer, and whatever the embedding, head and loss add once. Traces at 2 and 3 layers give
-    the line; the trace at 1 layer must lie on it too, or the step is not a line in depth (an
-    optimizer whose scratch peaks at its largest matrix until enough layers outgrow it: SWAN)
-    and the model is traced whole. The estimate takes each moment at the model's depth and
-    then the largest, as a full trace would."""
+    Forward+backward depends on the batch (so `fit` traces it at every probe) and is a repeat
+    of one decoder layer: at each of its moments that can be the peak (the fullest of each
+    phase and place, measure.step_places) each part's bytes are a line in the number of
+    layers. Traces at 3 and 4 layers give the lines; the trace at 2 layers must lie on them too
+    (at 1 the first layer is also the last), else the model is traced whole. The optimizer
+    step does not depend on the batch but need not be a line in depth (SWAN's and NS-norm
+    SGD's scratch peaks at their largest matrix until enough layers outgrow it), so it is
+    traced at full depth, once per optimizer. The estimate takes each moment at the model's
+    depth, the state held, and then the largest, as a full trace would."""
 
-    def __init__(self, model: str, dtype: str = "bf16") -> None:
+    def __init__(self, model: str, dtype: str = "bf16",
+                 from_layers: int = EXTRAPOLATE_FROM_LAYERS) -> None:
         self.model_name, self.dtype = model, dtype
         self.layers = get_model_size(model).num_hidden_layers
+        self.from_layers = max(from_layers, max(SHALLOW_DEPTHS) + 1)
         self.shallow = [Estimator(model, dtype, layers=d) for d in SHALLOW_DEPTHS]
 
     @functools.cached_property
@@ -390,34 +414,29 @@ class DepthEstimator:
 
     def estimate(self, workload: Workload, optimizer: str, hparams: dict | None = None,
                  label: str | None = None) -> Estimate:
-        if self.layers <= max(SHALLOW_DEPTHS):
+        whole = get_spec(optimizer).needs_create_graph  # its step needs the batch's graph
+        if self.layers < self.from_layers or whole:
             return self.exact.estimate(workload, optimizer, hparams, label)
-        traces = [e.traced(workload, optimizer, hparams, label) for e in self.shallow]
-        est = traces[-1][0]
-        if any(t is None for _, t in traces):
-            est.error = next(e.error for e, t in traces if t is None)
+        moments = self._fwd_bwd_moments(workload)
+        if moments is None:  # not a line in depth: trace every layer
+            return self.exact.estimate(workload, optimizer, hparams, label)
+        est, traced = self.exact.traced_steps(workload, optimizer, hparams, label)
+        if traced is None:
             return est
-        traced = _extrapolated([t for _, t in traces], self.layers)
-        if traced is None:  # not a line in depth: trace every layer
-            return self.exact.estimate(workload, optimizer, hparams, label)
-        est.parts = max(traced.candidates, key=lambda parts: sum(parts.values()))
+        held = {**{k: {**m, "optimizer_state": traced.state["bytes"]} for k, m in moments.items()},
+                **traced.moments}
+        est.parts = max(held.values(), key=lambda parts: sum(parts.values()))
         fill(est, self.dtype, self.layers, traced)
         return est
 
-
-def _extrapolated(traces: list[Traced], layers: int) -> Traced | None:
-    """The traces' moments taken to `layers` along the line through the last two depths; None
-    when a count at the first depth is off that line, or the depths do not have the same
-    moments (then the step is not a line in depth)."""
-    first, low, high = traces
-    if not set(first.moments) == set(low.moments) == set(high.moments):
-        return None
-    triples = [(first.moments[k], low.moments[k], high.moments[k]) for k in high.moments]
-    if not all(_on_line(*t) for t in [*triples, (first.state, low.state, high.state)]):
-        return None
-    moments = {k: _at_depth(low.moments[k], high.moments[k], layers) for k in high.moments}
-    return Traced(list(moments.values()), _at_depth(low.state, high.state, layers),
-                  _line(low.selections, high.selections, layers), high.attention, moments)
+    def _fwd_bwd_moments(self, workload: Workload) -> dict[str, dict[str, int]] | None:
+        """Forward+backward's moments at the model's depth; None when one is not a line."""
+        first, low, high = (e.fwd_bwd_moments(workload) for e in self.shallow)
+        if not set(first) == set(low) == set(high):
+            return None
+        if not all(_on_line(first[k], low[k], high[k]) for k in high):
+            return None
+        return {k: _at_depth(low[k], high[k], self.layers) for k in high}
 
 
 def _on_line(first: dict[str, int], low: dict[str, int], high: dict[str, int]) -> bool:

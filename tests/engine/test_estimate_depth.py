@@ -1,4 +1,4 @@
-"""The depth-extrapolated estimate (traces at 1 and 2 decoder layers, each byte count taken to
+"""The depth-extrapolated estimate (traces at 2, 3 and 4 decoder layers, each byte count taken to
 the model's depth) equals the full trace to the byte: on a few optimizers in the inner loop,
 the whole roster on two small sizes in CI (the paper sizes: benchmarks/estimate_speed.py)."""
 
@@ -15,7 +15,7 @@ FEW = ["adamw", "scale", "muon", "apollo_mini", "adahessian"]  # adahessian: the
 def _assert_equal(model: str, names: list[str], seq_len: int = 64, batch: int = 2,
                   dtype: str = "bf16", grad_accum: int = 1) -> None:
     w = Workload(model, seq_len, batch, dtype, grad_accum=grad_accum)
-    full, fast = Estimator(model, dtype), DepthEstimator(model, dtype)
+    full, fast = Estimator(model, dtype), DepthEstimator(model, dtype, from_layers=0)
     for name in names:
         a, b = full.estimate(w, name), fast.estimate(w, name)
         assert bool(a.error) == bool(b.error), name
@@ -41,10 +41,17 @@ def test_extrapolated_equals_full_trace_on_the_whole_roster(model):
 
 
 def test_a_model_no_deeper_than_the_shallow_traces_is_traced_whole():
-    fast = DepthEstimator("llama_tiny", "fp32")  # 2 layers
+    fast = DepthEstimator("llama_tiny", "fp32", from_layers=0)  # 2 layers: never extrapolated
     w = Workload("llama_tiny", 32, 2, "fp32")
     assert fast.estimate(w, "adamw").parts == Estimator("llama_tiny", "fp32").estimate(w, "adamw").parts
     assert fast.exact.layers == 2
+
+
+def test_a_shallow_model_is_traced_whole_by_default():
+    assert DepthEstimator("llama_60m", "bf16").from_layers == 16  # 8 layers: a full trace
+    w = Workload("llama_9m", 32, 1, "bf16")
+    assert DepthEstimator("llama_9m", "bf16").estimate(w, "sgd").parts == \
+        Estimator("llama_9m", "bf16").estimate(w, "sgd").parts
 
 
 def test_the_shared_estimator_is_extrapolating_unless_exact():
@@ -53,11 +60,11 @@ def test_the_shared_estimator_is_extrapolating_unless_exact():
 
 
 def test_a_peak_that_moves_with_depth_is_still_found():
-    # llama_60m at seq 192, batch 1: at 2 and 3 layers forward+backward peaks where the logits'
+    # llama_60m at seq 192, batch 1: at 3 and 4 layers forward+backward peaks where the logits'
     # gradient is made, at its 8 layers at the end of backward (the gradients outgrew it). Each
     # moment is taken to depth on its own before the largest is picked.
     w = Workload("llama_60m", 192, 1, "bf16")
-    moments = [Estimator("llama_60m", "bf16", layers=d).fwd_bwd_moments(w) for d in (3, None)]
+    moments = [Estimator("llama_60m", "bf16", layers=d).fwd_bwd_moments(w) for d in (4, None)]
     tops = [max(m, key=lambda k: sum(m[k].values())) for m in moments]
     assert tops == ["backward at outside", "backward at first"]
     _assert_equal("llama_60m", ["scale", "sgd"], seq_len=192, batch=1)
