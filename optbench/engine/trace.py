@@ -181,6 +181,9 @@ class Estimator:
 
         self.model_name, self.dtype = model, dtype
         self.layers = layers or get_model_size(model).num_hidden_layers
+        # The moments DepthEstimator extrapolates, recorded only by its shallow copies: they
+        # cost the tracker time on every op.
+        self.record_moments = layers is not None
         self.meta_model = build_model(model, torch_dtype(dtype), "meta", layers=layers)
         self._fake_mode = FakeTensorMode()
         self._fwd_bwd: dict[Workload, dict[str, int]] = {}
@@ -244,7 +247,8 @@ class Estimator:
             with _not_traceable(est.optimizer, "a training step"):
                 for i in range(2):
                     step_moments: dict = {}
-                    with measure.tracked_peak(model, optimizer, moments=step_moments) as peak:
+                    with measure.tracked_peak(model, optimizer, moments=step_moments
+                                              if self.record_moments else None) as peak:
                         train_step(model, optimizer, windows, opts)
                     peaks.append(peak_parts(peak))
                     moments.update({f"step{i + 1} {name}": parts
@@ -312,7 +316,8 @@ class Estimator:
             moments: dict = {}
             with self._fake_mode, _PlaceholderScalars():  # the loss's .item()
                 windows = self._windows(workload)
-                with measure.tracked_peak(model, None, moments=moments) as peak:
+                with measure.tracked_peak(model, None,
+                                          moments=moments if self.record_moments else None) as peak:
                     forward_backward(model, windows, workload.step_options())
             self._fwd_bwd[key] = (peak_parts(peak), _named_moments(moments))
         return self._fwd_bwd[key]
