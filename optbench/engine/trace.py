@@ -122,9 +122,8 @@ class Traced:
     state: dict[str, int]
     selections: int
     attention: str
-    # Every moment whose bytes are a line in depth, by name (the fullest of each phase and
-    # place, each optimizer step's peak): what DepthEstimator extrapolates. Their largest is
-    # the peak except where it falls inside a middle layer, which a line never does.
+    # The optimizer steps' peaks by name ('step1', 'step2'), beside DepthEstimator's
+    # extrapolated forward+backward moments.
     moments: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -230,11 +229,8 @@ class Estimator:
 
     def _trace_composed(self, est: Estimate) -> "Traced":
         state, step_peaks, selections, attention = self._optimizer_steps(est)
-        held = lambda parts: {**parts, "optimizer_state": state["bytes"]}  # noqa: E731
-        fb = held(self.fwd_bwd_peak(est.workload))
-        moments = {name: held(parts) for name, parts in self.fwd_bwd_moments(est.workload).items()}
-        moments.update({f"step{i + 1}": peak for i, peak in enumerate(step_peaks)})
-        return Traced([fb, *step_peaks], state, selections, attention, moments)
+        fb = {**self.fwd_bwd_peak(est.workload), "optimizer_state": state["bytes"]}
+        return Traced([fb, *step_peaks], state, selections, attention)
 
     def _trace_whole(self, est: Estimate) -> "Traced":
         w = est.workload
@@ -243,18 +239,14 @@ class Estimator:
             optimizer = _build(est, model)
             windows = self._windows(w)
             opts = w.step_options(create_graph=get_spec(est.optimizer).needs_create_graph)
-            peaks, moments = [], {}
+            peaks = []
             with _not_traceable(est.optimizer, "a training step"):
-                for i in range(2):
-                    step_moments: dict = {}
-                    with measure.tracked_peak(model, optimizer, moments=step_moments
-                                              if self.record_moments else None) as peak:
+                for _ in range(2):
+                    with measure.tracked_peak(model, optimizer) as peak:
                         train_step(model, optimizer, windows, opts)
                     peaks.append(peak_parts(peak))
-                    moments.update({f"step{i + 1} {name}": parts
-                                    for name, parts in _named_moments(step_moments).items()})
             state = _state_summary(optimizer)
-        return Traced(peaks, state, placeholders.selections, _attention(model), moments)
+        return Traced(peaks, state, placeholders.selections, _attention(model))
 
     # -- traces
 
