@@ -236,6 +236,14 @@ EXACT_OPTION = typer.Option(
          "optimizer step is traced whole), which equals the full trace in a fraction of its time.")
 
 
+PARALLEL_OPTION = typer.Option(
+    "none", "--parallel",
+    help="Estimate each rank under this strategy: none, ddp, fsdp2 or zero1 (with --nproc). "
+         "Every rank is traced on fake tensors in torch's fake process group; the headline is "
+         "the fullest rank.")
+NPROC_OPTION = typer.Option(None, "--nproc", help="Ranks for --parallel, e.g. 8 for one node of 8 GPUs.")
+
+
 @app.command()
 @user_errors
 def estimate(
@@ -254,13 +262,15 @@ def estimate(
         False, "--timeline",
         help="Also draw each optimizer's memory through one step (a full trace of every layer, "
              "slower): parts over forward, backward, clipping and the step, the peak marked."),
+    strategy: str = PARALLEL_OPTION,
+    nproc: Optional[int] = NPROC_OPTION,
 ) -> None:
     """Peak training memory without a GPU: one step traced on fake tensors, with its breakdown."""
     from optbench.commands.estimate import run_estimate
 
     run_estimate(model, optimizers, seq_len, batch_size, dtype.value if dtype else None, autocast,
                  grad_accum, grad_clip, as_json=as_json, reports=reports, console=console,
-                 exact=exact, timeline=timeline)
+                 exact=exact, timeline=timeline, strategy=strategy, nproc=nproc)
 
 
 @app.command()
@@ -278,12 +288,15 @@ def fit(
     as_json: bool = JSON_OPTION,
     reports: Path = REPORTS_OPTION,
     exact: bool = EXACT_OPTION,
+    strategy: str = PARALLEL_OPTION,
+    nproc: Optional[int] = NPROC_OPTION,
 ) -> None:
     """Largest batch size (or sequence length) whose estimated peak fits in --memory."""
     from optbench.commands.estimate import run_fit
 
     run_fit(memory, model, optimizers or ["adamw"], seq_len, batch_size, dtype.value, autocast,
-            grad_accum, grad_clip, as_json=as_json, reports=reports, console=console, exact=exact)
+            grad_accum, grad_clip, as_json=as_json, reports=reports, console=console, exact=exact,
+            strategy=strategy, nproc=nproc)
 
 
 def main() -> None:

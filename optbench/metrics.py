@@ -142,6 +142,31 @@ def rank_metric(name: str, rank: int) -> str:
     return f"{name}{RANK_SEPARATOR}{rank}"
 
 
+# Measured on each rank: stored per rank (`name@rankN`), the max over ranks as headline, as the
+# slowest and the fullest rank bound a sharded run.
+def _per_rank(name: str) -> bool:
+    metric = METRICS.get(name)
+    return metric is not None and metric.kind in ("memory", "time") and metric.name != "tokens_per_s"
+
+
+def merge_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One sharded cell's metrics from its ranks' (rank order), measured or estimated: what is
+    the same on every rank (sizes, losses) from rank 0; memory and time per rank and at their
+    max; the peak's parts from the rank with the largest peak (so they still sum to it)."""
+    merged = dict(per_rank[0])
+    for name in {n for metrics in per_rank for n in metrics if _per_rank(n)}:
+        values = [metrics.get(name) for metrics in per_rank]
+        for rank, value in enumerate(values):
+            if value is not None:
+                merged[rank_metric(name, rank)] = value
+        merged[name] = max(v for v in values if v is not None)
+    fullest = max(per_rank, key=lambda m: m.get("tracked_peak_bytes", -1))
+    for name in (*PART_METRICS, "tracked_peak_bytes", "tracked_peak_step"):
+        if name in fullest:
+            merged[name] = fullest[name]
+    return merged
+
+
 def split_rank_metric(name: str) -> tuple[str, int | None]:
     """'tracked_peak_bytes@rank1' -> ('tracked_peak_bytes', 1); a headline -> (name, None)."""
     base, sep, rank = name.partition(RANK_SEPARATOR)

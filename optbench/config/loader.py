@@ -18,6 +18,7 @@ from optbench.config.sweep import SEARCH_METHODS, Search
 from optbench.config.schedules import SCHEDULES
 from optbench.config.suite import (
     DEVICES,
+    MAX_ESTIMATED_RANKS,
     PARALLEL_FORMS,
     PARALLEL_STRATEGIES,
     Grid,
@@ -210,9 +211,11 @@ def validate_parallel(parallel: Parallel, device: str, where: str) -> None:
                             f"({', '.join(PARALLEL_STRATEGIES[1:])}); strategy none is one process")
     if not parallel.sharded:
         return
-    if device == "meta":
-        raise OptbenchError(f"{where}: device meta traces one process; per-rank estimates of "
-                            f"{parallel.label} are not supported yet (use strategy none)")
+    if device == "meta":  # every rank is estimated in this process: no launch, no GPUs
+        if parallel.nproc > MAX_ESTIMATED_RANKS:
+            raise OptbenchError(f"{where}.nproc: {parallel.nproc} ranks; a per-rank estimate "
+                                f"takes 1..{MAX_ESTIMATED_RANKS}")
+        return
     check_launch_env()
     nodes = launch_nodes()
     if parallel.nproc % nodes:

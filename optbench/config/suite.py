@@ -59,6 +59,10 @@ def parallel_from_label(label: str) -> Parallel | None:
     return None
 
 
+# A per-rank estimate (device meta, `estimate --parallel`) builds every rank's model in one
+# process to learn its shard shapes: more than this would take long, and no job has them.
+MAX_ESTIMATED_RANKS = 1024
+
 PARALLEL_FORMS = "none, STRATEGYxN (e.g. fsdp2x2) or {strategy: fsdp2, nproc: 2}"
 
 
@@ -141,6 +145,12 @@ class Cell:
     @property
     def parallel(self) -> Parallel:
         return self.defaults.parallel
+
+    @property
+    def launches_ranks(self) -> bool:
+        """Whether the cell's ranks run as processes under torchrun: a sharded cell that trains.
+        A `device: meta` cell estimates every rank in one process (optbench.engine.rank_trace)."""
+        return self.parallel.sharded and self.defaults.device != "meta"
 
     @property
     def id(self) -> str:

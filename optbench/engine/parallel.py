@@ -136,9 +136,10 @@ class Unsupported(OptbenchError):
     """This optimizer cannot run under this strategy; the message says why, in one line."""
 
 
-def wrap_model(model: nn.Module, strategy: str) -> nn.Module:
+def wrap_model(model: nn.Module, strategy: str, mesh=None) -> nn.Module:
     """The module to run forward/backward through. FSDP2 shards `model` in place (its params
-    become DTensors), so build the optimizer after this."""
+    become DTensors), so build the optimizer after this; on `mesh` when given (a per-rank
+    estimate makes it before entering fake-tensor mode), else on one over all ranks."""
     if strategy in ("none",):
         return model
     if strategy in ("ddp", "zero1"):
@@ -150,7 +151,7 @@ def wrap_model(model: nn.Module, strategy: str) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh(model.device.type, (dist.get_world_size(),))
+        mesh = mesh or init_device_mesh(model.device.type, (dist.get_world_size(),))
         for layer in model.model.layers:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)

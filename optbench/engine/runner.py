@@ -77,7 +77,7 @@ def run_cell(cell: Cell, hooks: Hooks | None = None, slot: Slot | None = None) -
                 _RUNNING.discard(proc)
         drain.join(timeout=5)
         returncode = proc.returncode
-        if cell.parallel.sharded and returncode != 0 and result_path.exists() and not timed_out:
+        if cell.launches_ranks and returncode != 0 and result_path.exists() and not timed_out:
             # Rank 0 writes the result after the last collective of the cell, when every rank
             # has measured and evaluated: a rank that then dies in gloo's teardown ("terminate
             # called without an active exception") took nothing from it.
@@ -89,7 +89,7 @@ def run_cell(cell: Cell, hooks: Hooks | None = None, slot: Slot | None = None) -
             outcome = CellOutcome("skipped", (
                 f"{ranks} ran on this node; rank 0 ran on {note['rank0_host']} (node 0), whose "
                 "optbench stores the result"))
-        if cell.parallel.sharded and outcome.status == "crashed" and not timed_out:
+        if cell.launches_ranks and outcome.status == "crashed" and not timed_out:
             outcome = _rank_failure(result_path, Path(tmp, "logs"), outcome)
     outcome.started_at = outcome.started_at or started
     outcome.ended_at = outcome.ended_at or time.time()
@@ -98,7 +98,7 @@ def run_cell(cell: Cell, hooks: Hooks | None = None, slot: Slot | None = None) -
 
 def _command(cell: Cell, cell_path: Path, result_path: Path, logs: Path) -> list[str]:
     """The worker; for a sharded cell, its ranks under torchrun (optbench.engine.launch)."""
-    if cell.parallel.sharded:
+    if cell.launches_ranks:
         return [sys.executable, "-m", "optbench.engine.launch", str(cell.parallel.nproc),
                 str(logs), str(cell_path), str(result_path), f"optbench-{cell.fingerprint}"]
     return [sys.executable, "-m", "optbench.engine.worker", str(cell_path), str(result_path)]

@@ -109,7 +109,7 @@ def check_options(options: SubmititOptions, cells: list[Cell] | tuple = ()) -> N
     """Fail before anything is submitted: a cluster submitit cannot reach, a parameter it does
     not know, a cell a one-node job cannot hold."""
     _executor(options)  # raises on an unknown cluster or parameter
-    if launch_nodes() > 1 and any(c.parallel.sharded for c in cells):
+    if launch_nodes() > 1 and any(c.launches_ranks for c in cells):
         # The variable would reach the jobs, whose torchrun would then wait for other nodes.
         raise OptbenchError(
             "OPTBENCH_NNODES is set: a submitit job runs a cell on one node (its ranks one GPU"

@@ -39,7 +39,7 @@ from optbench.engine.outcome import CellOutcome
 from optbench.engine.state_bytes import state_tensors
 from optbench.engine.step import StepOptions, forward_backward, optimizer_step, train_step
 from optbench.errors import OptbenchError, informative_line
-from optbench.metrics import DTYPES, MEMORY_PARTS, part_metric
+from optbench.metrics import DTYPES, MEMORY_PARTS, merge_ranks, part_metric
 from optbench.models import build_model, get_model_size, torch_dtype
 from optbench.optimizers import get_spec, resolve_hparams
 
@@ -93,13 +93,22 @@ class Estimate:
     attention: str = ""
     note: str = ""
     error: str | None = None
+    # Sharded (optbench.engine.rank_trace): the strategy's label ('fsdp2x8'), each rank's own
+    # estimate in rank order, and the fullest rank's timeline; this estimate is the fullest
+    # rank's, its state the largest any rank keeps.
+    parallel: str = "none"
+    ranks: list["Estimate"] = field(default_factory=list)
+    timeline: list = field(default_factory=list, repr=False)
 
     @property
     def peak_bytes(self) -> int:
         return sum(self.parts.values())
 
     def metrics(self) -> dict[str, float]:
-        """The metric names a measured run stores, so reports, compare and check read both."""
+        """The metric names a measured run stores, so reports, compare and check read both;
+        a sharded estimate's per rank and at their max, as a sharded run's."""
+        if self.ranks:
+            return merge_ranks([rank.metrics() for rank in self.ranks])
         m = {part_metric(part): self.parts.get(part, 0) for part in MEMORY_PARTS}
         m.update(tracked_peak_bytes=self.peak_bytes, peak_allocated_bytes=self.peak_bytes,
                  optimizer_state_bytes=self.optimizer_state_bytes, n_params=self.n_params,
@@ -127,7 +136,7 @@ class Traced:
     moments: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-class _PlaceholderScalars(torch.utils._python_dispatch.TorchDispatchMode):
+class PlaceholderScalars(torch.utils._python_dispatch.TorchDispatchMode):
     """Answers the few value-dependent ops fake tensors cannot: `.item()` reads 1.0 / 1 /
     True; `nonzero` and boolean-mask indexing select every element. Scalar reads are mostly
     step counters and norms that decide no allocation; where memory does depend on values
@@ -184,7 +193,7 @@ class Estimator:
         # cost the tracker time on every op.
         self.record_moments = layers is not None
         self.meta_model = build_model(model, torch_dtype(dtype), "meta", layers=layers)
-        self._fake_mode = FakeTensorMode()
+        self.fake_mode = FakeTensorMode()
         self._fwd_bwd: dict[Workload, dict[str, int]] = {}
         self._steps: dict[tuple, tuple] = {}
 
@@ -234,19 +243,19 @@ class Estimator:
 
     def _trace_whole(self, est: Estimate) -> "Traced":
         w = est.workload
-        model = self._fake_model()
-        with self._fake_mode, _PlaceholderScalars() as placeholders:
-            optimizer = _build(est, model)
-            windows = self._windows(w)
+        model = self.fake_model()
+        with self.fake_mode, PlaceholderScalars() as placeholders:
+            optimizer = build_traced(est, model)
+            windows = self.windows(w)
             opts = w.step_options(create_graph=get_spec(est.optimizer).needs_create_graph)
             peaks = []
-            with _not_traceable(est.optimizer, "a training step"):
+            with not_traceable(est.optimizer, "a training step"):
                 for _ in range(2):
                     with measure.tracked_peak(model, optimizer) as peak:
                         train_step(model, optimizer, windows, opts)
                     peaks.append(peak_parts(peak))
-            state = _state_summary(optimizer)
-        return Traced(peaks, state, placeholders.selections, _attention(model))
+            state = state_summary(optimizer)
+        return Traced(peaks, state, placeholders.selections, attention_kernel(model))
 
     # -- traces
 
@@ -276,16 +285,16 @@ class Estimator:
         self._check(workload)
         name = get_spec(optimizer).name
         est = Estimate(name, name, resolve_hparams(name, hparams or {}, workload.model), workload)
-        model = self._fake_model()
+        model = self.fake_model()
         best: list = []
-        with warnings.catch_warnings(), self._fake_mode, _PlaceholderScalars():
+        with warnings.catch_warnings(), self.fake_mode, PlaceholderScalars():
             warnings.simplefilter("ignore", UserWarning)
-            optimizer_ = _build(est, model)
+            optimizer_ = build_traced(est, model)
             opts = workload.step_options(create_graph=get_spec(name).needs_create_graph)
-            windows = self._windows(workload)
+            windows = self.windows(workload)
             for _ in range(2):
                 timeline: list = []
-                with _not_traceable(name, "a training step"):
+                with not_traceable(name, "a training step"):
                     with measure.tracked_peak(model, optimizer_, timeline):
                         train_step(model, optimizer_, windows, opts)
                 if not best or _top(timeline) > _top(best):
@@ -304,10 +313,10 @@ class Estimator:
         self._check(workload)
         key = dataclasses.replace(workload, grad_clip=None)
         if key not in self._fwd_bwd:
-            model = self._fake_model()
+            model = self.fake_model()
             moments: dict = {}
-            with self._fake_mode, _PlaceholderScalars():  # the loss's .item()
-                windows = self._windows(workload)
+            with self.fake_mode, PlaceholderScalars():  # the loss's .item()
+                windows = self.windows(workload)
                 with measure.tracked_peak(model, None,
                                           moments=moments if self.record_moments else None) as peak:
                     forward_backward(model, windows, workload.step_options())
@@ -318,25 +327,25 @@ class Estimator:
         """State summary, the peak parts of steps 1 and 2, value-dependent selections, attention."""
         key = (est.optimizer, repr(sorted(est.hparams.items())), est.workload.grad_clip)
         if key not in self._steps:
-            model = self._fake_model()
-            with self._fake_mode, _PlaceholderScalars() as placeholders:
-                optimizer = _build(est, model)
+            model = self.fake_model()
+            with self.fake_mode, PlaceholderScalars() as placeholders:
+                optimizer = build_traced(est, model)
                 peaks = []
                 for _ in range(2):
                     for p in model.parameters():
                         p.grad = torch.empty_like(p) if p.requires_grad else None
-                    with _not_traceable(est.optimizer, "optimizer.step()"):
+                    with not_traceable(est.optimizer, "optimizer.step()"):
                         with measure.tracked_peak(model, optimizer) as peak:
                             optimizer_step(model, optimizer, est.workload.grad_clip)
                     peaks.append(peak_parts(peak))
-                state = _state_summary(optimizer)
-            self._steps[key] = (state, peaks, placeholders.selections, _attention(model))
+                state = state_summary(optimizer)
+            self._steps[key] = (state, peaks, placeholders.selections, attention_kernel(model))
         return self._steps[key]
 
-    def _fake_model(self) -> torch.nn.Module:
+    def fake_model(self) -> torch.nn.Module:
         """A fresh fake copy: an optimizer may change its model (AdaHessian: eager attention)."""
         model = copy.deepcopy(self.meta_model)
-        with self._fake_mode:
+        with self.fake_mode:
             for module in model.modules():
                 for registry in (module._parameters, module._buffers):
                     for key, t in registry.items():
@@ -344,7 +353,7 @@ class Estimator:
                             registry[key] = _fake_like(t)
         return model
 
-    def _windows(self, w: Workload) -> list[torch.Tensor]:
+    def windows(self, w: Workload) -> list[torch.Tensor]:
         vocab = get_model_size(w.model).vocab_size
         return [torch.randint(0, vocab, (w.batch_size, w.seq_len + 1)) for _ in range(w.grad_accum)]
 
@@ -464,13 +473,13 @@ def _fake_like(t: torch.Tensor) -> torch.Tensor:
     return fake
 
 
-def _build(est: Estimate, model: torch.nn.Module) -> torch.optim.Optimizer:
-    with _not_traceable(est.optimizer, "its constructor"):
+def build_traced(est: Estimate, model: torch.nn.Module) -> torch.optim.Optimizer:
+    with not_traceable(est.optimizer, "its constructor"):
         return get_spec(est.optimizer).factory(model, est.hparams)
 
 
 @contextlib.contextmanager
-def _not_traceable(optimizer: str, where: str) -> Iterator[None]:
+def not_traceable(optimizer: str, where: str) -> Iterator[None]:
     """Any failure inside becomes NotTraceable with a one-line reason (the row says why)."""
     try:
         yield
@@ -480,7 +489,7 @@ def _not_traceable(optimizer: str, where: str) -> Iterator[None]:
                            f"{type(exc).__name__}: {first}") from exc
 
 
-def _state_summary(optimizer: torch.optim.Optimizer) -> dict[str, int]:
+def state_summary(optimizer: torch.optim.Optimizer) -> dict[str, int]:
     """Real bytes of the state, and its bytes under the papers' 2-bytes-a-value convention
     (integer state, e.g. 8-bit moments and their indices, keeps its own width)."""
     tensors = state_tensors(optimizer)
@@ -490,7 +499,7 @@ def _state_summary(optimizer: torch.optim.Optimizer) -> dict[str, int]:
     return {"bytes": real, "paper_bytes": paper}
 
 
-def _attention(model: torch.nn.Module) -> str:
+def attention_kernel(model: torch.nn.Module) -> str:
     impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
     if impl == "sdpa":
         return "sdpa (flash kernel: output + log-sum-exp kept, no seq×seq scores)"
@@ -509,21 +518,6 @@ def workload_of(cell) -> Workload:
     d = cell.defaults
     return Workload(cell.model, cell.seq_len, d.batch_size, d.dtype, d.autocast, d.grad_accum,
                     d.grad_clip)
-
-
-def estimate_cell(cell, emit: Callable[[dict], None]) -> CellOutcome:
-    """A `device: meta` cell: the estimate stored like a run, with status "estimated"."""
-    emit({"event": "start"})
-    w = workload_of(cell)
-    est = estimator(cell.model, w.dtype).estimate(w, cell.optimizer.name, cell.optimizer.hparams,
-                                                  cell.optimizer.display)
-    if est.error:
-        return CellOutcome("error", est.error)
-    metrics = est.metrics()
-    meta_model = estimator(cell.model, w.dtype).meta_model
-    metrics["expected_optimizer_state_bytes"] = get_spec(est.optimizer).expected_state_bytes(
-        meta_model, est.hparams)
-    return CellOutcome("estimated", metrics=metrics)
 
 
 def measured_peak(workload: Workload, optimizer: str, hparams: dict | None = None,

@@ -21,7 +21,7 @@ from optbench.engine import measure, parallel
 from optbench.engine.outcome import CellOutcome
 from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.engine.step import StepOptions, forward_backward, lm_loss, optimizer_step, train_step
-from optbench.metrics import METRICS, PART_METRICS, rank_metric
+from optbench.metrics import merge_ranks
 from optbench.models import build_model, get_model_size, torch_dtype
 from optbench.optimizers import build_optimizer, get_spec
 
@@ -196,29 +196,10 @@ def _tokens_per_s(cell: Cell, step_ms: list[float]) -> float | None:
     return tokens_per_step(cell) / (ms / 1e3) if ms else None
 
 
-# Measured on each rank: stored per rank (`name@rankN`), the max over ranks as headline, as the
-# slowest and the fullest rank bound a sharded run.
-def _per_rank(name: str) -> bool:
-    metric = METRICS.get(name)
-    return metric is not None and metric.kind in ("memory", "time") and metric.name != "tokens_per_s"
-
-
 def merge_rank_metrics(per_rank: list[dict[str, float]], cell: Cell) -> dict[str, float]:
-    """One cell's metrics from its ranks' (rank order): what is the same on every rank (sizes,
-    losses) from rank 0; memory and time per rank and at their max, the peak's parts from the
-    rank with the largest peak (so they still sum to it); tokens/s from the slowest rank's step
-    time, over all ranks' tokens and per device."""
-    merged = dict(per_rank[0])
-    for name in {n for metrics in per_rank for n in metrics if _per_rank(n)}:
-        values = [metrics.get(name) for metrics in per_rank]
-        for rank, value in enumerate(values):
-            if value is not None:
-                merged[rank_metric(name, rank)] = value
-        merged[name] = max(v for v in values if v is not None)
-    fullest = max(per_rank, key=lambda m: m.get("tracked_peak_bytes", -1))
-    for name in (*PART_METRICS, "tracked_peak_bytes", "tracked_peak_step"):
-        if name in fullest:
-            merged[name] = fullest[name]
+    """One cell's metrics from its ranks' (rank order), as `metrics.merge_ranks` merges them;
+    tokens/s from the slowest rank's step time, over all ranks' tokens and per device."""
+    merged = merge_ranks(per_rank)
     if merged.get("step_ms"):
         merged["tokens_per_s"] = tokens_per_step(cell) / (merged["step_ms"] / 1e3)
         merged["tokens_per_s_per_device"] = merged["tokens_per_s"] / len(per_rank)

@@ -73,7 +73,7 @@ def main(cell_path: str, result_path: str) -> int:
 
 def _join(cell) -> int | None:
     """This rank's number in a sharded cell (after joining its group), None for one process."""
-    if not cell.parallel.sharded:
+    if not cell.launches_ranks:
         return None
     import torch
 
@@ -138,7 +138,7 @@ def run_guarded(cell) -> CellOutcome:
 
 def _run(cell) -> CellOutcome:
     if cell.defaults.device == "meta":
-        from optbench.engine.trace import estimate_cell
+        from optbench.engine.rank_trace import estimate_cell
 
         return estimate_cell(cell, emit)
     from optbench.engine.train import train_cell

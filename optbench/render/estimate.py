@@ -62,6 +62,19 @@ def estimate_rows(estimates: list[Estimate]) -> tuple[list[str], list[list[str]]
     return header, rows
 
 
+def rank_rows(estimates: list[Estimate]) -> tuple[list[str], list[list[str]]]:
+    """Each rank of the sharded estimates: its peak, its state and the peak's parts."""
+    ranked = [e for e in estimates if e.ranks]
+    unit, scale = _unit([r for e in ranked for r in e.ranks])
+    header = ["Optimizer", "Rank", f"Peak ({unit})", f"State ({unit})",
+              *[f"{label} ({unit})" for label in PEAK_COLUMNS.values()]]
+    rows = [[e.label, str(i), f"{r.peak_bytes / scale:,.2f}",
+             f"{r.optimizer_state_bytes / scale:,.2f}",
+             *[f"{v / scale:,.2f}" for v in split_peak(r.parts, r.optimizer_state_bytes).values()]]
+            for e in ranked for i, r in enumerate(e.ranks)]
+    return header, rows
+
+
 def _gb(nbytes: int) -> str:
     value = nbytes / GB
     return f"{value:,.2f}" if value >= 1 else f"{value:.3g}"
@@ -79,7 +92,18 @@ def rich_estimate_tables(estimates: list[Estimate]) -> list[Table]:
         for row in rows:
             table.add_row(*row)
         tables.append(table)
+        if any(e.ranks for e in group):
+            tables.append(_rich_table(f"{workload_title(workload)} · per rank", *rank_rows(group)))
     return tables
+
+
+def _rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col, justify="left" if col == "Optimizer" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _attention(group: list[Estimate]) -> str:
@@ -103,6 +127,15 @@ ASSUMPTIONS = [
     " optimizer step.",
     f"- **{PAPER_FORMULA[0].upper()}{PAPER_FORMULA[1:]}.**",
 ]
+SHARDED = (
+    "- **Sharded** (`optimizer · fsdp2x8`): each rank traced on its own in torch's fake process"
+    " group (collectives that move no data), under the strategy's own wrapper; the row is the"
+    " fullest rank, its *State* the largest any rank keeps, *Per rank* lists every rank. A"
+    " paper-convention figure counts the rank's own params and state. Batch size is per rank."
+    " DDP and ZeRO-1 keep gradient buckets (a flat copy of the gradients) from step 2 on: the"
+    " tracker files them under *Activations*, as in a real CPU run; the timeline is the"
+    " fullest rank's."
+)
 
 
 def write_estimate_report(estimates: list[Estimate], out_dir: Path, name: str,
@@ -111,12 +144,16 @@ def write_estimate_report(estimates: list[Estimate], out_dir: Path, name: str,
     `timelines` (estimate label -> one step's memory timeline) the timeline figures."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"estimate-{safe_name(name)}"
-    lines = [f"# Memory estimate: {name}", "", generated_line(command), "", *ASSUMPTIONS, ""]
+    sharded = [SHARDED] if any(e.ranks for e in estimates) else []
+    lines = [f"# Memory estimate: {name}", "", generated_line(command), "", *ASSUMPTIONS,
+             *sharded, ""]
     written = []
     for i, (workload, group) in enumerate(group_by_workload(estimates).items()):
         header, rows = estimate_rows(group)
         lines += [f"## {workload_title(workload)}", "", f"Attention: {_attention(group)}.", "",
                   rows_table(header, rows), ""]
+        if any(e.ranks for e in group):
+            lines += ["Per rank:", "", rows_table(*rank_rows(group)), ""]
         png = out_dir / f"{stem}-{i + 1}.png"
         if _plot_breakdown(group, workload, png):
             lines += [f"![peak memory breakdown]({png.name})", ""]
@@ -172,6 +209,10 @@ def estimates_json(estimates: list[Estimate]) -> str:
             "parts_bytes": None if e.error else e.parts,
             "optimizer_state_bytes": None if e.error else e.optimizer_state_bytes,
             "paper_convention_bytes": None if e.error else e.paper_bytes,
+            "parallel": e.parallel,
+            "ranks": [{"rank": i, "peak_bytes": r.peak_bytes, "parts_bytes": r.parts,
+                       "optimizer_state_bytes": r.optimizer_state_bytes}
+                      for i, r in enumerate(e.ranks)],
         })
     return json.dumps(out, indent=2, default=str)
 

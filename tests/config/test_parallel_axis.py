@@ -83,10 +83,20 @@ def test_bad_parallel_values_are_one_clear_line(write_suite, axis, words):
         assert word in message, (word, message)
 
 
-def test_meta_device_refuses_a_sharded_cell(write_suite):
+def test_meta_device_takes_a_sharded_cell_without_launch_checks(write_suite, monkeypatch):
+    monkeypatch.setenv("OPTBENCH_NNODES", "3")  # would refuse 8 ranks of a cell that trains
     text = TINY_SUITE.replace("device: cpu", "device: meta").replace(
-        "seq_lens: [32]", "seq_lens: [32]\n  parallel: [fsdp2x2]")
-    with pytest.raises(OptbenchError, match=r"grid.parallel\[0\]: device meta .*not supported yet"):
+        "seq_lens: [32]", "seq_lens: [32]\n  parallel: [fsdp2x8, ddpx2]")
+    cells = expand(load_suite(write_suite(text)))
+    assert {c.parallel.label for c in cells} == {"fsdp2x8", "ddpx2"}
+    assert not any(c.launches_ranks for c in cells)
+
+
+def test_meta_device_refuses_more_ranks_than_an_estimate_takes(write_suite):
+    text = TINY_SUITE.replace("device: cpu", "device: meta").replace(
+        "seq_lens: [32]", "seq_lens: [32]\n  parallel: [fsdp2x4096]")
+    with pytest.raises(OptbenchError, match=r"grid.parallel\[0\].nproc: 4096 ranks; a per-rank "
+                                            r"estimate takes 1..1024"):
         load_suite(write_suite(text))
 
 

@@ -1,0 +1,145 @@
+"""Per-rank estimates of sharded steps (optbench.engine.rank_trace), held against real
+2-process CPU runs of the same cells and against the shard arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from optbench.cli import app
+from optbench.config.suite import Parallel
+from optbench.engine.rank_trace import RankEstimator, estimator_for
+from optbench.engine.trace import Workload
+from optbench.metrics import PART_METRICS, rank_metric
+from optbench.models import build_model
+from optbench.results.store import ResultStore
+from tests.conftest import TINY_SUITE
+
+TINY = Workload("llama_tiny", 32, 2, "fp32")
+
+
+def _fsdp2_adamw_state(rank: int, world: int) -> int:
+    """AdamW's state on one FSDP2 rank: its dim-0 chunk (ceil(rows / world) rows, the last
+    ranks fewer or none) of both moments, plus the float32 `step` every rank keeps whole."""
+    total = 0
+    for p in build_model("llama_tiny").parameters():
+        rows = p.shape[0]
+        chunk = math.ceil(rows / world)
+        local_rows = max(0, min(chunk, rows - rank * chunk))
+        total += 2 * 4 * local_rows * (p.numel() // rows) + 4
+    return total
+
+
+def test_fsdp2_state_per_rank_is_the_shard_arithmetic_with_uneven_shards():
+    est = RankEstimator("llama_tiny", "fp32", Parallel("fsdp2", 3)).estimate(TINY, "adamw")
+    assert est.error is None and est.parallel == "fsdp2x3"
+    states = [r.optimizer_state_bytes for r in est.ranks]
+    assert states == [_fsdp2_adamw_state(rank, 3) for rank in range(3)]
+    assert states[0] == states[1] > states[2]  # 64 rows -> 22, 22, 20
+    assert est.optimizer_state_bytes == max(states)
+    fullest = max(est.ranks, key=lambda r: r.peak_bytes)
+    assert est.parts == fullest.parts and est.peak_bytes == fullest.peak_bytes
+
+
+def test_ddp_ranks_are_alike_and_hold_the_whole_state_and_the_buckets():
+    ddp = RankEstimator("llama_tiny", "fp32", Parallel("ddp", 2)).estimate(TINY, "adamw")
+    one = estimator_for("llama_tiny", "fp32", Parallel(), True).estimate(TINY, "adamw")
+    assert [r.parts for r in ddp.ranks] == [ddp.parts, ddp.parts]
+    assert ddp.optimizer_state_bytes == one.optimizer_state_bytes
+    # Its gradient buckets: a flat copy of every gradient, on top of the one-process step.
+    param_bytes = sum(p.numel() * 4 for p in build_model("llama_tiny").parameters())
+    assert ddp.peak_bytes == one.peak_bytes + param_bytes
+
+
+def test_zero1_splits_the_state_and_refuses_what_it_cannot_rebuild():
+    zero1 = RankEstimator("llama_tiny", "fp32", Parallel("zero1", 2))
+    adamw = zero1.estimate(TINY, "adamw")
+    one = estimator_for("llama_tiny", "fp32", Parallel(), True).estimate(TINY, "adamw")
+    states = [r.optimizer_state_bytes for r in adamw.ranks]
+    # Each rank keeps the moments of its share, and its share's `step` counters.
+    assert sum(states) == one.optimizer_state_bytes and min(states) > 0
+    refused = zero1.estimate(TINY, "adam_mini")
+    assert refused.error and "ZeRO-1" in refused.error and not refused.ranks
+
+
+def test_sharded_metrics_are_stored_per_rank_with_the_max_as_headline():
+    est = RankEstimator("llama_tiny", "fp32", Parallel("zero1", 2)).estimate(TINY, "scale")
+    metrics = est.metrics()
+    peaks = [r.peak_bytes for r in est.ranks]
+    assert peaks[0] != peaks[1]  # SCALE's few Adam-treated params all land on one rank
+    for rank, r in enumerate(est.ranks):
+        assert metrics[rank_metric("tracked_peak_bytes", rank)] == r.peak_bytes
+        assert metrics[rank_metric("optimizer_state_bytes", rank)] == r.optimizer_state_bytes
+    assert metrics["tracked_peak_bytes"] == max(peaks)
+    assert sum(metrics[m] for m in PART_METRICS) == max(peaks)
+
+
+def test_timeline_of_a_sharded_estimate_peaks_at_its_fullest_rank():
+    est = RankEstimator("llama_tiny", "fp32", Parallel("fsdp2", 2)).estimate(TINY, "adamw")
+    assert max(sum(point[1:]) for point in est.timeline) == est.peak_bytes
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--parallel", "tp"], "--parallel 'tp' is not a strategy; accepted: none, ddp, fsdp2, zero1"),
+    (["--parallel", "fsdp2"], "--parallel fsdp2 needs --nproc N"),
+    (["--parallel", "fsdp2", "--nproc", "0"], "--nproc 0: accepted 1..1024 ranks"),
+    (["--nproc", "4"], "--nproc 4 needs --parallel ddp | fsdp2 | zero1"),
+])
+@pytest.mark.parametrize("command", ["estimate", "fit"])
+def test_bad_parallel_options_are_one_line_exit_2(command, args, message, tmp_path):
+    memory = ["--memory", "1GiB"] if command == "fit" else []
+    result = CliRunner().invoke(app, [command, "--model", "llama_tiny", *memory, *args,
+                                      "--reports", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_estimate_and_fit_take_the_strategy(tmp_path):
+    result = CliRunner().invoke(app, ["estimate", "--model", "llama_tiny", "-o", "scale",
+                                      "--parallel", "fsdp2", "--nproc", "2", "--seq-len", "32",
+                                      "--batch-size", "2", "--dtype", "fp32", "--reports",
+                                      str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "estimate-llama_tiny-seq32-bs2-fp32-fsdp2x2.md").read_text()
+    assert "| scale · fsdp2x2 | 1 |" in md and "Per rank:" in md
+    fit = CliRunner().invoke(app, ["fit", "--memory", "6MiB", "--model", "llama_tiny",
+                                   "--parallel", "ddp", "--nproc", "2", "--seq-len", "32",
+                                   "--dtype", "fp32", "--json", "--reports", str(tmp_path)])
+    assert fit.exit_code == 0, fit.output
+    (row,) = json.loads(fit.output)
+    assert row["optimizer"] == "adamw · ddpx2" and row["largest"] >= 2
+    ddp = RankEstimator("llama_tiny", "fp32", Parallel("ddp", 2))
+    at = ddp.estimate(Workload("llama_tiny", 32, row["largest"], "fp32"), "adamw").peak_bytes
+    beyond = ddp.estimate(Workload("llama_tiny", 32, row["largest"] + 1, "fp32"), "adamw")
+    assert at == row["peak_bytes_at_largest"] <= 6 * 2**20 < beyond.peak_bytes
+
+
+SHARDED_SUITE = (TINY_SUITE.replace("[adamw, sgd, scale]", "[adamw, scale]")
+                 .replace("seq_lens: [32]", "seq_lens: [32]\n  parallel: [ddpx2, fsdp2x2, zero1x2]")
+                 .replace("steps: 6", "steps: 3").replace("warmup: 2", "warmup: 1"))
+
+
+def _per_rank(db, name: str) -> dict[str, dict[str, float]]:
+    return {r.cell_id: r.metrics for r in ResultStore(db).runs() if r.status in ("ok", "estimated")}
+
+
+@pytest.mark.slow
+def test_estimates_equal_real_two_process_runs_per_rank_to_the_byte(write_suite, tmp_path):
+    """The issue's test: AdamW and SCALE under DDP, FSDP2 and ZeRO-1 on llama_tiny, trained on 2
+    CPU ranks (gloo) and estimated by a `device: meta` suite of the same cells."""
+    real_db, meta_db = tmp_path / "real.sqlite", tmp_path / "meta.sqlite"
+    for text, db in ((SHARDED_SUITE, real_db),
+                     (SHARDED_SUITE.replace("device: cpu", "device: meta"), meta_db)):
+        done = CliRunner().invoke(app, ["run", str(write_suite(text, f"{db.stem}.yaml")), "--db",
+                                        str(db), "--reports", str(tmp_path / db.stem)])
+        assert done.exit_code == 0, done.output
+    real, meta = _per_rank(real_db, "real"), _per_rank(meta_db, "meta")
+    assert len(real) == len(meta) == 6 and set(real) == set(meta)
+    for cell_id in real:
+        for rank in (0, 1):
+            for name in ("tracked_peak_bytes", "optimizer_state_bytes", *PART_METRICS):
+                key = rank_metric(name, rank)
+                assert meta[cell_id][key] == real[cell_id][key], (cell_id, key)
