@@ -50,3 +50,20 @@ def write_suite(tmp_path):
 @pytest.fixture
 def tiny_suite(write_suite) -> Path:
     return write_suite(TINY_SUITE, "tiny.yaml")
+
+
+def fsdp2_adamw_state(rank: int, world: int) -> int:
+    """AdamW's state on one FSDP2 rank of llama_tiny (fp32): its dim-0 chunk (fully_shard
+    splits rows in chunks of ceil(rows / world), the last ranks holding fewer or none) of both
+    moments, plus the float32 `step` that every rank keeps whole for every parameter."""
+    import math
+
+    from optbench.models import build_model
+
+    total = 0
+    for p in build_model("llama_tiny").parameters():
+        rows = p.shape[0]
+        chunk = math.ceil(rows / world)
+        local_rows = max(0, min(chunk, rows - rank * chunk))
+        total += 2 * 4 * local_rows * (p.numel() // rows) + 4
+    return total

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -118,9 +119,10 @@ class RankEstimator:
                                 "process is already in one")
         traced: dict[tuple, RankTrace] = {}
         out = []
-        for rank in range(self.setting.nproc):
-            with fake_rank(rank, self.setting.nproc):
-                out.append(self._trace_rank(est, traced))
+        with _quiet_cpu_alltoall():
+            for rank in range(self.setting.nproc):
+                with fake_rank(rank, self.setting.nproc):
+                    out.append(self._trace_rank(est, traced))
         return out
 
     def _trace_rank(self, est: Estimate, traced: dict[tuple, RankTrace]) -> RankTrace:
@@ -162,6 +164,20 @@ def _build(est: Estimate, model: torch.nn.Module, strategy: str) -> torch.optim.
     except Exception:
         with not_traceable(est.optimizer, "its constructor"):
             raise
+
+
+@contextlib.contextmanager
+def _quiet_cpu_alltoall() -> Iterator[None]:
+    """DTensor warns, once and as rank 0, that a CPU mesh redistributes a shard to another
+    dimension by all-gather + chunk rather than all-to-all: true of the estimate, which says
+    so in docs/estimate.md, and noise in its output."""
+    log = logging.getLogger("torch.distributed.tensor._collective_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -63,16 +63,32 @@ def estimate_rows(estimates: list[Estimate]) -> tuple[list[str], list[list[str]]
 
 
 def rank_rows(estimates: list[Estimate]) -> tuple[list[str], list[list[str]]]:
-    """Each rank of the sharded estimates: its peak, its state and the peak's parts."""
+    """Each rank of the sharded estimates: its peak, its state and the peak's parts; ranks in
+    a row that hold the same bytes share one line ('0-7')."""
     ranked = [e for e in estimates if e.ranks]
     unit, scale = _unit([r for e in ranked for r in e.ranks])
     header = ["Optimizer", "Rank", f"Peak ({unit})", f"State ({unit})",
               *[f"{label} ({unit})" for label in PEAK_COLUMNS.values()]]
-    rows = [[e.label, str(i), f"{r.peak_bytes / scale:,.2f}",
-             f"{r.optimizer_state_bytes / scale:,.2f}",
-             *[f"{v / scale:,.2f}" for v in split_peak(r.parts, r.optimizer_state_bytes).values()]]
-            for e in ranked for i, r in enumerate(e.ranks)]
+    rows = []
+    for e in ranked:
+        for first, last, r in _alike_ranks(e.ranks):
+            rows.append([e.label, str(first) if first == last else f"{first}-{last}",
+                         f"{r.peak_bytes / scale:,.2f}", f"{r.optimizer_state_bytes / scale:,.2f}",
+                         *[f"{v / scale:,.2f}"
+                           for v in split_peak(r.parts, r.optimizer_state_bytes).values()]])
     return header, rows
+
+
+def _alike_ranks(ranks: list[Estimate]) -> list[tuple[int, int, Estimate]]:
+    """(first rank, last rank, its estimate) for each run of ranks holding the same bytes."""
+    runs: list[tuple[int, int, Estimate]] = []
+    for i, r in enumerate(ranks):
+        if runs and (runs[-1][2].parts, runs[-1][2].optimizer_state_bytes) == (
+                r.parts, r.optimizer_state_bytes):
+            runs[-1] = (runs[-1][0], i, runs[-1][2])
+        else:
+            runs.append((i, i, r))
+    return runs
 
 
 def _gb(nbytes: int) -> str:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 from typer.testing import CliRunner
@@ -16,28 +15,16 @@ from optbench.engine.trace import Workload
 from optbench.metrics import PART_METRICS, rank_metric
 from optbench.models import build_model
 from optbench.results.store import ResultStore
-from tests.conftest import TINY_SUITE
+from tests.conftest import TINY_SUITE, fsdp2_adamw_state
 
 TINY = Workload("llama_tiny", 32, 2, "fp32")
-
-
-def _fsdp2_adamw_state(rank: int, world: int) -> int:
-    """AdamW's state on one FSDP2 rank: its dim-0 chunk (ceil(rows / world) rows, the last
-    ranks fewer or none) of both moments, plus the float32 `step` every rank keeps whole."""
-    total = 0
-    for p in build_model("llama_tiny").parameters():
-        rows = p.shape[0]
-        chunk = math.ceil(rows / world)
-        local_rows = max(0, min(chunk, rows - rank * chunk))
-        total += 2 * 4 * local_rows * (p.numel() // rows) + 4
-    return total
 
 
 def test_fsdp2_state_per_rank_is_the_shard_arithmetic_with_uneven_shards():
     est = RankEstimator("llama_tiny", "fp32", Parallel("fsdp2", 3)).estimate(TINY, "adamw")
     assert est.error is None and est.parallel == "fsdp2x3"
     states = [r.optimizer_state_bytes for r in est.ranks]
-    assert states == [_fsdp2_adamw_state(rank, 3) for rank in range(3)]
+    assert states == [fsdp2_adamw_state(rank, 3) for rank in range(3)]
     assert states[0] == states[1] > states[2]  # 64 rows -> 22, 22, 20
     assert est.optimizer_state_bytes == max(states)
     fullest = max(est.ranks, key=lambda r: r.peak_bytes)
@@ -99,12 +86,13 @@ def test_bad_parallel_options_are_one_line_exit_2(command, args, message, tmp_pa
 
 def test_estimate_and_fit_take_the_strategy(tmp_path):
     result = CliRunner().invoke(app, ["estimate", "--model", "llama_tiny", "-o", "scale",
-                                      "--parallel", "fsdp2", "--nproc", "2", "--seq-len", "32",
+                                      "--parallel", "fsdp2", "--nproc", "3", "--seq-len", "32",
                                       "--batch-size", "2", "--dtype", "fp32", "--reports",
                                       str(tmp_path)])
     assert result.exit_code == 0, result.output
-    md = (tmp_path / "estimate-llama_tiny-seq32-bs2-fp32-fsdp2x2.md").read_text()
-    assert "| scale · fsdp2x2 | 1 |" in md and "Per rank:" in md
+    md = (tmp_path / "estimate-llama_tiny-seq32-bs2-fp32-fsdp2x3.md").read_text()
+    # Ranks 0 and 1 hold 22 of every 64 rows, rank 2 the last 20: two lines per optimizer.
+    assert "| adamw · fsdp2x3 | 0-1 |" in md and "| adamw · fsdp2x3 | 2 |" in md
     fit = CliRunner().invoke(app, ["fit", "--memory", "6MiB", "--model", "llama_tiny",
                                    "--parallel", "ddp", "--nproc", "2", "--seq-len", "32",
                                    "--dtype", "fp32", "--json", "--reports", str(tmp_path)])

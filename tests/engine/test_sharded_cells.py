@@ -3,7 +3,6 @@ skipped and failing strategies, a rank killed or hung mid-cell."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -19,7 +18,7 @@ from optbench.engine.runner import Hooks, run_cells
 from optbench.metrics import rank_metric
 from optbench.models import build_model
 from optbench.results.store import ResultStore
-from tests.conftest import TINY_SUITE
+from tests.conftest import TINY_SUITE, fsdp2_adamw_state
 
 pytestmark = pytest.mark.slow  # every test starts ranks under torchrun
 
@@ -31,19 +30,6 @@ def _suite(write_suite, optimizers: str, parallel: str, extra: str = "", steps: 
             .replace("seq_lens: [32]", f"seq_lens: [32]\n  parallel: {parallel}")
             .replace("steps: 6", f"steps: {steps}{extra}"))
     return write_suite(text, "sharded.yaml")
-
-
-def _fsdp2_adamw_state(rank: int, world: int) -> int:
-    """AdamW's state on one FSDP2 rank: its shard of both moments (fully_shard splits dim 0 in
-    chunks of ceil(rows / world), the last ranks holding fewer or none) plus the float32 `step`
-    that every rank keeps whole for every parameter."""
-    total = 0
-    for p in build_model("llama_tiny").parameters():
-        rows = p.shape[0]
-        chunk = math.ceil(rows / world)
-        local_rows = max(0, min(chunk, rows - rank * chunk))
-        total += 2 * 4 * local_rows * (p.numel() // rows) + 4
-    return total
 
 
 def test_every_strategy_runs_and_fsdp2_state_is_per_shard_to_the_byte(write_suite, tmp_path):
@@ -62,9 +48,9 @@ def test_every_strategy_runs_and_fsdp2_state_is_per_shard_to_the_byte(write_suit
     for world in (2, 3):  # 2: even shards; 3: uneven (64 rows -> 22, 22, 20)
         metrics = results[f"llama_tiny/adamw/seq32/fsdp2x{world}"].metrics
         for rank in range(world):
-            assert metrics[rank_metric(STATE, rank)] == _fsdp2_adamw_state(rank, world)
-        assert metrics[STATE] == max(_fsdp2_adamw_state(r, world) for r in range(world))
-    assert _fsdp2_adamw_state(0, 2) + _fsdp2_adamw_state(1, 2) == one_process + 4 * len(list(whole.parameters()))
+            assert metrics[rank_metric(STATE, rank)] == fsdp2_adamw_state(rank, world)
+        assert metrics[STATE] == max(fsdp2_adamw_state(r, world) for r in range(world))
+    assert fsdp2_adamw_state(0, 2) + fsdp2_adamw_state(1, 2) == one_process + 4 * len(list(whole.parameters()))
     ddp = results["llama_tiny/adamw/seq32/ddpx2"].metrics
     assert ddp[rank_metric(STATE, 0)] == ddp[rank_metric(STATE, 1)] == one_process
     zero1 = results["llama_tiny/adamw/seq32/zero1x2"].metrics
