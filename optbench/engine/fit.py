@@ -50,6 +50,7 @@ class FitResult:
     limit_reached: bool = False  # `largest` is the search limit, not a real boundary
     note: str = ""
     error: str | None = None
+    unsupported: bool = False  # the error is the strategy's refusal, not the trace's
 
 
 def fit(estimator: Estimator, base: Workload, axis: str, budget: int, optimizer: str,
@@ -61,7 +62,7 @@ def fit(estimator: Estimator, base: Workload, axis: str, budget: int, optimizer:
     def peak_at(n: int) -> int:
         est = estimator.estimate(dataclasses.replace(base, **{axis: n}), optimizer, hparams, label)
         if est.error:
-            raise _Untraceable(est.error)
+            raise _Untraceable(est.error, est.unsupported)
         estimates[n] = est
         return est.peak_bytes
 
@@ -69,7 +70,7 @@ def fit(estimator: Estimator, base: Workload, axis: str, budget: int, optimizer:
     try:
         result.largest, result.probes = largest_fitting(peak_at, budget, limit)
     except _Untraceable as exc:
-        result.error = str(exc)
+        result.error, result.unsupported = exc.args
         return result
     result.fitting = estimates.get(result.largest)
     result.limit_reached = result.largest == limit

@@ -72,6 +72,7 @@ class RankEstimator:
         self.model_name, self.dtype, self.setting = model, dtype, setting
         self.base = Estimator(model, dtype)  # the fake model and batches; nothing traced
         self.layers = self.base.layers
+        self._alike: dict[tuple, list[int]] = {}  # per optimizer setup: rank -> its first alike
 
     @property
     def meta_model(self) -> torch.nn.Module:
@@ -91,7 +92,7 @@ class RankEstimator:
             try:
                 traces = self._trace_ranks(est)
             except (NotTraceable, parallel.Unsupported) as exc:
-                est.error = str(exc)
+                est.error, est.unsupported = str(exc), isinstance(exc, parallel.Unsupported)
                 return est
         est.ranks = [self._rank_estimate(est, trace) for trace in traces]
         fullest = max(est.ranks, key=lambda r: r.peak_bytes)
@@ -113,19 +114,28 @@ class RankEstimator:
         return rank
 
     def _trace_ranks(self, est: Estimate) -> list[RankTrace]:
-        """Every rank's trace in rank order; a rank shaped like one already traced reuses it."""
+        """Every rank's trace in rank order; a rank shaped like one already traced reuses it.
+        Shapes do not depend on the batch: after an optimizer's first estimate only one rank
+        of each shape is wrapped and traced again (what `fit`'s probes need)."""
         if dist.is_initialized():
             raise OptbenchError("a per-rank estimate runs its own fake process group; this "
                                 "process is already in one")
+        nproc = self.setting.nproc
+        setup = (est.optimizer, repr(sorted(est.hparams.items())))
+        alike = self._alike.get(setup)  # rank -> the first rank shaped like it
         traced: dict[tuple, RankTrace] = {}
-        out = []
+        keys = {}
         with _quiet_cpu_alltoall():
-            for rank in range(self.setting.nproc):
-                with fake_rank(rank, self.setting.nproc):
-                    out.append(self._trace_rank(est, traced))
-        return out
+            for rank in range(nproc) if alike is None else sorted(set(alike)):
+                with fake_rank(rank, nproc):
+                    keys[rank] = self._trace_rank(est, traced)
+        if alike is None:
+            first: dict[tuple, int] = {}
+            alike = self._alike[setup] = [first.setdefault(keys[r], r) for r in range(nproc)]
+        return [traced[keys[alike[rank]]] for rank in range(nproc)]
 
-    def _trace_rank(self, est: Estimate, traced: dict[tuple, RankTrace]) -> RankTrace:
+    def _trace_rank(self, est: Estimate, traced: dict[tuple, RankTrace]) -> tuple:
+        """This rank's shape key, its trace added to `traced` unless a rank so shaped is there."""
         strategy = self.setting.strategy
         mesh = _mesh(self.setting) if strategy == "fsdp2" else None  # made outside fake mode
         model = self.base.fake_model()
@@ -134,9 +144,9 @@ class RankEstimator:
             with not_traceable(est.optimizer, f"{self.setting.label} wrapping"):
                 wrapped = _wrap(model, strategy, mesh, self.base.fake_mode)
             optimizer = _build(est, model, strategy)
-            key = _shapes(model, optimizer)
+            key = shape_key(model, optimizer)
             if key in traced:
-                return traced[key]
+                return key
             windows = self.base.windows(est.workload)
             opts = est.workload.step_options(create_graph=spec.needs_create_graph)
             best: tuple[dict, list] | None = None
@@ -151,7 +161,7 @@ class RankEstimator:
                                     optimizer_state_bytes(optimizer), _local_values(model),
                                     placeholders.selections, attention_kernel(model),
                                     measure.thinned(best[1]))
-        return traced[key]
+        return key
 
 
 def _build(est: Estimate, model: torch.nn.Module, strategy: str) -> torch.optim.Optimizer:
@@ -253,13 +263,15 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
-def _shapes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
+def shape_key(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
     """What makes two ranks' traces differ: the shapes of the params each holds, and of those
-    its optimizer steps (ZeRO-1's share)."""
+    its optimizer steps (ZeRO-1's share) group by group, with each group's settings."""
     local = getattr(optimizer, "optim", optimizer)
     held = tuple(tuple(_local(p).shape) for p in model.parameters())
-    stepped = tuple(tuple(_local(p).shape) for g in local.param_groups for p in g["params"])
-    return held, stepped
+    groups = tuple((tuple(tuple(_local(p).shape) for p in g["params"]),
+                    repr(sorted((k, v) for k, v in g.items() if k != "params")))
+                   for g in local.param_groups)
+    return held, groups
 
 
 def _local_values(model: torch.nn.Module) -> int:
@@ -283,8 +295,8 @@ def estimate_cell(cell, emit: Callable[[dict], None]) -> CellOutcome:
     w = workload_of(cell)
     found = estimator_for(cell.model, w.dtype, cell.parallel)
     est = found.estimate(w, cell.optimizer.name, cell.optimizer.hparams, cell.optimizer.display)
-    if est.error:
-        return CellOutcome("error", est.error)
+    if est.error:  # a strategy's refusal ends the cell as a run's does: skipped, with why
+        return CellOutcome("skipped" if est.unsupported else "error", est.error)
     metrics = est.metrics()
     metrics["expected_optimizer_state_bytes"] = get_spec(est.optimizer).expected_state_bytes(
         found.meta_model, est.hparams)

@@ -93,6 +93,7 @@ class Estimate:
     attention: str = ""
     note: str = ""
     error: str | None = None
+    unsupported: bool = False  # the error is the strategy's refusal (ZeRO-1), not the trace's
     # Sharded (optbench.engine.rank_trace): the strategy's label ('fsdp2x8'), each rank's own
     # estimate in rank order, and the fullest rank's timeline; this estimate is the fullest
     # rank's, its state the largest any rank keeps.

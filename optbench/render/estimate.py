@@ -45,21 +45,31 @@ def _unit(estimates: list[Estimate]) -> tuple[str, int]:
 def estimate_rows(estimates: list[Estimate]) -> tuple[list[str], list[list[str]]]:
     """Header and formatted rows of one workload's table; AdamW (if there) is the reference."""
     unit, scale = _unit(estimates)
-    ref = next((e for e in estimates if e.optimizer == REFERENCE and not e.error), None)
+    refs = {e.parallel: e for e in reversed(estimates) if e.optimizer == REFERENCE and not e.error}
     header = ["Optimizer", f"Peak ({unit})", f"State ({unit})",
               *[f"{label} ({unit})" for label in PEAK_COLUMNS.values()],
               f"Peak vs {REFERENCE}", "Paper conv. (GB)", "Note"]
     rows = []
     for e in estimates:
         if e.error:
-            rows.append([e.label, "not traceable", *[DASH] * (len(header) - 3), e.error])
+            why = "not supported" if e.unsupported else "not traceable"
+            rows.append([e.label, why, *[DASH] * (len(header) - 3), e.error])
             continue
+        ref = refs.get(e.parallel)  # AdamW under the same strategy
         ratio = f"{e.peak_bytes / ref.peak_bytes:.2f}×" if ref else DASH
         rows.append([e.label, f"{e.peak_bytes / scale:,.2f}",
                      f"{e.optimizer_state_bytes / scale:,.2f}",
-                     *[f"{v / scale:,.2f}" for v in split_peak(e.parts, e.optimizer_state_bytes).values()],
+                     *[f"{v / scale:,.2f}" for v in split_peak(e.parts, _kept_at_peak(e)).values()],
                      ratio, _gb(e.paper_bytes), e.note])
     return header, rows
+
+
+def _kept_at_peak(e: Estimate) -> int:
+    """The state kept by the rank whose peak the row shows (the fullest), which the split of
+    its peak into state held and step scratch needs; the row's *State* is the largest kept."""
+    if not e.ranks:
+        return e.optimizer_state_bytes
+    return max(e.ranks, key=lambda r: r.peak_bytes).optimizer_state_bytes
 
 
 def rank_rows(estimates: list[Estimate]) -> tuple[list[str], list[list[str]]]:
@@ -244,7 +254,8 @@ def fit_rows(results: list[FitResult]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in results:
         if r.error:
-            rows.append([r.label, "not traceable", DASH, DASH, DASH, r.error])
+            why = "not supported" if r.unsupported else "not traceable"
+            rows.append([r.label, why, DASH, DASH, DASH, r.error])
             continue
         above = {n: p for n, p in r.probes.items() if n > r.largest}
         nxt = above[min(above)] / scale if above else None

@@ -228,7 +228,8 @@ def _legend_lines(baseline: str, sharded: bool) -> list[str]:
     if sharded:  # said only where such rows are
         lines.append(
             "- **Rows named `optimizer · strategyxN`** ran N ranks under torchrun (ddp, fsdp2 or"
-            " zero1; `batch_size` is per rank, each rank draws its own batches). Their memory and"
+            " zero1; `batch_size` is per rank, each rank draws its own batches), or, with status"
+            " `estimated`, had each of N ranks traced on fake tensors. Their memory and"
             " time columns are the max over ranks; each rank's values are under *Per rank*.")
     return lines
 

@@ -84,7 +84,9 @@ def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
         if parallel is None:
             raise OptbenchError(f"--parallel '{label}': accepted: none or STRATEGYxN with a "
                                 f"strategy of {', '.join(PARALLEL_STRATEGIES[1:])}, e.g. fsdp2x2")
-        validate_parallel(parallel, req.device or "auto", f"--parallel {label}")
+        # Its form only: whether this node can launch it depends on the device of the cells
+        # that would run (a `device: meta` suite's are estimated), checked in missing_cells.
+        validate_parallel(parallel, "meta", f"--parallel {label}")
     return list(dict.fromkeys([baseline, *names])), baseline, metrics
 
 
@@ -143,6 +145,7 @@ def missing_cells(runs: list[StoredRun], pairs: list[Pair], names: list[str], re
         for name, label in todo:
             choice = OptimizerChoice(name, resolve_hparams(name, {}, model), label=name)
             setup = dataclasses.replace(defaults, parallel=parallel_from_label(label))
+            validate_parallel(setup.parallel, setup.device, f"--parallel {label}")
             cells.append(make_cell(suite_name or "compare", model, choice, seq_len, setup,
                                    data, corpus))
     return cells

@@ -9,9 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from optbench.cli import app
-from optbench.config.suite import Parallel
-from optbench.engine.rank_trace import RankEstimator, estimator_for
-from optbench.engine.trace import Workload
+import torch.distributed as dist
+
+from optbench.config.loader import load_suite
+from optbench.config.suite import Parallel, expand
+from optbench.engine.rank_trace import RankEstimator, estimate_cell, estimator_for
+from optbench.engine.trace import Estimate, Workload
+from optbench.render.estimate import estimate_rows
 from optbench.metrics import PART_METRICS, rank_metric
 from optbench.models import build_model
 from optbench.results.store import ResultStore
@@ -31,14 +35,31 @@ def test_fsdp2_state_per_rank_is_the_shard_arithmetic_with_uneven_shards():
     assert est.parts == fullest.parts and est.peak_bytes == fullest.peak_bytes
 
 
-def test_ddp_ranks_are_alike_and_hold_the_whole_state_and_the_buckets():
+def test_ddp_ranks_hold_the_whole_state_and_the_buckets():
     ddp = RankEstimator("llama_tiny", "fp32", Parallel("ddp", 2)).estimate(TINY, "adamw")
     one = estimator_for("llama_tiny", "fp32", Parallel(), True).estimate(TINY, "adamw")
-    assert [r.parts for r in ddp.ranks] == [ddp.parts, ddp.parts]
     assert ddp.optimizer_state_bytes == one.optimizer_state_bytes
     # Its gradient buckets: a flat copy of every gradient, on top of the one-process step.
     param_bytes = sum(p.numel() * 4 for p in build_model("llama_tiny").parameters())
     assert ddp.peak_bytes == one.peak_bytes + param_bytes
+
+
+@pytest.mark.parametrize("strategy,nproc,optimizer", [("fsdp2", 3, "adamw"), ("zero1", 2, "scale"),
+                                                      ("ddp", 2, "muon")])
+def test_ranks_reusing_a_trace_equal_ranks_each_traced(strategy, nproc, optimizer, monkeypatch):
+    setting = Parallel(strategy, nproc)
+    reused = RankEstimator("llama_tiny", "fp32", setting)
+    first = reused.estimate(TINY, optimizer)
+    again = reused.estimate(Workload("llama_tiny", 32, 3, "fp32"), optimizer)  # distinct only
+    import optbench.engine.rank_trace as rank_trace
+
+    shapes = rank_trace.shape_key
+    monkeypatch.setattr(rank_trace, "shape_key", lambda m, o: (dist.get_rank(), shapes(m, o)))
+    every = RankEstimator("llama_tiny", "fp32", setting)
+    for est, workload in ((first, TINY), (again, Workload("llama_tiny", 32, 3, "fp32"))):
+        each = every.estimate(workload, optimizer)
+        assert [(r.parts, r.optimizer_state_bytes) for r in est.ranks] == \
+            [(r.parts, r.optimizer_state_bytes) for r in each.ranks]
 
 
 def test_zero1_splits_the_state_and_refuses_what_it_cannot_rebuild():
@@ -50,6 +71,27 @@ def test_zero1_splits_the_state_and_refuses_what_it_cannot_rebuild():
     assert sum(states) == one.optimizer_state_bytes and min(states) > 0
     refused = zero1.estimate(TINY, "adam_mini")
     assert refused.error and "ZeRO-1" in refused.error and not refused.ranks
+    assert refused.unsupported
+
+
+def test_a_meta_cell_zero1_cannot_run_is_skipped_as_a_real_one_is(write_suite):
+    text = (TINY_SUITE.replace("device: cpu", "device: meta").replace("[adamw, sgd, scale]", "[adam_mini]")
+            .replace("seq_lens: [32]", "seq_lens: [32]\n  parallel: [zero1x2]"))
+    (cell,) = expand(load_suite(write_suite(text)))
+    outcome = estimate_cell(cell, lambda event: None)
+    assert outcome.status == "skipped" and "ZeRO-1" in outcome.error
+
+
+def test_the_ratio_is_to_adamw_under_the_same_strategy():
+    def row(optimizer, parallel, peak):
+        return Estimate(f"{optimizer} {parallel}", optimizer, {}, TINY, parallel=parallel,
+                        parts={"params": peak})
+
+    estimates = [row("adamw", "none", 100), row("adamw", "ddpx2", 200), row("scale", "ddpx2", 150),
+                 row("scale", "none", 80)]
+    header, rows = estimate_rows(estimates)
+    ratio = header.index("Peak vs adamw")
+    assert [r[ratio] for r in rows] == ["1.00×", "1.00×", "0.75×", "0.80×"]
 
 
 def test_sharded_metrics_are_stored_per_rank_with_the_max_as_headline():

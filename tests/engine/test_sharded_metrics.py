@@ -163,7 +163,12 @@ def test_report_names_sharded_rows_and_lists_each_rank(cells, tmp_path):
 def test_compare_parallel_is_checked_like_a_suite_key_and_normalized():
     from optbench.errors import OptbenchError
 
+    with pytest.raises(OptbenchError, match=r"--parallel ddpx5000.nproc: 5000 ranks; a per-rank"):
+        cmp.resolve(cmp.Request(("scale",), parallel=("ddpx5000",)))
+    # Reading stored (or estimated, device: meta) rows needs no such node; running them does.
+    request = cmp.Request(("scale",), parallel=("ddpx500",), device="cpu")
+    cmp.resolve(request)
     with pytest.raises(OptbenchError, match=r"--parallel ddpx500.nproc: 500 ranks on one node"):
-        cmp.resolve(cmp.Request(("scale",), parallel=("ddpx500",)))
+        cmp.missing_cells([], [("llama_tiny", 32)], ["scale"], request, None)
     req = cmp.canonical_parallel(cmp.Request(("scale",), parallel=("ddpx02", "ddpx2", "none")))
     assert req.parallel == ("ddpx2", "none")
