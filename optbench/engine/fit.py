@@ -1,9 +1,10 @@
 """`optbench fit`: the largest batch size (or sequence length) whose estimated peak fits.
 
 The estimated peak never shrinks as the batch or the sequence grows, so the answer is found
-by search over the estimator: doubling until a probe does not fit, then narrowing the bracket
-by interpolation (peaks grow about linearly) with a bisection every other probe, which keeps
-the worst case logarithmic. Forward+backward traces are shared by all optimizers of a fit.
+by search over the estimator: from probes at 1 and 2, one past where their line crosses the
+budget (peaks grow about linearly; at most 4x the largest fitting probe per step) until a
+probe does not fit, then narrowing the bracket by interpolation with a bisection every other
+probe, which keeps the worst case logarithmic. Forward+backward traces are shared by all optimizers of a fit.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def largest_fitting(peak_at: Callable[[int], int], budget: int,
         return 0, probes
     lo, hi = 1, None
     while hi is None:
-        n = min(2 * lo, limit)
+        n = min(_extrapolate(lo, probes, budget), limit)
         if n == lo:
             return lo, probes  # the limit itself fits
         if fits(n):
@@ -121,6 +122,27 @@ def largest_fitting(peak_at: Callable[[int], int], budget: int,
         else:
             hi = n
     return lo, probes
+
+
+# How far one probe may reach past the largest that fits, as a multiple of it: a peak that is
+# flat so far (the optimizer step's, before activations outgrow it) would aim far too high.
+MAX_REACH = 4
+
+
+def _extrapolate(lo: int, probes: dict[int, int], budget: int) -> int:
+    """The next probe above `lo` (the largest that fits so far): one past where the line
+    through the last two fitting probes crosses the budget, at least lo + 1 and at most
+    MAX_REACH × lo; twice lo after the first probe or while the peak is flat. Peaks grow about linearly (activations), so this
+    usually lands just past the answer, whose neighbour the bracket then finds."""
+    below = sorted(n for n, peak in probes.items() if n < lo and peak <= budget)
+    if not below:
+        return 2 * lo
+    prev = below[-1]
+    rise = probes[lo] - probes[prev]
+    if rise <= 0:  # flat so far (the optimizer step's peak): no slope to follow yet
+        return 2 * lo
+    crossing = lo + (budget - probes[lo]) * (lo - prev) // rise
+    return min(max(crossing + 1, lo + 1), MAX_REACH * lo)
 
 
 def _interpolate(lo: int, hi: int, probes: dict[int, int], budget: int) -> int:
