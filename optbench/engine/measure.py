@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -43,8 +43,8 @@ TIMELINE_PHASES = ("forward", "backward", "other", "optimizer step")
 
 @contextlib.contextmanager
 def tracked_peak(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                 timeline: list | None = None,
-                 moments: dict | None = None) -> Iterator[dict[str, int]]:
+                 timeline: list | None = None, moments: dict | None = None,
+                 places: Callable[[], list[str]] | None = None) -> Iterator[dict[str, int]]:
     """Track the block under MemTracker; the dict it yields is filled, on exit, with the peak
     total (`tracked_peak_bytes`) and its parts (`peak_<part>_bytes`), in bytes. With a
     `timeline` list, every moment the tracker checks for a new peak (after each op, and in its
@@ -59,9 +59,11 @@ def tracked_peak(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
     decoder layer, the final norm, the head and outside any module (`step_place`). Each such
     moment's bytes are a line in the number of layers, where the step's peak (the largest of
     them) need not be: the depth-extrapolating estimator takes each to depth before the max.
+    `places`, when given, says where each moment is instead of the module tracker (an
+    optimizer step, which runs outside any module: the parameter it is at).
     """
     tracker = state_aware_tracker()
-    tracker.timeline, tracker.moments = timeline, moments
+    tracker.timeline, tracker.moments, tracker.places = timeline, moments, places
     tracker.layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
     tracker.track_external(*([model] if optimizer is None else [model, optimizer]))
     peak: dict[str, int] = {}
@@ -96,6 +98,20 @@ def thinned(timeline: list[list[int]], points: int = TIMELINE_POINTS) -> list[li
             if i % every == 0 or i == peak or i == len(timeline) - 1
             or (i and p[0] != timeline[i - 1][0])]
     return [timeline[i] for i in keep]
+
+
+def parameter_place(name: str, layers: int) -> list[str]:
+    """Where a parameter is, by its name, in step_places' terms: 'embed', 'first' / 'last'
+    decoder layer (none for a layer between), 'norm', 'head'; 'outside' for anything else."""
+    head, _, rest = name.partition(".layers.")
+    number = rest.split(".", 1)[0]
+    if rest and number.isdigit():
+        index = int(number)
+        return [place for place, at in (("first", 0), ("last", layers - 1)) if index == at]
+    for place, marker in (("head", "lm_head"), ("norm", "model.norm"), ("embed", "embed_tokens")):
+        if marker in name:
+            return [place]
+    return ["outside"]
 
 
 def step_places(parents, backward: bool, layers: int) -> list[str]:
@@ -163,6 +179,7 @@ def _state_aware_tracker_class() -> type:
 
         timeline: list | None = None
         moments: dict | None = None
+        places: Callable[[], list[str]] | None = None
         layers: int = 0
 
         def _update_peak_stats(self, peak_state) -> None:
@@ -174,8 +191,9 @@ def _state_aware_tracker_class() -> type:
             if self.timeline is not None:
                 self.timeline.append([phase, *parts])
             if self.moments is not None:
-                for place in step_places(self._mod_tracker.parents, self._mod_tracker.is_bw,
-                                         self.layers):
+                places = self.places() if self.places is not None else step_places(
+                    self._mod_tracker.parents, self._mod_tracker.is_bw, self.layers)
+                for place in places:
                     kept = self.moments.get((phase, place))
                     if kept is None or sum(parts) > sum(kept):
                         self.moments[(phase, place)] = parts

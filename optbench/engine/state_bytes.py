@@ -40,6 +40,11 @@ def state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return out
 
 
+def state_tensors_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors of one parameter's state (none before its first step)."""
+    return list(_tensors(optimizer.state.get(param, {}), visited=set()))
+
+
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's part of a DTensor (an FSDP2 shard); any other tensor as it is."""
     return tensor.to_local() if is_sharded(tensor) else tensor

@@ -28,15 +28,17 @@ import copy
 import dataclasses
 import functools
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from optbench.engine import measure
 from optbench.engine.measure import peak_parts
 from optbench.engine.outcome import CellOutcome
-from optbench.engine.state_bytes import state_tensors
+from optbench.engine.state_bytes import state_tensors, state_tensors_of
 from optbench.engine.step import StepOptions, forward_backward, optimizer_step, train_step
 from optbench.errors import OptbenchError, informative_line
 from optbench.metrics import DTYPES, MEMORY_PARTS, merge_ranks, part_metric
@@ -182,6 +184,57 @@ def _full_selections(indices) -> list:
     return out
 
 
+class _StepPlaces(TorchDispatchMode):
+    """Which parameter an optimizer step is at, for its moments' places: an op on a
+    parameter, its gradient or its state moves the step there (measure.parameter_place);
+    ops on the temporaries that follow stay with it; an op over several places at once (a
+    foreach over every parameter, clipping's total norm) is 'global'."""
+
+    def __init__(self, model: torch.nn.Module, layers: int) -> None:
+        super().__init__()
+        self.model, self.layers = model, layers
+        self.place_of: dict[int, tuple[str, ...]] = {}
+        self.current: tuple[str, ...] = ("outside",)
+
+    @contextlib.contextmanager
+    def watching(self, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+        """Know this step's tensors (gradients are new each step, state from step 2 on)."""
+        self.place_of.clear()
+        for name, p in self.model.named_parameters():
+            # Each parameter of a layer its own place ('last mlp.up_proj.weight'): moments at
+            # two of them may grow apart with depth (step 1 makes each one's state as it goes).
+            within = name.partition(".layers.")[2].partition(".")[2]
+            place = tuple(f"{where} {within}".strip()
+                          for where in measure.parameter_place(name, self.layers))
+            tensors = [p, p.grad] + list(state_tensors_of(optimizer, p))
+            for t in tensors:
+                if isinstance(t, torch.Tensor):
+                    # A weak reference: holding the tensor would keep a state entry the step
+                    # replaces alive; once it dies, its storage's address may be a new tensor's.
+                    self.place_of[t.untyped_storage()._cdata] = (place, weakref.ref(t))
+        self.current = ("outside",)
+        with self:
+            yield
+
+    def now(self) -> list[str]:
+        return list(self.current)
+
+    def _place(self, tensor: torch.Tensor) -> tuple[str, ...] | None:
+        known = self.place_of.get(tensor.untyped_storage()._cdata)
+        if known is None or known[1]() is None:
+            return None
+        return known[0]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        seen = {self._place(t) for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                if isinstance(t, torch.Tensor)} - {None}
+        if len(seen) == 1:
+            self.current = seen.pop()
+        elif seen:
+            self.current = ("global",)
+        return func(*args, **(kwargs or {}))
+
+
 class Estimator:
     """Traces for one model and dtype, cached, so many optimizers and workloads share them."""
 
@@ -238,7 +291,7 @@ class Estimator:
     # -- the two ways to get a step's candidate peaks
 
     def _trace_composed(self, est: Estimate) -> "Traced":
-        state, step_peaks, selections, attention = self._optimizer_steps(est)
+        state, step_peaks, selections, attention, _ = self._optimizer_steps(est)
         fb = {**self.fwd_bwd_peak(est.workload), "optimizer_state": state["bytes"]}
         return Traced([fb, *step_peaks], state, selections, attention)
 
@@ -262,8 +315,10 @@ class Estimator:
 
     def traced_steps(self, workload: Workload, optimizer: str, hparams: dict | None = None,
                      label: str | None = None) -> tuple[Estimate, "Traced | None"]:
-        """The estimate row and the optimizer's two steps alone, traced on fake gradients
-        (their peaks as moments 'step1', 'step2'; no forward or backward)."""
+        """The estimate row and the optimizer's two steps alone, traced on fake gradients (no
+        forward or backward): their peaks as moments 'step1', 'step2', or on a shallow copy
+        the fullest moment of each step, phase and parameter place ('step2 optimizer step at
+        last')."""
         self._check(workload)
         name = get_spec(optimizer).name
         est = Estimate(label or name, name, resolve_hparams(name, hparams or {}, workload.model),
@@ -271,11 +326,11 @@ class Estimator:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             try:
-                state, peaks, selections, attention = self._optimizer_steps(est)
+                state, peaks, selections, attention, placed = self._optimizer_steps(est)
             except NotTraceable as exc:
                 est.error = str(exc)
                 return est, None
-        moments = {f"step{i + 1}": peak for i, peak in enumerate(peaks)}
+        moments = placed or {f"step{i + 1}": peak for i, peak in enumerate(peaks)}
         return est, Traced(peaks, state, selections, attention, moments)
 
     def step_timeline(self, workload: Workload, optimizer: str,
@@ -324,23 +379,33 @@ class Estimator:
             self._fwd_bwd[key] = (peak_parts(peak), _named_moments(moments))
         return self._fwd_bwd[key]
 
-    def _optimizer_steps(self, est: Estimate) -> tuple[dict, list[dict], int, str]:
-        """State summary, the peak parts of steps 1 and 2, value-dependent selections, attention."""
+    def _optimizer_steps(self, est: Estimate) -> tuple[dict, list[dict], int, str, dict]:
+        """State summary, the peak parts of steps 1 and 2, value-dependent selections,
+        attention, and (for a shallow copy, record_moments) the fullest moment of each step,
+        phase and place, the place being the parameter the step is at (_StepPlaces)."""
         key = (est.optimizer, repr(sorted(est.hparams.items())), est.workload.grad_clip)
         if key not in self._steps:
             model = self.fake_model()
+            moments: dict = {}
             with self.fake_mode, PlaceholderScalars() as placeholders:
                 optimizer = build_traced(est, model)
+                places = _StepPlaces(model, self.layers) if self.record_moments else None
                 peaks = []
-                for _ in range(2):
+                for step in range(2):
                     for p in model.parameters():
                         p.grad = torch.empty_like(p) if p.requires_grad else None
-                    with not_traceable(est.optimizer, "optimizer.step()"):
-                        with measure.tracked_peak(model, optimizer) as peak:
+                    found: dict = {}
+                    with not_traceable(est.optimizer, "optimizer.step()"), \
+                            places.watching(optimizer) if places else contextlib.nullcontext():
+                        with measure.tracked_peak(model, optimizer, moments=found if places else None,
+                                                  places=places.now if places else None) as peak:
                             optimizer_step(model, optimizer, est.workload.grad_clip)
                     peaks.append(peak_parts(peak))
+                    moments.update({f"step{step + 1} {name}": parts
+                                    for name, parts in _named_moments(found).items()})
                 state = state_summary(optimizer)
-            self._steps[key] = (state, peaks, placeholders.selections, attention_kernel(model))
+            self._steps[key] = (state, peaks, placeholders.selections, attention_kernel(model),
+                                moments)
         return self._steps[key]
 
     def fake_model(self) -> torch.nn.Module:
@@ -399,10 +464,14 @@ class DepthEstimator:
     phase and place, measure.step_places) each part's bytes are a line in the number of
     layers. Traces at 3 and 4 layers give the lines; the trace at 2 layers must lie on them too
     (at 1 the first layer is also the last), else the model is traced whole. The optimizer
-    step does not depend on the batch but need not be a line in depth (SWAN's and NS-norm
-    SGD's scratch peaks at their largest matrix until enough layers outgrow it), so it is
-    traced at full depth, once per optimizer. The estimate takes each moment at the model's
-    depth, the state held, and then the largest, as a full trace would."""
+    step does not depend on the batch and is extrapolated the same way, once per optimizer,
+    with the parameter it is at as the place (the embedding, the first and the last layer's,
+    the final norm, the head; 'global' for an op over every parameter): its peak is not a line
+    in depth (SWAN's and NS-norm SGD's scratch is their largest matrix's until what they keep
+    per layer outgrows it), but each such moment is; a step whose moments are not, or that
+    works on several layers at once with a cap (OptimizerSpec.step_extrapolates), is traced
+    at full depth. The estimate takes each moment at the model's depth, the state held, and
+    then the largest, as a full trace would."""
 
     def __init__(self, model: str, dtype: str = "bf16",
                  from_layers: int = EXTRAPOLATE_FROM_LAYERS) -> None:
@@ -427,7 +496,7 @@ class DepthEstimator:
         moments = self._fwd_bwd_moments(workload)
         if moments is None:  # not a line in depth: trace every layer
             return self.exact.estimate(workload, optimizer, hparams, label)
-        est, traced = self.exact.traced_steps(workload, optimizer, hparams, label)
+        est, traced = self._steps_at_depth(workload, optimizer, hparams, label)
         if traced is None:
             return est
         held = {**{k: {**m, "optimizer_state": traced.state["bytes"]} for k, m in moments.items()},
@@ -438,12 +507,41 @@ class DepthEstimator:
 
     def _fwd_bwd_moments(self, workload: Workload) -> dict[str, dict[str, int]] | None:
         """Forward+backward's moments at the model's depth; None when one is not a line."""
-        first, low, high = (e.fwd_bwd_moments(workload) for e in self.shallow)
-        if not set(first) == set(low) == set(high):
-            return None
-        if not all(_on_line(first[k], low[k], high[k]) for k in high):
-            return None
-        return {k: _at_depth(low[k], high[k], self.layers) for k in high}
+        return _moments_at_depth([e.fwd_bwd_moments(workload) for e in self.shallow],
+                                 self.layers)
+
+    def _steps_at_depth(self, workload: Workload, optimizer: str, hparams: dict | None,
+                        label: str | None) -> tuple[Estimate, "Traced | None"]:
+        """The optimizer's two steps at the model's depth: each moment (step, phase, the
+        parameter it is at) and the state's counts taken along their lines from the shallow
+        traces, or, where one is not a line, the steps traced at full depth."""
+        if not get_spec(optimizer).step_extrapolates:  # its scratch is capped past some depth
+            return self.exact.traced_steps(workload, optimizer, hparams, label)
+        shallow = [e.traced_steps(workload, optimizer, hparams, label) for e in self.shallow]
+        if any(traced is None for _, traced in shallow):
+            return self.exact.traced_steps(workload, optimizer, hparams, label)
+        first, low, high = (traced for _, traced in shallow)
+        moments = _moments_at_depth([t.moments for t in (first, low, high)], self.layers)
+        counts = [{**t.state, "selections": t.selections} for t in (first, low, high)]
+        if moments is None or not _on_line(*counts) or len({first.attention, high.attention}) > 1:
+            return self.exact.traced_steps(workload, optimizer, hparams, label)
+        at_depth = _at_depth(counts[1], counts[2], self.layers)
+        state = {"bytes": at_depth["bytes"], "paper_bytes": at_depth["paper_bytes"]}
+        est = shallow[2][0]
+        return est, Traced(list(moments.values()), state, at_depth["selections"], high.attention,
+                           moments)
+
+
+def _moments_at_depth(shallow: list[dict[str, dict[str, int]]],
+                      layers: int) -> dict[str, dict[str, int]] | None:
+    """Each moment of the traces at SHALLOW_DEPTHS taken to `layers` along its line; None
+    when the traces do not have the same moments or one is not on its line."""
+    first, low, high = shallow
+    if not set(first) == set(low) == set(high):
+        return None
+    if not all(_on_line(first[k], low[k], high[k]) for k in high):
+        return None
+    return {k: _at_depth(low[k], high[k], layers) for k in high}
 
 
 def _on_line(first: dict[str, int], low: dict[str, int], high: dict[str, int]) -> bool:

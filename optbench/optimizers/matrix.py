@@ -275,6 +275,10 @@ def _root(x: torch.Tensor, group: dict) -> torch.Tensor:
     return 0.2 * math.sqrt(max(m, n)) * update
 
 
+# Directions that transform same-shape matrices in batches capped at BATCH_ELEMS: their step's
+# scratch grows with the layers until the cap (OptimizerSpec.step_extrapolates).
+BATCHED_DIRECTIONS = ("newton_schulz", "swan", "sinkgd", "root")
+
 DIRECTIONS: dict[str, Callable[[dict, list, list], None]] = {
     "colnorm": _colnorm,
     "rownorm": _rownorm,
@@ -403,9 +407,12 @@ def _spec(
     hparams: dict,
     state_formula: str,
     state_bytes: Callable[[nn.Module], int],
+    batched: bool = False,
     **described: Any,
 ) -> OptimizerSpec:
-    """`described`: version, reference, deviations, default_sources (OptimizerSpec fields)."""
+    """`described`: version, reference, deviations, default_sources (OptimizerSpec fields).
+    `batched`: its matrix treatment is a BATCHED_DIRECTIONS one (same-shape matrices of every
+    layer transformed together, at most BATCH_ELEMS at a time)."""
     return OptimizerSpec(
         name=name,
         factory=lambda model, hp: build_composite(model, policy, makers, hp),
@@ -416,6 +423,7 @@ def _spec(
         state_formula=state_formula,
         expected_state_bytes=lambda model, hp: state_bytes(model),
         devices=("cpu", "cuda"),
+        step_extrapolates=not batched,
         **described,
     )
 
@@ -487,6 +495,7 @@ register(
 register(
     _spec(
         "swan",
+        batched=True,
         source="in-house (optbench.optimizers.matrix, MatrixSGD 'swan') + torch.optim.AdamW",
         paper=(
             "Ma, Gong, Scetbon, Meeds, SWAN: SGD with Normalization and Whitening Enables "
@@ -526,6 +535,7 @@ register(
 register(
     _spec(
         "sinkgd",
+        batched=True,
         source="in-house (optbench.optimizers.matrix, MatrixSGD 'sinkgd') + torch.optim.AdamW",
         paper=(
             "Scetbon, Ma, Gong, Meeds, Gradient Multi-Normalization for Stateless and Scalable "
@@ -560,6 +570,7 @@ register(
 register(
     _spec(
         "root",
+        batched=True,
         source=(
             "in-house (optbench.optimizers.matrix, MatrixSGD 'root', and Scale's Adam form for "
             "embedding, lm_head and norms)"
@@ -624,9 +635,11 @@ def _every_matrix(treatment: str) -> Policy:
 
 
 def _ablation(name: str, what: str, policy: Policy, makers: dict, hparams: dict,
-              formula: str, state_bytes: Callable[[nn.Module], int]) -> OptimizerSpec:
+              formula: str, state_bytes: Callable[[nn.Module], int],
+              batched: bool = False) -> OptimizerSpec:
     return _spec(
         name,
+        batched=batched,
         source=f"in-house (optbench.optimizers.matrix): SCALE ablation, {what}",
         paper=SCALE_PAPER + " (ablation)",
         policy=policy,
@@ -670,6 +683,7 @@ for _name, _direction, _what, _options in [
             _options,
             "0 B on matrices (stateless) + " + SCALE_ADAM_FORMULA,
             _vector_adam_bytes,
+            batched=_direction in BATCHED_DIRECTIONS,
         )
     )
 

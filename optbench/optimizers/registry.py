@@ -44,6 +44,12 @@ class OptimizerSpec:
     defaults_by_model: dict[str, dict] = field(default_factory=dict)
     # step() differentiates p.grad again (Hessian-vector products): backward(create_graph=True)
     needs_create_graph: bool = False
+    # Whether the memory of its step, at each parameter it is at, is a line in the number of
+    # decoder layers, so that an estimate may extrapolate it from shallow traces
+    # (optbench.engine.trace.DepthEstimator). False where the step works on several layers'
+    # tensors at once with a cap (MatrixSGD's batched transforms): its scratch grows with depth
+    # until the cap, then stays, which no shallow trace shows. Traced at full depth then.
+    step_extrapolates: bool = True
     # The code this entry is held against ("repository: file", the authors' where it exists),
     # what still differs from it, each with its reason, and where each default comes from
     # ({hparam: "repository: file"}). Descriptive, so not part of the cell fingerprint: a

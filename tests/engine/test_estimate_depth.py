@@ -68,3 +68,46 @@ def test_a_peak_that_moves_with_depth_is_still_found():
     tops = [max(m, key=lambda k: sum(m[k].values())) for m in moments]
     assert tops == ["backward at outside", "backward at first"]
     _assert_equal("llama_60m", ["scale", "sgd"], seq_len=192, batch=1)
+
+
+def test_a_step_whose_peak_is_not_a_line_in_depth_is_extrapolated_by_its_places(monkeypatch):
+    # signSGD on llama_60m: the line through its steps' peaks at 3 and 4 layers says 265.1 MB,
+    # the full trace 282.9 MB (the peak moves from one parameter's update to another's as the
+    # layers add up), while each moment of the step, placed by the parameter it is at, is a line.
+    w = Workload("llama_60m", 64, 1, "bf16")
+    peaks = [max(sum(p.values()) for p in Estimator("llama_60m", "bf16", layers=d)
+                 .traced_steps(w, "signsgd")[1].candidates) for d in (3, 4)]
+    full = Estimator("llama_60m", "bf16")
+    whole = max(sum(p.values()) for p in full.traced_steps(w, "signsgd")[1].candidates)
+    assert peaks[1] + (peaks[1] - peaks[0]) * (8 - 4) != whole
+    fast = DepthEstimator("llama_60m", "bf16", from_layers=0)
+    monkeypatch.setattr(fast.exact, "traced_steps", None)  # a fall-back to full depth would fail
+    assert fast.estimate(w, "signsgd").parts == full.estimate(w, "signsgd").parts
+
+
+def test_the_papers_optimizers_steps_are_extrapolated_not_traced_whole(monkeypatch):
+    fast = DepthEstimator("llama_9m", "bf16", from_layers=0)
+    monkeypatch.setattr(fast.exact, "traced_steps", None)
+    w = Workload("llama_9m", 64, 2, "bf16")
+    for name in ("adamw", "scale", "apollo_mini", "muon", "galore"):
+        assert not fast.estimate(w, name).error, name
+
+
+def test_a_step_batched_across_layers_with_a_cap_is_traced_at_full_depth():
+    # NS-norm SGD transforms same-shape matrices of every layer together, at most BATCH_ELEMS
+    # at a time: at 2-4 layers its scratch grows with each layer, past the cap it stays.
+    from optbench.optimizers import get_spec
+
+    assert not get_spec("nsnorm_sgd").step_extrapolates
+    w = Workload("llama_9m", 64, 1, "bf16")
+    fast = DepthEstimator("llama_9m", "bf16", from_layers=0)
+    calls = []
+    traced = fast.exact.traced_steps
+
+    def spy(*args, **kwargs):
+        calls.append(args[1])
+        return traced(*args, **kwargs)
+
+    fast.exact.traced_steps = spy
+    fast.estimate(w, "nsnorm_sgd")
+    assert calls == ["nsnorm_sgd"]

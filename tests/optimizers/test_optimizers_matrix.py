@@ -501,3 +501,21 @@ def test_muon_as_shipped_agrees_with_keller_jordan_s_bfloat16_code_to_its_roundi
         else:
             torch.testing.assert_close(p.detach(), reference.params[n], rtol=1e-10, atol=1e-13,
                                        msg=n)
+
+
+def test_exactly_the_entries_with_a_batched_direction_are_traced_at_full_depth():
+    """OptimizerSpec.step_extrapolates is False where a MatrixSGD part transforms matrices in
+    batches across layers (BATCHED_DIRECTIONS), and only there."""
+    from optbench.models import build_model
+    from optbench.optimizers import list_specs, resolve_hparams
+    from optbench.optimizers.matrix import BATCHED_DIRECTIONS, Composite, MatrixSGD
+
+    model = build_model("llama_tiny", device="meta")
+    for spec in list_specs():
+        if spec.needs_create_graph:
+            continue
+        optimizer = spec.factory(model, resolve_hparams(spec.name, {}, "llama_tiny"))
+        parts = optimizer.parts.values() if isinstance(optimizer, Composite) else [optimizer]
+        batched = any(isinstance(part, MatrixSGD) and group["direction"] in BATCHED_DIRECTIONS
+                      for part in parts for group in part.param_groups)
+        assert spec.step_extrapolates == (not batched), spec.name
