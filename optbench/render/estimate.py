@@ -218,7 +218,8 @@ def _plot_breakdown(group: list[Estimate], workload: Workload, path: Path) -> bo
     ax.set_yticks(y, [e.label for e in ok])
     ax.set_xlim(0, left.max() * 1.15)
     ax.set_xlabel(f"estimated peak ({unit})")
-    ax.set_title(f"Estimated peak memory · {workload_title(workload)}", fontsize=10)
+    per_rank = " · the fullest rank" if any(e.ranks for e in ok) else ""
+    ax.set_title(f"Estimated peak memory · {workload_title(workload)}{per_rank}", fontsize=10)
     fig.legend(loc="outside right center", fontsize=8, title="part", title_fontsize=8)
     save_figure(fig, path)
     return True
