@@ -187,6 +187,9 @@ def _validate(suite: Suite, where: str) -> None:
         raise OptbenchError(f"{where}: defaults.lr_schedule.warmup_steps: must be >= 0")
     if not 0.0 <= d.lr_schedule.min_ratio <= 1.0:
         raise OptbenchError(f"{where}: defaults.lr_schedule.min_ratio: accepted 0..1")
+    if not 0.0 <= d.lr_schedule.cooldown_fraction <= 1.0:
+        raise OptbenchError(f"{where}: defaults.lr_schedule.cooldown_fraction: "
+                            f"{d.lr_schedule.cooldown_fraction} is not in 0..1")
     if d.grad_clip is not None and d.grad_clip <= 0:
         raise OptbenchError(f"{where}: defaults.grad_clip: must be > 0 (or null to disable)")
     if d.timeout_s is not None and d.timeout_s <= 0:

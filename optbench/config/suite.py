@@ -203,6 +203,9 @@ def fingerprint(config: dict[str, Any], corpus: str) -> str:
     # One process is what every cell was before strategies existed: its results stay comparable.
     if view["defaults"].get("parallel", {}).get("strategy", "none") == "none":
         view["defaults"].pop("parallel", None)
+    schedule = view["defaults"].get("lr_schedule", {})
+    if schedule.get("kind") != "wsd":  # only WSD reads it: earlier results keep their hash
+        schedule.pop("cooldown_fraction", None)
     view["data"].pop("path", None)
     view["optimizer"].pop("label", None)  # a display name: relabelling is not a new experiment
     view["data"]["corpus"] = corpus

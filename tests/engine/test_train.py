@@ -12,6 +12,7 @@ from optbench.config.loader import load_suite
 from optbench.config.schedules import LRSchedule, lr_factor
 from optbench.config.suite import expand
 from optbench.engine.train import train_cell
+from optbench.errors import OptbenchError
 from tests.conftest import TINY_SUITE
 
 # Parameter counts of the GaLore / APOLLO / SCALE configs, computed by hand from
@@ -52,6 +53,40 @@ def test_cosine_schedule_with_warmup():
     assert [rex(i) for i in (0, 5, 10)] == pytest.approx([1.0, 2 / 3, 0.0])
     constant = lr_factor(LRSchedule(kind="constant", warmup_steps=0), steps=10)
     assert [constant(i) for i in (0, 5, 9)] == [1.0, 1.0, 1.0]
+
+
+def test_wsd_holds_the_peak_then_cools_down_linearly_over_the_last_fraction():
+    # 20 steps, warm-up 2, cooldown 0.25 -> the last 5 steps (15..19) decay from 1 toward 0.1.
+    f = lr_factor(LRSchedule(kind="wsd", warmup_steps=2, min_ratio=0.1, cooldown_fraction=0.25),
+                  steps=20)
+    assert [f(i) for i in range(2)] == pytest.approx([0.5, 1.0])
+    assert [f(i) for i in range(2, 16)] == pytest.approx([1.0] * 14)
+    assert [f(i) for i in range(16, 20)] == pytest.approx([0.1 + 0.9 * (1 - k / 5) for k in (1, 2, 3, 4)])
+    assert f(20) == pytest.approx(0.1)
+    # A cooldown longer than what follows the warm-up starts when the warm-up ends.
+    g = lr_factor(LRSchedule(kind="wsd", warmup_steps=4, min_ratio=0.0, cooldown_fraction=1.0),
+                  steps=8)
+    assert [g(i) for i in range(3, 8)] == pytest.approx([1.0, 1.0, 0.75, 0.5, 0.25])
+
+
+def _scheduled(write_suite, schedule: str):
+    text = TINY_SUITE.replace("  lr_schedule: {kind: cosine, warmup_steps: 2, min_ratio: 0.1}",
+                              f"  lr_schedule: {{{schedule}}}")
+    (cell, *_) = expand(load_suite(write_suite(text, "schedule.yaml")))
+    return cell
+
+
+def test_cooldown_fraction_is_checked_and_kept_out_of_other_schedules_fingerprints(write_suite):
+    base = _scheduled(write_suite, "kind: cosine, warmup_steps: 2, min_ratio: 0.1")
+    other = _scheduled(write_suite, "kind: cosine, warmup_steps: 2, min_ratio: 0.1, "
+                                    "cooldown_fraction: 0.5")
+    assert base.fingerprint == other.fingerprint  # cosine never reads it
+    wsd = [_scheduled(write_suite, f"kind: wsd, warmup_steps: 2, cooldown_fraction: {c}")
+           for c in (0.2, 0.5)]
+    assert len({wsd[0].fingerprint, wsd[1].fingerprint, base.fingerprint}) == 3
+    with pytest.raises(OptbenchError, match=r"defaults.lr_schedule.cooldown_fraction: 1.5 is not "
+                                            r"in 0..1"):
+        _scheduled(write_suite, "kind: wsd, cooldown_fraction: 1.5")
 
 
 def _cell(write_suite, extra: str, optimizer: str = "adamw"):
