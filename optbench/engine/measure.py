@@ -56,7 +56,7 @@ def tracked_peak(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
 
     With a `moments` dict, the fullest moment of each (phase, place) of the step is kept in it
     as {(phase, place): part bytes}: the places are the embedding, the first and the last
-    decoder layer, the final norm, the head and outside any module (`step_place`). Each such
+    decoder layer, the final norm, the head and outside any module (`step_places`). Each such
     moment's bytes are a line in the number of layers, where the step's peak (the largest of
     them) need not be: the depth-extrapolating estimator takes each to depth before the max.
     `places`, when given, says where each moment is instead of the module tracker (an
@@ -100,18 +100,31 @@ def thinned(timeline: list[list[int]], points: int = TIMELINE_POINTS) -> list[li
     return [timeline[i] for i in keep]
 
 
-def parameter_place(name: str, layers: int) -> list[str]:
-    """Where a parameter is, by its name, in step_places' terms: 'embed', 'first' / 'last'
-    decoder layer (none for a layer between), 'norm', 'head'; 'outside' for anything else."""
-    head, _, rest = name.partition(".layers.")
-    number = rest.split(".", 1)[0]
-    if rest and number.isdigit():
-        index = int(number)
-        return [place for place, at in (("first", 0), ("last", layers - 1)) if index == at]
-    for place, marker in (("head", "lm_head"), ("norm", "model.norm"), ("embed", "embed_tokens")):
-        if marker in name:
+_PLACE_MARKERS = (("head", "lm_head"), ("norm", "model.norm"), ("embed", "embed_tokens"))
+
+
+def _layer_index(name: str) -> int | None:
+    """The decoder layer a module or parameter name is in ('...layers.3.mlp' -> 3), or None."""
+    number = name.partition(".layers.")[2].split(".", 1)[0]
+    return int(number) if number.isdigit() else None
+
+
+def _ends(index: int, layers: int) -> list[str]:
+    """'first' / 'last' for the ends of the stack (both for one layer), none between."""
+    return [place for place, at in (("first", 0), ("last", layers - 1)) if index == at]
+
+
+def _marked(names: list[str]) -> list[str]:
+    for place, marker in _PLACE_MARKERS:
+        if any(marker in name for name in names):
             return [place]
     return ["outside"]
+
+
+def parameter_place(name: str, layers: int) -> list[str]:
+    """Where a parameter is, by its name, in step_places' terms."""
+    index = _layer_index(name)
+    return _ends(index, layers) if index is not None else _marked([name])
 
 
 def step_places(parents, backward: bool, layers: int) -> list[str]:
@@ -120,20 +133,10 @@ def step_places(parents, backward: bool, layers: int) -> list[str]:
     'head', 'norm', 'embed', or 'outside' any module. The module tracker can keep a finished
     submodule among the parents, so the current layer is the highest index going forward and
     the lowest going backward."""
-    indices = []
-    for name in parents:
-        head, _, rest = name.partition(".layers.")
-        if rest:
-            number = rest.split(".", 1)[0]
-            if number.isdigit():
-                indices.append(int(number))
+    indices = [i for i in map(_layer_index, parents) if i is not None]
     if indices:
-        current = min(indices) if backward else max(indices)
-        return [place for place, index in (("first", 0), ("last", layers - 1)) if current == index]
-    for place, marker in (("head", "lm_head"), ("norm", ".model.norm"), ("embed", "embed_tokens")):
-        if any(marker in name for name in parents):
-            return [place]
-    return ["outside"]
+        return _ends(min(indices) if backward else max(indices), layers)
+    return _marked(list(parents))
 
 
 def _parts_now(snapshot: dict) -> list[int]:

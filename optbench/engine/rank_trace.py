@@ -41,7 +41,7 @@ from optbench.config.suite import Parallel
 from optbench.engine import measure, parallel
 from optbench.engine.measure import peak_parts
 from optbench.engine.outcome import CellOutcome
-from optbench.engine.state_bytes import optimizer_state_bytes
+from optbench.engine.state_bytes import local_part, optimizer_state_bytes
 from optbench.engine.step import train_step
 from optbench.engine.trace import (DepthEstimator, Estimate, Estimator, NotTraceable,
                                    PlaceholderScalars, Traced, Workload, attention_kernel,
@@ -140,7 +140,7 @@ class RankEstimator:
         mesh = _mesh(self.setting) if strategy == "fsdp2" else None  # made outside fake mode
         model = self.base.fake_model()
         spec = get_spec(est.optimizer)
-        with self.base.fake_mode, PlaceholderScalars() as placeholders, _real_bucket_indices():
+        with self.base.fake_mode, PlaceholderScalars() as placeholders, _RealBucketIndices():
             with not_traceable(est.optimizer, f"{self.setting.label} wrapping"):
                 wrapped = _wrap(model, strategy, mesh, self.base.fake_mode)
             optimizer = _build(est, model, strategy)
@@ -167,13 +167,8 @@ class RankEstimator:
 def _build(est: Estimate, model: torch.nn.Module, strategy: str) -> torch.optim.Optimizer:
     """The optimizer as the strategy builds it; `parallel.Unsupported` (ZeRO-1 over what it
     cannot rebuild) passes through, so the row says why as a real cell's skip does."""
-    try:
+    with not_traceable(est.optimizer, "its constructor", passing=(parallel.Unsupported,)):
         return parallel.build_parallel_optimizer(est.optimizer, model, strategy, **est.hparams)
-    except parallel.Unsupported:
-        raise
-    except Exception:
-        with not_traceable(est.optimizer, "its constructor"):
-            raise
 
 
 @contextlib.contextmanager
@@ -235,12 +230,6 @@ class _RealBucketIndices(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-@contextlib.contextmanager
-def _real_bucket_indices() -> Iterator[None]:
-    with _RealBucketIndices():
-        yield
-
-
 class _RebuildWithRealIndices:
     """DDP's reducer, its bucket rebuild run with real index tensors (_RealBucketIndices),
     which it copies to and from fake ones (the fake mode lets them in for that moment)."""
@@ -259,23 +248,19 @@ class _RebuildWithRealIndices:
             _RealBucketIndices.rebuilding = self._fake_mode.allow_non_fake_inputs = False
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
 def shape_key(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
     """What makes two ranks' traces differ: the shapes of the params each holds, and of those
     its optimizer steps (ZeRO-1's share) group by group, with each group's settings."""
     local = getattr(optimizer, "optim", optimizer)
-    held = tuple(tuple(_local(p).shape) for p in model.parameters())
-    groups = tuple((tuple(tuple(_local(p).shape) for p in g["params"]),
+    held = tuple(tuple(local_part(p).shape) for p in model.parameters())
+    groups = tuple((tuple(tuple(local_part(p).shape) for p in g["params"]),
                     repr(sorted((k, v) for k, v in g.items() if k != "params")))
                    for g in local.param_groups)
     return held, groups
 
 
 def _local_values(model: torch.nn.Module) -> int:
-    return sum(_local(p).numel() for p in model.parameters())
+    return sum(local_part(p).numel() for p in model.parameters())
 
 
 @functools.lru_cache(maxsize=8)

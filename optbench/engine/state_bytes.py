@@ -30,9 +30,9 @@ def state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     local = getattr(optimizer, "optim", None)  # ZeRO-1 keeps this rank's optimizer here
     if isinstance(local, torch.optim.Optimizer):
         optimizer = local
-    seen = {_storage_key(_local(p)) for group in optimizer.param_groups for p in group["params"]}
+    seen = {_storage_key(local_part(p)) for group in optimizer.param_groups for p in group["params"]}
     out = []
-    for tensor in map(_local, _tensors(list(optimizer.state.values()), visited=set())):
+    for tensor in map(local_part, _tensors(list(optimizer.state.values()), visited=set())):
         key = _storage_key(tensor)
         if key not in seen:
             seen.add(key)
@@ -45,7 +45,7 @@ def state_tensors_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> l
     return list(_tensors(optimizer.state.get(param, {}), visited=set()))
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's part of a DTensor (an FSDP2 shard); any other tensor as it is."""
     return tensor.to_local() if is_sharded(tensor) else tensor
 

@@ -134,8 +134,8 @@ class Traced:
     state: dict[str, int]
     selections: int
     attention: str
-    # The optimizer steps' peaks by name ('step1', 'step2'), beside DepthEstimator's
-    # extrapolated forward+backward moments.
+    # The optimizer steps' moments by name: their peaks ('step1', 'step2'), or from a shallow
+    # copy each placed moment ('step2 optimizer step at last mlp.up_proj.weight').
     moments: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -578,10 +578,13 @@ def build_traced(est: Estimate, model: torch.nn.Module) -> torch.optim.Optimizer
 
 
 @contextlib.contextmanager
-def not_traceable(optimizer: str, where: str) -> Iterator[None]:
-    """Any failure inside becomes NotTraceable with a one-line reason (the row says why)."""
+def not_traceable(optimizer: str, where: str, passing: tuple = ()) -> Iterator[None]:
+    """Any failure inside becomes NotTraceable with a one-line reason (the row says why), but
+    the exception types in `passing`, which the caller handles itself."""
     try:
         yield
+    except passing:
+        raise
     except Exception as exc:
         first = informative_line(str(exc))[:160]
         raise NotTraceable(f"{optimizer} cannot be traced on fake tensors: {where} raised "
