@@ -53,7 +53,7 @@ DTYPES = ("fp32", "bf16")
 class Metric:
     name: str  # as stored, unit in the name
     label: str  # short column header
-    unit: str  # bytes | tokens/s | ms | nats | ppl
+    unit: str  # bytes | tokens/s | TFLOP/s | % | ms | nats | ppl
     higher_is_better: bool
     kind: str  # memory | time | loss: what a suite's device and noise do to it
     exact_on_cpu: bool = False
@@ -115,6 +115,10 @@ _ALL = (
     Metric("nvml_used_bytes", "NVML used", "bytes", False, "memory"),
     Metric("tokens_per_s", "Tokens/s", "tokens/s", True, "time"),  # over all ranks of a cell
     Metric("tokens_per_s_per_device", "Tokens/s/dev", "tokens/s", True, "time"),
+    # Model FLOPs (optbench.models.ModelSize.flops_per_token) × tokens/s, over all ranks; MFU is
+    # that over the devices' dense peak (optbench.hardware), on known GPUs only.
+    Metric("model_tflops_per_s", "TFLOP/s", "TFLOP/s", True, "time"),
+    Metric("mfu_percent", "MFU", "%", True, "time"),
     Metric("step_ms", "Step", "ms", False, "time"),
     Metric("fwd_bwd_ms", "Fwd+bwd", "ms", False, "time"),
     Metric("optimizer_step_ms", "Opt step", "ms", False, "time"),
@@ -128,8 +132,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
 # What `compare` shows by default, in this order: memory (and its parts), speed, loss.
 COMPARE_DEFAULT = (
     "optimizer_state_bytes", "peak_allocated_bytes", *PART_METRICS, "tokens_per_s",
-    "final_train_loss", "eval_ppl",
+    "model_tflops_per_s", "mfu_percent", "final_train_loss", "eval_ppl",
 )  # fmt: skip
+# Throughput over all ranks of a cell, from the slowest rank's step time: one value per cell,
+# not per rank (optbench.engine.train.merge_rank_metrics makes them after the merge).
+CELL_THROUGHPUT = ("tokens_per_s", "model_tflops_per_s", "mfu_percent")
 
 
 # A sharded cell stores each rank's value of a memory or time metric as `name@rankN` beside the
@@ -146,7 +153,8 @@ def rank_metric(name: str, rank: int) -> str:
 # slowest and the fullest rank bound a sharded run.
 def _per_rank(name: str) -> bool:
     metric = METRICS.get(name)
-    return metric is not None and metric.kind in ("memory", "time") and metric.name != "tokens_per_s"
+    return (metric is not None and metric.kind in ("memory", "time")
+            and metric.name not in CELL_THROUGHPUT)
 
 
 def merge_ranks(per_rank: list[dict[str, float]]) -> dict[str, float]:
@@ -217,6 +225,14 @@ def format_mib(nbytes) -> str:
     return "0" if mib == 0 else f"{mib:,.1f}" if mib >= 10 else f"{mib:.2f}"
 
 
+def format_tflops(value) -> str:
+    """Three significant digits: a GPU's hundreds and a CPU's hundredths both read."""
+    if not is_number(value):
+        return DASH
+    value = float(value)
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def format_ratio(value, base) -> str:
     """'0.75×', or '—' when either side is missing or the base is 0."""
     if not (is_number(value) and is_number(base)) or float(base) == 0:
@@ -230,6 +246,8 @@ def format_number(metric: Metric, value: float | None) -> str:
         return DASH
     if metric.unit == "bytes":
         return format_mib(value)
+    if metric.unit == "TFLOP/s":
+        return format_tflops(value)
     spec = {"tokens/s": ",.0f", "ms": ",.1f", "nats": ".3f"}.get(metric.unit, ",.1f")
     return format(float(value), spec)
 

@@ -36,6 +36,22 @@ class ModelSize:
         per_layer = 4 * h * h + 3 * h * i + 2 * h  # q,k,v,o + gate,up,down + two RMSNorms
         return 2 * v * h + self.num_hidden_layers * per_layer + h  # embed + lm_head + final norm
 
+    def matmul_params(self) -> int:
+        """Weights that multiply activations: every Linear of the decoder layers and lm_head.
+        The embedding is a lookup (no FLOPs); the norms' few elementwise FLOPs are left out."""
+        h, i = self.hidden_size, self.intermediate_size
+        return self.num_hidden_layers * (4 * h * h + 3 * h * i) + self.vocab_size * h
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Model FLOPs of one training token, forward and backward (PaLM, Chowdhery et al.
+        2022, arXiv:2204.02311, Appendix B): 6·N for the matmul weights (2 forward, 4 backward
+        per weight) plus 12·L·h·T for attention's two matmuls (QKᵀ and AV) over T positions,
+        counted in full as PaLM and torch's FLOP counter count them, not halved for the
+        causal mask. Activation recomputation is not counted: model FLOPs, not hardware FLOPs.
+        """
+        attention = 12 * self.num_hidden_layers * self.hidden_size * seq_len
+        return 6 * self.matmul_params() + attention
+
 
 MODEL_SIZES: dict[str, ModelSize] = {
     m.name: m

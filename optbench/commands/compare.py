@@ -39,6 +39,8 @@ def run_compare(req: cmp.Request, db: Path, reports_dir: Path, *, by: str | None
         runs = cmp.select(store, names, req, suite_name)
     tables = [cmp.table_rows(runs, names, pair, metrics, baseline, cmp.parallels_at(runs, pair, req),
                              tuned=req.tuned) for pair in pairs]
+    if not req.metrics:
+        metrics = cmp.measured_defaults(metrics, tables)
     notes = [cmp.config_notes(runs, p) for p in pairs]
     selection = [cmp.tuned_notes(runs, names, p, cmp.parallels_at(runs, p, req)) if req.tuned else []
                  for p in pairs]

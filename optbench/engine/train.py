@@ -21,6 +21,7 @@ from optbench.engine import measure, parallel
 from optbench.engine.outcome import CellOutcome
 from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.engine.step import StepOptions, forward_backward, lm_loss, optimizer_step, train_step
+from optbench.hardware import peak_tflops
 from optbench.metrics import merge_ranks
 from optbench.models import build_model, get_model_size, torch_dtype
 from optbench.optimizers import build_optimizer, get_spec
@@ -118,6 +119,7 @@ def train_cell(cell: Cell, emit: Emit) -> CellOutcome:
     _summarize(cell, burst)
     per_rank = parallel.gather_to_leader(burst.metrics, ranks)
     metrics = merge_rank_metrics(per_rank, cell) if per_rank and ranks.world > 1 else burst.metrics
+    metrics.update(flops_metrics(cell, metrics, device))
     curve = [(i + 1, loss, lr) for i, (loss, lr) in enumerate(zip(burst.losses, burst.lrs))]
     # The timeline is this rank's (rank 0's for a sharded cell: the one that stores results).
     return CellOutcome(status, error, metrics=metrics, curve=curve, timeline=burst.timeline)
@@ -182,7 +184,23 @@ def _static_metrics(cell: Cell, model: torch.nn.Module) -> dict[str, float]:
         "param_bytes": measure.param_bytes(model),
         "expected_optimizer_state_bytes": get_spec(cell.optimizer.name).expected_state_bytes(
             model, cell.optimizer.hparams),
+        "model_flops_per_token": get_model_size(cell.model).flops_per_token(cell.seq_len),
     }
+
+
+def flops_metrics(cell: Cell, metrics: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Model TFLOP/s over all ranks from the cell's tokens/s, and MFU where the device is a GPU
+    of known peak (optbench.hardware): achieved over peak × ranks, in percent."""
+    tokens_per_s = metrics.get("tokens_per_s")
+    if not tokens_per_s:
+        return {}
+    tflops = tokens_per_s * get_model_size(cell.model).flops_per_token(cell.seq_len) / 1e12
+    out = {"model_tflops_per_s": tflops}
+    if device.type == "cuda":
+        peak = peak_tflops(torch.cuda.get_device_name(device), cell.defaults.dtype)
+        if peak:
+            out["mfu_percent"] = 100 * tflops / (peak * cell.parallel.nproc)
+    return out
 
 
 def tokens_per_step(cell: Cell) -> int:

@@ -16,8 +16,8 @@ from rich.text import Text
 
 from optbench.errors import informative_line
 from optbench.metrics import (DASH, MEMORY_PARTS, PEAK_COLUMNS, RESULT_STATUSES, STATUSES,
-                              format_mib, format_ratio, is_number, part_metric, rank_metric,
-                              split_peak, split_rank_metric)
+                              format_mib, format_ratio, format_tflops, is_number, part_metric,
+                              rank_metric, split_peak, split_rank_metric)
 from optbench.optimizers.sharding import known_parity
 from optbench.render import timeline as render_timeline
 from optbench.render import tuning as render_tuning
@@ -46,15 +46,24 @@ def _status_text(row: pd.Series) -> str:
 
 PART_COLUMNS = tuple(f"{label} (MiB)" for label in PEAK_COLUMNS.values())
 # The terminal gets the headline columns; the breakdown lives in summary.md.
-BREAKDOWN_COLUMNS = (*PART_COLUMNS, "fwd+bwd / opt (ms)", "Tokens/step")
+TFLOPS_COLUMN, MFU_COLUMN = "TFLOP/s", "MFU (%)"
+BREAKDOWN_COLUMNS = (*PART_COLUMNS, "fwd+bwd / opt (ms)", "Tokens/step", TFLOPS_COLUMN)
 
 
 def _columns(baseline: str) -> list[str]:
     return [
         "Optimizer", "Status", "State (MiB)", "Peak (MiB)", *PART_COLUMNS,
         f"Peak vs {baseline}", f"State vs {baseline}", "Tokens/step",
-        "Tokens/s", "Step (ms)", "fwd+bwd / opt (ms)", "Final train loss", "Eval ppl",
+        "Tokens/s", TFLOPS_COLUMN, MFU_COLUMN, "Step (ms)", "fwd+bwd / opt (ms)",
+        "Final train loss", "Eval ppl",
     ]  # fmt: skip
+
+
+def _without_empty_mfu(frame: pd.DataFrame) -> pd.DataFrame:
+    """MFU exists on GPUs of known peak only: on a CPU-only report the column is left out."""
+    if MFU_COLUMN in frame.columns and (frame[MFU_COLUMN] == DASH).all():
+        return frame.drop(columns=MFU_COLUMN)
+    return frame
 
 
 def _format_row(row: pd.Series, base: pd.Series | None, baseline: str) -> list[str]:
@@ -77,6 +86,8 @@ def _format_row(row: pd.Series, base: pd.Series | None, baseline: str) -> list[s
         format_ratio(row["optimizer_state_bytes"], state_base),
         _fmt(row["tokens_per_step"], ",.0f"),
         _fmt(row["tokens_per_s"], ",.0f"),
+        format_tflops(row["model_tflops_per_s"]),
+        _fmt(row["mfu_percent"], ".1f"),
         _fmt(row["step_ms"], ",.1f"),
         split,
         _fmt(row["final_train_loss"], ".3f"),
@@ -110,8 +121,8 @@ def summary_frame(runs: pd.DataFrame, baseline: str = "adamw") -> pd.DataFrame:
         frame.insert(0, "Model", model)
         frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(frames, ignore_index=True)[columns]
+        return _without_empty_mfu(pd.DataFrame(columns=columns))
+    return _without_empty_mfu(pd.concat(frames, ignore_index=True)[columns])
 
 
 def rich_tables(runs: pd.DataFrame, baseline: str = "adamw") -> list[Table]:
@@ -121,7 +132,7 @@ def rich_tables(runs: pd.DataFrame, baseline: str = "adamw") -> list[Table]:
     for model, seq_len, group in grouped(prepare_runs(runs), baseline):
         full = _group_frame(group, baseline)
         # The terminal gets the headline columns; the breakdown lives in summary.md.
-        frame = full[[c for c in full.columns if c not in BREAKDOWN_COLUMNS]]
+        frame = _without_empty_mfu(full[[c for c in full.columns if c not in BREAKDOWN_COLUMNS]])
         table = Table(title=group_title(model, seq_len, group),
                       caption="MiB = 2^20 bytes · breakdown in summary.md")
         for col in frame.columns:
@@ -219,6 +230,13 @@ def _legend_lines(baseline: str, sharded: bool) -> list[str]:
         " ranks × batch_size × grad_accum × seq len.",
         "- **Tokens/s** — training throughput over all ranks, median over the timed steps after"
         " warm-up.",
+        "- **TFLOP/s** — model FLOPs per second over all ranks: Tokens/s × FLOPs per token,"
+        " 6·N (N: the weights of every matmul, lm_head included, the embedding not) + 12·L·h·T"
+        " for attention (L layers, width h, sequence length T), as PaLM counts them"
+        " (docs/metrics.md).",
+        "- **MFU (%)** — TFLOP/s over the dense peak of the GPUs the cell ran on (bf16 or fp32,"
+        " by the weights' dtype) × ranks; only on GPUs in optbench's peak table, so never on CPU"
+        " (the column is then left out).",
         "- **Step (ms)** — wall time of one training step, median over the timed steps;"
         " **fwd+bwd / opt (ms)** splits it into forward+backward (with DDP's gradient all-reduce)"
         " and `optimizer.step()` (with any collective the optimizer issues).",
@@ -354,7 +372,7 @@ def write_report(
         for _, seq_len, group in grouped(model_runs, baseline):
             setup = setup_label(group)
             lines += [f"### seq {seq_len}" + (f" · {setup}" if setup else ""), ""]
-            lines += [markdown_table(_group_frame(group, baseline)), ""]
+            lines += [markdown_table(_without_empty_mfu(_group_frame(group, baseline))), ""]
             ranks = per_rank_frame(group)
             if len(ranks):
                 lines += ["**Per rank** (Peak and parts: each rank's tracked peak on CPU, its"

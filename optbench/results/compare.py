@@ -240,6 +240,18 @@ def table_rows(runs: list[StoredRun], names: list[str], pair: Pair, metrics: lis
     return frame
 
 
+# Default columns that exist on some devices only: left out when no row has a value (MFU
+# needs a GPU of known peak, so a CPU comparison has none).
+WHERE_MEASURED = ("mfu_percent",)
+
+
+def measured_defaults(metrics: list[Metric], tables: list[pd.DataFrame]) -> list[Metric]:
+    """The default metrics less those of WHERE_MEASURED that no table row measured."""
+    def measured(name: str) -> bool:
+        return any(name in t and t[name].notna().any() for t in tables)
+    return [m for m in metrics if m.name not in WHERE_MEASURED or measured(m.name)]
+
+
 def _row(model: str, seq_len: int, name: str, parallel: str, seeds: list[StoredRun],
          base: list[StoredRun], metrics: list[Metric], baseline: str) -> dict[str, Any]:
     latest_run = max(seeds, key=lambda r: r.run_id) if seeds else None

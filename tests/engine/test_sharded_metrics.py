@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 
 from optbench.config.loader import load_suite
 from optbench.config.suite import expand
 from optbench.engine.outcome import RunResult
-from optbench.engine.train import merge_rank_metrics, tokens_per_step
+from optbench.engine.train import flops_metrics, merge_rank_metrics, tokens_per_step
+from optbench.models import get_model_size
 from optbench.metrics import get_metric, rank_metric, split_rank_metric
 from optbench.results import check as chk
 from optbench.results import compare as cmp
@@ -65,6 +67,21 @@ def test_merge_keeps_each_rank_and_the_max_as_headline(cells):
     assert merged["final_train_loss"] == 5.0 and merged["n_params"] == 100
     assert rank_metric("final_train_loss", 1) not in merged
     assert rank_metric("tokens_per_s", 1) not in merged
+
+
+def test_model_flops_of_a_sharded_cell_are_over_all_ranks_and_mfu_over_all_devices(
+        cells, monkeypatch):
+    cell = next(c for c in cells if c.parallel.sharded)
+    merged = merge_rank_metrics([RANK0, RANK1], cell)
+    per_token = get_model_size(cell.model).flops_per_token(cell.seq_len)
+    on_cpu = flops_metrics(cell, merged, torch.device("cpu"))
+    assert on_cpu == {"model_tflops_per_s": pytest.approx(merged["tokens_per_s"] * per_token / 1e12)}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA A100-SXM4-80GB")
+    on_gpu = flops_metrics(cell, merged, torch.device("cuda"))  # fp32 weights: 19.5 TFLOP/s each
+    assert on_gpu["mfu_percent"] == pytest.approx(100 * on_cpu["model_tflops_per_s"] / (2 * 19.5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA A10G")
+    assert "mfu_percent" not in flops_metrics(cell, merged, torch.device("cuda"))
+    assert flops_metrics(cell, {}, torch.device("cpu")) == {}  # nothing timed: nothing derived
 
 
 def _result(cell, metrics, status="ok") -> RunResult:

@@ -104,6 +104,10 @@ def test_bf16_weights_train_and_state_is_bf16(write_suite, optimizer):
     m = result.metrics
     assert m["param_bytes"] == 2 * m["n_params"]
     assert math.isfinite(m["eval_loss"])
+    flops = MODEL_SIZES[cell.model].flops_per_token(cell.seq_len)
+    assert m["model_flops_per_token"] == flops
+    assert m["model_tflops_per_s"] == pytest.approx(m["tokens_per_s"] * flops / 1e12)
+    assert "mfu_percent" not in m  # CPU: no peak to divide by
 
 
 def test_grad_accum_runs_every_micro_batch_and_is_tracked(write_suite):

@@ -112,6 +112,18 @@ def test_summary_frame_numbers_and_ratios(runs):
     assert _row_of(frame, "llama_9m", 256, "adamw")["Peak (MiB)"] == "286.1"
 
 
+def test_tflops_always_and_mfu_only_when_some_row_has_it(runs):
+    runs = runs.assign(model_tflops_per_s=0.0123)
+    frame = summary_frame(runs)
+    assert _row_of(frame, "llama_9m", 128, "sgd")["TFLOP/s"] == "0.0123"
+    assert "MFU (%)" not in frame.columns  # a CPU report: no peak, so no column of dashes
+    runs.loc[runs["run_id"] == 9, ["model_tflops_per_s", "mfu_percent"]] = [412.7, 41.73]
+    frame = summary_frame(runs)
+    assert _row_of(frame, "llama_9m", 128, "sgd")["MFU (%)"] == "41.7"
+    assert _row_of(frame, "llama_9m", 128, "sgd")["TFLOP/s"] == "413"
+    assert _row_of(frame, "llama_9m", 128, "adamw")["MFU (%)"] == "—"
+
+
 def test_summary_frame_orders_by_size_then_seq_then_baseline_first(runs):
     frame = summary_frame(runs)
     keys = list(zip(frame["Model"], frame["Seq len"], frame["Optimizer"]))
@@ -188,7 +200,7 @@ def test_pipe_table_rows_have_same_cell_count(tmp_path, runs, curves):
     lines = (tmp_path / "summary.md").read_text().splitlines()
     table_lines = [line for line in lines if line.startswith("| ")]
     counts = {len(re.findall(r"(?<!\\)\|", line)) for line in table_lines}
-    assert counts == {19}  # 18 columns
+    assert counts == {20}  # 19 columns: no MFU on CPU
 
 
 def test_single_seq_len_skips_peak_vs_seq(tmp_path, runs, curves):

@@ -184,3 +184,17 @@ def test_unknown_by_axis_is_a_usage_error(monkeypatch, capsys, tmp_path):
         main()
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "'batch' is not one of 'seq_len', 'model'" in err
+
+
+def test_mfu_column_only_where_a_row_measured_it(store, tmp_path, write_suite):
+    db, s, _ = store
+    doc, _ = run_json(db, tmp_path, "scale")  # CPU results: TFLOP/s if stored, never MFU
+    assert "model_tflops_per_s" in doc["tables"][0]["rows"][0]["metrics"]
+    assert "mfu_percent" not in doc["tables"][0]["rows"][0]["metrics"]
+    for cell in expand(load_suite(write_suite(GRID, "grid.yaml"))):
+        if cell.optimizer.name == "scale" and cell.seq_len == 16:
+            s.save(canned(cell, mfu_percent=41.5, model_tflops_per_s=410.0))
+    doc, result = run_json(db, tmp_path, "scale")
+    assert row(doc, 16, "scale")["metrics"]["mfu_percent"]["value"] == 41.5
+    assert row(doc, 16, "adamw")["metrics"]["mfu_percent"]["value"] is None
+    assert "MFU (%)" in result.stdout and "41.5" in result.stdout
