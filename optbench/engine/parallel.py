@@ -180,6 +180,9 @@ def _zero1(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     if accepted is None:
         raise Unsupported(f"ZeRO-1 rebuilds the optimizer from params; {cls.__name__} is not "
                           "built from params (several optimizers in one, or no params argument)")
+    if all(callable(getattr(optimizer, m, None)) for m in ("eval", "train")):
+        raise Unsupported(f"ZeRO-1 cannot evaluate {cls.__name__}: its eval() moves only each "
+                          "rank's own share of the weights to the evaluation point")
     defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
     groups = [dict(g) for g in optimizer.param_groups]
     try:

@@ -77,3 +77,20 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     loss = forward_backward(model, windows, opts)
     optimizer_step(model, optimizer, opts.grad_clip)
     return loss
+
+
+@contextlib.contextmanager
+def evaluation_weights(optimizer: torch.optim.Optimizer | None) -> Iterator[None]:
+    """Within the block the model holds the weights to evaluate. Schedule-free optimizers train
+    at one point (y) and evaluate at another (the average x): their `eval()` moves the
+    weights there and `train()` back, the protocol of facebookresearch/schedule_free and
+    pytorch_optimizer. An optimizer without both methods (torch's have neither) is left alone."""
+    switch = optimizer if all(callable(getattr(optimizer, m, None)) for m in ("eval", "train")) \
+        else None
+    if switch is not None:
+        switch.eval()
+    try:
+        yield
+    finally:
+        if switch is not None:
+            switch.train()

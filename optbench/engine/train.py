@@ -20,7 +20,8 @@ from optbench.data import load_tokens
 from optbench.engine import measure, parallel
 from optbench.engine.outcome import CellOutcome
 from optbench.engine.state_bytes import optimizer_state_bytes
-from optbench.engine.step import StepOptions, forward_backward, lm_loss, optimizer_step, train_step
+from optbench.engine.step import (StepOptions, evaluation_weights, forward_backward, lm_loss,
+                                  optimizer_step, train_step)
 from optbench.hardware import peak_tflops
 from optbench.metrics import merge_ranks
 from optbench.models import build_model, get_model_size, torch_dtype
@@ -115,7 +116,8 @@ def train_cell(cell: Cell, emit: Emit) -> CellOutcome:
     if device.type == "cuda":
         burst.metrics.update(measure.cuda_memory(device))
     if status == "ok":
-        burst.metrics.update(_evaluate(cell, wrapped, tokens, device))
+        with evaluation_weights(optimizer):
+            burst.metrics.update(_evaluate(cell, wrapped, tokens, device))
     _summarize(cell, burst)
     per_rank = parallel.gather_to_leader(burst.metrics, ranks)
     metrics = merge_rank_metrics(per_rank, cell) if per_rank and ranks.world > 1 else burst.metrics

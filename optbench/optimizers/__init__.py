@@ -3,7 +3,7 @@
 Mechanism: registry (specs, lookup, hparams), policy (param roles), state_formulas (byte rules
 of the state formulas), kernels (pure tensor functions), common (closure convention).
 Catalogue, in registration order, which is `list_specs()` order: torch_optim, scale, library,
-lowrank (with apollo), matrix.
+lowrank (with apollo), matrix, canon (the 2025 benchmark canon), cautious.
 """
 
 from optbench.optimizers.registry import (
@@ -36,6 +36,8 @@ __all__ = [
 from optbench.optimizers import library  # noqa: E402,F401  (registers entries)
 from optbench.optimizers import lowrank  # noqa: E402,F401  (registers entries)
 from optbench.optimizers import matrix  # noqa: E402,F401  (registers entries)
+from optbench.optimizers import canon  # noqa: E402,F401  (registers entries)
+from optbench.optimizers import cautious  # noqa: E402,F401  (registers entries)
 
 
 def load_plugins() -> None:

@@ -32,15 +32,15 @@ _BNB_MIN_8BIT = 4096  # bnb's min_8bit_size default: smaller tensors keep float3
 _BNB_QMAP_BYTES = 2 * 256 * 4  # the two shared float32 quantization maps (signed, unsigned)
 
 
-def _po_source(cls: str) -> str:
+def po_source(cls: str) -> str:
     return f"pytorch_optimizer.{cls} {version('pytorch_optimizer')}"
 
 
-def _every_param(treatment: str) -> str:
+def every_param(treatment: str) -> str:
     return Policy.of(**{role: treatment for role in ROLES}).describe()
 
 
-def _po_factory(cls: str, fixed: dict | None = None) -> Factory:
+def po_factory(cls: str, fixed: dict | None = None) -> Factory:
     """A factory for pytorch_optimizer.<cls> over every trainable param, plus fixed options."""
 
     def build(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
@@ -145,7 +145,7 @@ def _hessian_factory(cls: str) -> Factory:
     That second backward runs through attention, and SDPA's fused CPU/CUDA kernels have no
     double backward, so the model is switched to eager attention (the same math).
     """
-    build = _po_factory(cls)
+    build = po_factory(cls)
 
     def build_eager(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
         model.set_attn_implementation("eager")
@@ -165,11 +165,11 @@ def _spec(name: str, **fields) -> None:
 
 # Provenance (`reference`, `deviations`, `default_sources`). No test here compares a library
 # class with the authors' code, so each reference says so.
-def _runs(what: str) -> str:
+def runs_as_is(what: str) -> str:
     return f"runs {what}, not held against it in a test"
 
 
-def _po_default(cls: str) -> str:
+def po_default(cls: str) -> str:
     return f"library default: pytorch_optimizer.{cls}"
 
 
@@ -201,7 +201,7 @@ _spec(
         "Sutskever, Martens, Dahl & Hinton, On the importance of initialization and momentum "
         "in deep learning, ICML 2013 (heavy ball: Polyak 1964; no arXiv id)"
     ),
-    policy=_every_param("SGD with momentum 0.9"),
+    policy=every_param("SGD with momentum 0.9"),
     # momentum is fixed at 0.9: at 0 torch keeps no buffer and the formula would not hold.
     default_hparams={"lr": 1e-2, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False},
     state_formula="params × B (momentum_buffer, param dtype)",
@@ -236,7 +236,7 @@ _spec(
         "Shazeer & Stern, Adafactor: Adaptive Learning Rates with Sublinear Memory Cost, "
         "ICML 2018, arXiv:1804.04235"
     ),
-    policy=_every_param("Adafactor (factored second moment, no first moment)"),
+    policy=every_param("Adafactor (factored second moment, no first moment)"),
     # torch's defaults are the paper's: relative step min(lr, 1/sqrt(t)), beta2_t = 1 - t^-0.8,
     # eps2 = 1e-3 (eps1 None: the dtype's machine epsilon), d = 1 update clipping.
     default_hparams={
@@ -255,7 +255,7 @@ _spec(
     expected_state_bytes=per_param(_adafactor_bytes),
     reference=(
         "tensorflow/tensor2tensor: tensor2tensor/utils/adafactor.py (AdafactorOptimizer), the "
-        "code the paper points to; " + _runs(f"torch.optim.Adafactor {torch.__version__}")
+        "code the paper points to; " + runs_as_is(f"torch.optim.Adafactor {torch.__version__}")
     ),
     deviations=(
         "torch floors the variance estimate at eps1² (eps1 None: the param dtype's machine "
@@ -291,7 +291,7 @@ _spec(
         "Dettmers, Lewis, Shleifer & Zettlemoyer, 8-bit Optimizers via Block-wise "
         "Quantization, ICLR 2022, arXiv:2110.02861"
     ),
-    policy=_every_param("AdamW with block-wise 8-bit states (float32 below 4096 elements)"),
+    policy=every_param("AdamW with block-wise 8-bit states (float32 below 4096 elements)"),
     # optim_bits, min_8bit_size, amsgrad, max_unorm and paging change the state: fixed.
     default_hparams={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
     state_formula=(
@@ -322,22 +322,22 @@ _spec(
 
 _spec(
     "lion",
-    factory=_po_factory("Lion"),
-    source=_po_source("Lion"),
+    factory=po_factory("Lion"),
+    source=po_source("Lion"),
     paper="Chen et al., Symbolic Discovery of Optimization Algorithms, 2023, arXiv:2302.06675",
-    policy=_every_param("Lion"),
+    policy=every_param("Lion"),
     # Paper: lr 3-10x below AdamW's, betas (0.9, 0.99), decoupled weight decay.
     default_hparams={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0},
     state_formula="params × B (exp_avg, param dtype); step lives in the param group (0 B)",
     expected_state_bytes=per_param(tensor_bytes),
-    reference="google/automl: lion/lion_pytorch.py (Lion.step); " + _runs(_po_source("Lion")),
+    reference="google/automl: lion/lion_pytorch.py (Lion.step); " + runs_as_is(po_source("Lion")),
     deviations=(
         "pytorch_optimizer forms the interpolation and the momentum with lerp, m + (1-β)(g - m), "
         "where the authors write β·m + (1-β)·g: equal up to rounding, which can only flip the "
         "sign of an entry whose interpolation is about 0.",
     ),
     default_sources={
-        key: "google/automl: lion/lion_pytorch.py (Lion.__init__); = " + _po_default("Lion")
+        key: "google/automl: lion/lion_pytorch.py (Lion.__init__); = " + po_default("Lion")
         for key in ("lr", "betas", "weight_decay")
     },
 )
@@ -345,7 +345,7 @@ _spec(
 _spec(
     "adam_mini",
     factory=_build_adam_mini,
-    source=_po_source("AdamMini"),
+    source=po_source("AdamMini"),
     paper=(
         "Zhang et al., Adam-mini: Use Fewer Learning Rates To Gain More, 2024, "
         "arXiv:2406.16793"
@@ -366,7 +366,7 @@ _spec(
     expected_state_bytes=_adam_mini_bytes,
     reference=(
         "zyushun/Adam-mini: adam_mini/adam_mini.py (Adam_mini.step, v1.1.1), examples/llama/"
-        "train.py (its Llama setup); " + _runs(_po_source("AdamMini"))
+        "train.py (its Llama setup); " + runs_as_is(po_source("AdamMini"))
     ),
     deviations=(
         "pytorch_optimizer.AdamMini has the authors' partition before v1.1.0 (Oct 2024): plain "
@@ -394,13 +394,13 @@ _ADAM_LIKE = "2 × params × B (exp_avg, {second}, param dtype); step lives in t
 
 _spec(
     "adabelief",
-    factory=_po_factory("AdaBelief"),
-    source=_po_source("AdaBelief"),
+    factory=po_factory("AdaBelief"),
+    source=po_source("AdaBelief"),
     paper=(
         "Zhuang et al., AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed "
         "Gradients, NeurIPS 2020, arXiv:2010.07468"
     ),
-    policy=_every_param("AdaBelief"),
+    policy=every_param("AdaBelief"),
     # ams_bound adds max_exp_avg_var: not accepted.
     default_hparams={
         "lr": 1e-3,
@@ -414,16 +414,16 @@ _spec(
     expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p)),
     reference=(
         "juntang-zhuang/Adabelief-Optimizer: pypi_packages/adabelief_pytorch0.2.1/"
-        "adabelief_pytorch/AdaBelief.py (AdaBelief.step); " + _runs(_po_source("AdaBelief"))
+        "adabelief_pytorch/AdaBelief.py (AdaBelief.step); " + runs_as_is(po_source("AdaBelief"))
     ),
     deviations=(),
     default_sources={
         **{
-            key: _ADABELIEF_INIT + "; = " + _po_default("AdaBelief")
+            key: _ADABELIEF_INIT + "; = " + po_default("AdaBelief")
             for key in ("lr", "betas", "eps", "weight_decay", "weight_decouple")
         },
         "rectify": (
-            _po_default("AdaBelief") + "; juntang-zhuang/Adabelief-Optimizer: README.md "
+            po_default("AdaBelief") + "; juntang-zhuang/Adabelief-Optimizer: README.md "
             "(usage example, rectify=False); the authors' package defaults to True, as does "
             "their README's Transformer row"
         ),
@@ -432,18 +432,18 @@ _spec(
 
 _spec(
     "exadam",
-    factory=_po_factory("EXAdam"),
-    source=_po_source("EXAdam"),
+    factory=po_factory("EXAdam"),
+    source=po_source("EXAdam"),
     paper=(
         "Adly, EXAdam: The Power of Adaptive Cross-Moments, 2024, arXiv:2412.20302"
     ),
-    policy=_every_param("EXAdam"),
+    policy=every_param("EXAdam"),
     default_hparams={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
     state_formula=_ADAM_LIKE.format(second="exp_avg_sq"),
     expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p)),
     reference=(
         "AhmedMostafa16/EXAdam: exadam.py (EXAdam.step, 2025-04 version, without the first "
-        "release's ln(sqrt(2(t+1))) step-size factor); " + _runs(_po_source("EXAdam"))
+        "release's ln(sqrt(2(t+1))) step-size factor); " + runs_as_is(po_source("EXAdam"))
     ),
     deviations=(),
     default_sources={
@@ -456,13 +456,13 @@ _spec(
 
 _spec(
     "adamp",
-    factory=_po_factory("AdamP"),
-    source=_po_source("AdamP"),
+    factory=po_factory("AdamP"),
+    source=po_source("AdamP"),
     paper=(
         "Heo et al., AdamP: Slowing Down the Slowdown for Momentum Optimizers on "
         "Scale-invariant Weights, ICLR 2021, arXiv:2006.08217"
     ),
-    policy=_every_param("AdamP (projection on scale-invariant weights, cosine test delta)"),
+    policy=every_param("AdamP (projection on scale-invariant weights, cosine test delta)"),
     default_hparams={
         "lr": 1e-3,
         "betas": (0.9, 0.999),
@@ -476,7 +476,7 @@ _spec(
     expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p)),
     reference=(
         "clovaai/AdamP: adamp/adamp.py (AdamP.step, AdamP._projection); "
-        + _runs(_po_source("AdamP"))
+        + runs_as_is(po_source("AdamP"))
     ),
     deviations=(
         "pytorch_optimizer adds eps before the bias correction, sqrt(1-β2^t) / (sqrt(v) + eps), "
@@ -484,7 +484,7 @@ _spec(
         "eps / sqrt(1-β2^t), ~32× larger at step 1; it matters only while sqrt(v̂) is near eps.",
     ),
     default_sources={
-        key: "clovaai/AdamP: adamp/adamp.py (AdamP.__init__); = " + _po_default("AdamP")
+        key: "clovaai/AdamP: adamp/adamp.py (AdamP.__init__); = " + po_default("AdamP")
         for key in ("lr", "betas", "eps", "weight_decay", "delta", "wd_ratio", "nesterov")
     },
 )
@@ -498,13 +498,13 @@ def _spam_bytes(p: nn.Parameter) -> int:
 
 _spec(
     "spam",
-    factory=_po_factory("SPAM", fixed={"density": 1.0}),
-    source=_po_source("SPAM") + " (density=1.0)",
+    factory=po_factory("SPAM", fixed={"density": 1.0}),
+    source=po_source("SPAM") + " (density=1.0)",
     paper=(
         "Huang et al., SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM Training, "
         "ICLR 2025, arXiv:2501.06842"
     ),
-    policy=_every_param("SPAM (dense: density 1)"),
+    policy=every_param("SPAM (dense: density 1)"),
     # density < 1 shrinks the moments to the masked entries: fixed at 1 (full SPAM).
     default_hparams={
         "lr": 1e-3,
@@ -523,7 +523,7 @@ _spec(
     expected_state_bytes=per_param(_spam_bytes),
     reference=(
         "TianjinYellow/SPAM-Optimizer: galore_torch/SPAM.py (AdamW.step, exported as SPAM), "
-        "torchrun_main.py (param groups); " + _runs(_po_source("SPAM") + " with density 1")
+        "torchrun_main.py (param groups); " + runs_as_is(po_source("SPAM") + " with density 1")
     ),
     deviations=(
         "The library gives every 2-D param a mask (embedding and lm_head too), the authors only "
@@ -540,7 +540,7 @@ _spec(
         "eps": _SPAM_INIT + "; = library default",
         "weight_decay": _SPAM_INIT + "; the scripts pass --weight_decay 0",
         "warmup_epoch": (
-            _po_default("SPAM") + "; the authors' class default and ReadMe.md use 150, and "
+            po_default("SPAM") + "; the authors' class default and ReadMe.md use 150, and "
             "their torchrun_main.py passes the lr warm-up (--warmup_steps) instead"
         ),
         "threshold": _SPAM_INIT + "; = library default",
@@ -551,13 +551,13 @@ _spec(
 
 _spec(
     "stable_spam",
-    factory=_po_factory("StableSPAM"),
-    source=_po_source("StableSPAM"),
+    factory=po_factory("StableSPAM"),
+    source=po_source("StableSPAM"),
     paper=(
         "Huang et al., Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam, "
         "2025, arXiv:2502.17055"
     ),
-    policy=_every_param("Stable-SPAM"),
+    policy=every_param("Stable-SPAM"),
     # t_max (cosine momentum warm-up) defaults to None, which registry coercion cannot
     # override with an int: left at the library default (off) and not accepted.
     default_hparams={
@@ -577,7 +577,7 @@ _spec(
     expected_state_bytes=per_param(lambda p: 2 * tensor_bytes(p) + 3 * p.element_size()),
     reference=(
         "TianjinYellow/StableSPAM: galore_torch/stablespam.py (StableSPAM.step), utils/setup.py; "
-        + _runs(_po_source("StableSPAM"))
+        + runs_as_is(po_source("StableSPAM"))
     ),
     deviations=(
         "t_max, the cosine warm-up of beta1 and gamma1 (eta_min 0.5), is off: its None default "
@@ -603,13 +603,13 @@ _spec(
 
 _spec(
     "sgd_sai",
-    factory=_po_factory("SGDSaI", fixed={"momentum": 0.9}),
-    source=_po_source("SGDSaI") + " (momentum=0.9)",
+    factory=po_factory("SGDSaI", fixed={"momentum": 0.9}),
+    source=po_source("SGDSaI") + " (momentum=0.9)",
     paper=(
         "Xu et al., No More Adam: Learning Rate Scaling at Initialization is All You Need, "
         "2024, arXiv:2412.11768"
     ),
-    policy=_every_param("SGD-SaI (per-tensor lr scale from the first step's gradient SNR)"),
+    policy=every_param("SGD-SaI (per-tensor lr scale from the first step's gradient SNR)"),
     # momentum fixed: at 0 no momentum_buffer is kept.
     default_hparams={"lr": 1e-2, "weight_decay": 1e-2, "eps": 1e-8},
     state_formula=(
@@ -618,7 +618,7 @@ _spec(
     expected_state_bytes=per_param(lambda p: tensor_bytes(p) + p.element_size()),
     reference=(
         "AnonymousAlethiometer/SGD_SaI: sgd_sai/sgd_sai.py (SGD_sai.warmup_step, SGD_sai.step; "
-        "v1.0.3); " + _runs(_po_source("SGDSaI") + " with momentum 0.9")
+        "v1.0.3); " + runs_as_is(po_source("SGDSaI") + " with momentum 0.9")
     ),
     deviations=(
         "For 1-D params (the norm weights) the library's lr scale is the gradient norm ||g||, "
@@ -629,7 +629,7 @@ _spec(
     ),
     default_sources={
         key: "AnonymousAlethiometer/SGD_SaI: sgd_sai/sgd_sai.py (SGD_sai.__init__); = "
-        + _po_default("SGDSaI")
+        + po_default("SGDSaI")
         for key in ("lr", "weight_decay", "eps")
     },
 )
@@ -639,12 +639,12 @@ _HESSIAN_POLICY = " (model switched to eager attention: Hessian-vector products)
 _spec(
     "adahessian",
     factory=_hessian_factory("AdaHessian"),
-    source=_po_source("AdaHessian"),
+    source=po_source("AdaHessian"),
     paper=(
         "Yao et al., ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning, "
         "AAAI 2021, arXiv:2006.00719"
     ),
-    policy=_every_param("AdaHessian") + _HESSIAN_POLICY,
+    policy=every_param("AdaHessian") + _HESSIAN_POLICY,
     # The authors' code defaults (lr 0.15, eps 1e-4). The library's eps 1e-16 lets an entry
     # whose Hessian-diagonal estimate rounds to 0 take a ~1e14 step: bf16 diverges at step 1.
     default_hparams={
@@ -666,7 +666,7 @@ _spec(
     reference=(
         "amirgholami/adahessian: instruction/adahessian.py (Adahessian.get_trace, "
         "Adahessian.step), transformer/fairseq/optim/adahessian.py; "
-        + _runs(_po_source("AdaHessian"))
+        + runs_as_is(po_source("AdaHessian"))
     ),
     deviations=(
         "No spatial averaging: the authors average |Hv| over each row of a 2-D weight "
@@ -688,12 +688,12 @@ _spec(
 _spec(
     "sophia",
     factory=_hessian_factory("SophiaH"),
-    source=_po_source("SophiaH"),
+    source=po_source("SophiaH"),
     paper=(
         "Liu et al., Sophia: A Scalable Stochastic Second-order Optimizer for Language Model "
         "Pre-training, ICLR 2024, arXiv:2305.14342 (SophiaH: Hutchinson estimator)"
     ),
-    policy=_every_param("SophiaH") + _HESSIAN_POLICY,
+    policy=every_param("SophiaH") + _HESSIAN_POLICY,
     default_hparams={
         "lr": 6e-2,
         "betas": (0.96, 0.99),
@@ -713,7 +713,7 @@ _spec(
     reference=(
         "Liuhong99/Sophia: sophia.py (SophiaG.step, SophiaG.update_hessian), the authors' only "
         "released code (Sophia-G); no authors' Sophia-H code found. "
-        + _runs(_po_source("SophiaH") + ", the paper's Hutchinson variant")
+        + runs_as_is(po_source("SophiaH") + ", the paper's Hutchinson variant")
     ),
     deviations=(
         "Hutchinson estimate u ⊙ Hu every update_period steps (the paper's Sophia-H); the "
@@ -729,21 +729,21 @@ _spec(
     ),
     default_sources={
         "lr": (
-            _po_default("SophiaH") + "; lr × p = 6e-4, the authors' GPT-2 small lr "
+            po_default("SophiaH") + "; lr × p = 6e-4, the authors' GPT-2 small lr "
             "(Liuhong99/Sophia: config/train_gpt2_small_sophiag.py)"
         ),
-        "betas": _po_default("SophiaH") + "; the authors' SophiaG uses (0.965, 0.99)",
-        "p": _po_default("SophiaH") + "; = rho in the authors' README example",
-        "eps": _po_default("SophiaH"),
+        "betas": po_default("SophiaH") + "; the authors' SophiaG uses (0.965, 0.99)",
+        "p": po_default("SophiaH") + "; = rho in the authors' README example",
+        "eps": po_default("SophiaH"),
         "weight_decay": (
-            _po_default("SophiaH") + "; the authors' SophiaG default is 0.1, their GPT-2 "
+            po_default("SophiaH") + "; the authors' SophiaG default is 0.1, their GPT-2 "
             "configs 0.2"
         ),
         "update_period": (
-            _po_default("SophiaH") + "; = the authors' Hessian interval (Liuhong99/Sophia: "
+            po_default("SophiaH") + "; = the authors' Hessian interval (Liuhong99/Sophia: "
             "config/train_gpt2_small_sophiag.py, interval = 10)"
         ),
-        "num_samples": _po_default("SophiaH"),
-        "hessian_distribution": _po_default("SophiaH"),
+        "num_samples": po_default("SophiaH"),
+        "hessian_distribution": po_default("SophiaH"),
     },
 )
