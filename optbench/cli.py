@@ -137,6 +137,28 @@ def report(
     report_suite(suite_path, db, reports, console=console)
 
 
+@app.command()
+@user_errors
+def export(
+    suite: Optional[str] = typer.Argument(None, metavar="[SUITE]", help="A suite YAML (its cells' latest runs, as its report shows them) or a stored suite name; omitted: every stored run."),
+    wandb: bool = typer.Option(False, "--wandb", help="One Weights & Biases run per cell: config, every metric, the loss by step and tokens, the report's figures (pip install 'optbench[export]')."),
+    project: str = typer.Option("optbench", "--project", help="W&B project."),
+    offline: bool = typer.Option(False, "--offline", help="W&B offline mode: write the run files locally (`wandb sync DIR` uploads them later)."),
+    wandb_dir: Optional[Path] = typer.Option(None, "--wandb-dir", help="Where W&B writes its files (default: ./wandb)."),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", metavar="DIR", help="One TensorBoard run per cell under DIR/SUITE/ (`tensorboard --logdir DIR`)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="The runs (one row each, metrics as columns) as CSV; their curves beside it as FILE's stem + .curves.csv."),
+    parquet: Optional[Path] = typer.Option(None, "--parquet", metavar="FILE", help="The same as Parquet (pyarrow)."),
+    db: Path = DB_OPTION,
+    reports: Path = REPORTS_OPTION,
+) -> None:
+    """Send stored results where you read them: W&B, TensorBoard, CSV or Parquet."""
+    from optbench.commands.export import Destinations, run_export
+
+    to = Destinations(wandb_project=project if wandb else None, wandb_offline=offline,
+                      wandb_dir=wandb_dir, tensorboard=tensorboard, csv=csv, parquet=parquet)
+    raise typer.Exit(run_export(suite, db, reports, to, console=console))
+
+
 class ByAxis(str, Enum):
     seq_len = "seq_len"
     model = "model"

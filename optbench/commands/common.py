@@ -9,7 +9,7 @@ from pathlib import Path
 from optbench.config.suite import Cell
 from optbench.console import LiveProgress
 from optbench.engine.outcome import RunResult
-from optbench.engine.runner import run_cells
+from optbench.engine.runner import Hooks, run_cells
 from optbench.engine.slurm import SubmititOptions, parse_parameters, run_cells_submitit
 from optbench.errors import OptbenchError
 from optbench.results.store import ResultStore
@@ -77,16 +77,25 @@ def submitit_options(executor: str, pairs: list[str], folder: Path,
 
 
 def run_into_store(cells: list[Cell], store: ResultStore, console, jobs: int = 1,
-                   executor: SubmititOptions | None = None) -> list[RunResult]:
+                   executor: SubmititOptions | None = None, stream=None) -> list[RunResult]:
     """Run `cells` under the live progress bar (`jobs` at a time; or as submitit jobs), storing
-    each result the moment it ends (nothing is shown when there are none)."""
+    each result the moment it ends (nothing is shown when there are none). `stream` (a suite's
+    `log:`, commands.export.StreamingLog) gets every progress event and each stored result."""
     if not cells:
         return []
     with LiveProgress(console, len(cells)) as live:
+        hooks = live.hooks
+        if stream:
+            hooks = Hooks(on_start=live.hooks.on_start,
+                          on_event=lambda cell, event: (live.hooks.on_event(cell, event),
+                                                        stream.on_event(cell, event)))
+
         def done(cell: Cell, result: RunResult) -> None:
-            store.save(result)
+            run_id = store.save(result)
             live.done(cell, result)
+            if stream:
+                stream.on_done(cell, result, run_id)
 
         if executor is not None:
-            return run_cells_submitit(cells, executor, hooks=live.hooks, on_done=done)
-        return run_cells(cells, hooks=live.hooks, on_done=done, jobs=jobs)
+            return run_cells_submitit(cells, executor, hooks=hooks, on_done=done)
+        return run_cells(cells, hooks=hooks, on_done=done, jobs=jobs)

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from optbench.commands.common import pending_cells, run_into_store
+from optbench.commands.export import StreamingLog
 from optbench.commands.provenance import command_line
 from optbench.config.loader import load_suite
 from optbench.config.suite import Cell, Suite, expand
@@ -53,8 +54,10 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
         f" stored, {len(todo)} to run{how} · results in {escape(str(db))}",
         highlight=False,
     )
+    stream = StreamingLog(suite.log, console)  # the suite's `log:` (W&B, TensorBoard), if any
     try:
-        results = run_into_store(todo, store, console, jobs=jobs, executor=executor)
+        results = run_into_store(todo, store, console, jobs=jobs, executor=executor,
+                                 stream=stream)
     except KeyboardInterrupt:
         cancelled = " · jobs not back yet were cancelled" if executor is not None else ""
         console.print(f"[yellow]interrupted[/]: finished cells are stored in {escape(str(db))};"

@@ -112,6 +112,24 @@ class Grid:
 
 
 @dataclass(frozen=True)
+class WandbLog:
+    """Weights & Biases as a destination: one W&B run per cell (optbench.render.export)."""
+
+    project: str = "optbench"
+    offline: bool = False  # write the run files locally only (`wandb sync` uploads them later)
+    dir: str = ""  # where wandb keeps its files; empty: wandb's own default, ./wandb
+
+
+@dataclass(frozen=True)
+class LogTo:
+    """Where `run` streams each cell while it trains, beside the store (`log:` in a suite).
+    Not part of any cell's configuration: where results are sent changes no result."""
+
+    wandb: WandbLog | None = None
+    tensorboard: str = ""  # a directory: one TensorBoard run per cell under DIR/SUITE/
+
+
+@dataclass(frozen=True)
 class Suite:
     """A benchmark suite, exactly the keys of its YAML file (plus `include:`)."""
 
@@ -121,6 +139,7 @@ class Suite:
     defaults: Defaults = field(default_factory=Defaults)
     data: DataConfig = field(default_factory=DataConfig)
     search: Search = field(default_factory=Search)  # how `sweep` spaces become trials
+    log: LogTo = field(default_factory=LogTo)  # streamed to W&B / TensorBoard while running
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,12 @@ class Cell:
     @property
     def parallel(self) -> Parallel:
         return self.defaults.parallel
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step trains on, over all ranks (`batch_size` is per rank)."""
+        d = self.defaults
+        return d.parallel.nproc * d.batch_size * d.grad_accum * self.seq_len
 
     @property
     def launches_ranks(self) -> bool:

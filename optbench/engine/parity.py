@@ -207,15 +207,19 @@ def known_parity_entry(result: Parity) -> str:
 
 
 def record_known_parity(results: list[Parity], steps: int) -> None:
-    """Rewrites optbench/optimizers/known_parity.json from a run of the harness."""
+    """Writes this run's verdicts into optbench/optimizers/known_parity.json: a run over some
+    optimizers (--optimizers) replaces theirs and keeps the others'."""
     import platform
 
+    old = json.loads(KNOWN_PARITY_FILE.read_text(encoding="utf-8")).get("verdicts", {}) \
+        if KNOWN_PARITY_FILE.exists() else {}
     record = {
         "measured": (f"python -m torch.distributed.run --standalone --nproc-per-node "
                      f"{dist.get_world_size()} -m optbench.engine.parity --record "
                      f"(llama_tiny, {steps} steps, {dist.get_backend()}, torch "
                      f"{torch.__version__}, {platform.machine()})"),
-        "verdicts": {},
+        "verdicts": {name: v for name, v in old.items()
+                     if name not in {r.optimizer for r in results}},
     }
     for r in results:
         record["verdicts"].setdefault(r.optimizer, {})[r.strategy] = known_parity_entry(r)

@@ -207,8 +207,7 @@ def flops_metrics(cell: Cell, metrics: dict[str, float], device: torch.device) -
 
 def tokens_per_step(cell: Cell) -> int:
     """Tokens one optimizer step trains on, over all ranks (`batch_size` is per rank)."""
-    d = cell.defaults
-    return d.parallel.nproc * d.batch_size * d.grad_accum * cell.seq_len
+    return cell.tokens_per_step
 
 
 def _tokens_per_s(cell: Cell, step_ms: list[float]) -> float | None:

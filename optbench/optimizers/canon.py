@@ -227,9 +227,17 @@ def adopt_clip(step: int) -> float:
     return (step - 1) ** 0.25
 
 
+def _build_adopt(model: nn.Module, hp: dict) -> torch.optim.Optimizer:
+    optimizer = po_factory("ADOPT", fixed={"clip_lambda": adopt_clip})(model, hp)
+    # The library keeps clip_lambda as an attribute, not in `defaults`: put it there too, so a
+    # rebuild from defaults (ZeRO-1's per-rank copy of the class) keeps the authors' schedule.
+    optimizer.defaults["clip_lambda"] = adopt_clip
+    return optimizer
+
+
 _spec(
     "adopt",
-    factory=po_factory("ADOPT", fixed={"clip_lambda": adopt_clip}),
+    factory=_build_adopt,
     source=po_source("ADOPT") + " (clip_lambda (t-1)^0.25, the authors')",
     paper=(
         "Taniguchi et al., ADOPT: Modified Adam Can Converge with Any β2 with the Optimal Rate, "
