@@ -122,6 +122,8 @@ _ALL = (
     Metric("step_ms", "Step", "ms", False, "time"),
     Metric("fwd_bwd_ms", "Fwd+bwd", "ms", False, "time"),
     Metric("optimizer_step_ms", "Opt step", "ms", False, "time"),
+    # compile: true only: the first compiled step's wall time less a timed step's median.
+    Metric("compile_s", "Compile", "s", False, "time"),
     # Float results: bit-exact on one machine, not across CPUs (BLAS kernels, thread counts).
     Metric("final_train_loss", "Final loss", "nats", False, "loss"),
     Metric("eval_loss", "Eval loss", "nats", False, "loss"),

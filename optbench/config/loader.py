@@ -178,10 +178,13 @@ def _validate(suite: Suite, where: str) -> None:
         _seed(seed, f"{where}: grid.seeds[{i}]")
     # Steps 1-2 run under the memory tracker and the first `warmup` are untimed. (A meta
     # suite trains nothing: it traces steps 1 and 2 whatever `steps` says.)
-    if d.device != "meta" and (d.warmup < 0 or d.steps <= max(d.warmup, 2)):
+    # With compile, step 3 compiles the model and is not timed either.
+    untimed = 3 if d.compile else 2
+    if d.device != "meta" and (d.warmup < 0 or d.steps <= max(d.warmup, untimed)):
         raise OptbenchError(
             f"{where}: defaults.warmup: {d.warmup} with steps {d.steps} leaves no timed step; "
-            f"accepted: 0 <= warmup and steps > max(warmup, 2)"
+            f"accepted: 0 <= warmup and steps > max(warmup, {untimed})"
+            + (" (with compile: true, step 3 compiles)" if d.compile else "")
         )
     if d.lr_schedule.warmup_steps < 0:
         raise OptbenchError(f"{where}: defaults.lr_schedule.warmup_steps: must be >= 0")

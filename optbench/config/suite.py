@@ -83,6 +83,7 @@ class Defaults:
     eval_batches: int = 4  # held-out batches for eval loss / perplexity
     timeout_s: float | None = None  # limit on a cell's training loop (after data and model load); past it 'crashed'
     parallel: Parallel = field(default_factory=Parallel)  # ranks and strategy (grid.parallel overrides)
+    compile: bool = False  # run the model under torch.compile (TorchInductor); compile time apart
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,8 @@ def fingerprint(config: dict[str, Any], corpus: str) -> str:
     # One process is what every cell was before strategies existed: its results stay comparable.
     if view["defaults"].get("parallel", {}).get("strategy", "none") == "none":
         view["defaults"].pop("parallel", None)
+    if not view["defaults"].get("compile", False):  # eager, as every cell was before
+        view["defaults"].pop("compile", None)
     schedule = view["defaults"].get("lr_schedule", {})
     if schedule.get("kind") != "wsd":  # only WSD reads it: earlier results keep their hash
         schedule.pop("cooldown_fraction", None)

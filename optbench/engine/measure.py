@@ -339,3 +339,20 @@ def nvml_driver() -> str | None:
             pynvml.nvmlShutdown()
     except Exception:
         return None
+
+
+def compiler_missing(device_type: str) -> str | None:
+    """Why torch.compile cannot run here, or None: TorchInductor builds C++ kernels for the CPU
+    and, on CUDA, Triton builds a C launcher, each with a compiler found on PATH ($CXX / $CC
+    first). Said before a cell starts, instead of an error deep inside the first step."""
+    import shutil
+
+    if device_type == "cpu":
+        names, what = (os.environ.get("CXX", ""), "g++", "clang++", "c++"), "C++ compiler"
+    else:
+        names, what = (os.environ.get("CC", ""), "gcc", "clang", "cc"), "C compiler"
+    if any(name and shutil.which(name) for name in names):
+        return None
+    return (f"compile: true needs a {what} on PATH for TorchInductor's {device_type} kernels "
+            f"({', '.join(n for n in names if n)} not found); install one, or set compile: false")
+

@@ -30,6 +30,10 @@ from optbench.optimizers import build_optimizer, get_spec
 # Step 1 allocates the optimizer state and does first-time work (projectors, a first Hessian
 # estimate); step 2 is the first to run with that state held. The peak is the larger of the two.
 TRACKED_STEPS = (1, 2)
+# With `compile: true`, the tracked steps run the eager model (the tracker's dispatch mode and
+# compiled graphs do not mix); the next step is the compiled model's first: it compiles, and is
+# timed apart as compile_s, never as a training step.
+COMPILE_STEP = max(TRACKED_STEPS) + 1
 FINAL_LOSS_WINDOW = 5  # final train loss = mean of the last steps, a less noisy number
 
 Emit = Callable[[dict[str, Any]], None]
@@ -51,6 +55,8 @@ class Burst:
     metrics: dict[str, float] = field(default_factory=dict)
 
     timeline: list = field(default_factory=list)  # of the tracked step with the larger peak
+    compiled: Any = None  # torch.compile of the (wrapped) model, with `compile: true`
+    compile_ms: float | None = None  # wall time of its first step, which compiled it
 
     def keep_larger_peak(self, peak: dict[str, int], step: int, timeline: list) -> None:
         if peak["tracked_peak_bytes"] > self.metrics.get("tracked_peak_bytes", -1):
@@ -76,6 +82,8 @@ def skip_reason(cell: Cell) -> str | None:
     spec = get_spec(cell.optimizer.name)
     if device.type not in spec.devices:
         return f"{spec.name} runs only on {', '.join(spec.devices)}, not {device.type}"
+    if cell.defaults.compile and measure.compiler_missing(device.type):
+        return measure.compiler_missing(device.type)
     return None
 
 
@@ -110,7 +118,7 @@ def train_cell(cell: Cell, emit: Emit) -> CellOutcome:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(d.lr_schedule, d.steps))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    burst = Burst(metrics=static)
+    burst = Burst(metrics=static, compiled=torch.compile(wrapped) if d.compile else None)
     status, error = _train(cell, wrapped, optimizer, scheduler, batches, burst,
                            emit if ranks.local_rank == 0 else _silent, ranks)
     if device.type == "cuda":
@@ -161,12 +169,15 @@ def _one_step(cell: Cell, opts: StepOptions, model, optimizer, windows, step: in
         burst.keep_larger_peak(peak, step, timeline)
     else:
         device = next(model.parameters()).device  # stopwatch synchronizes it
+        forward_model = burst.compiled if burst.compiled is not None else model
         with measure.stopwatch(device) as total:
             with measure.stopwatch(device) as fwd_bwd:
-                loss = forward_backward(model, windows, opts)
+                loss = forward_backward(forward_model, windows, opts)
             with measure.stopwatch(device) as opt:
                 optimizer_step(model, optimizer, opts.grad_clip)
-        if step > cell.defaults.warmup:
+        if burst.compiled is not None and step == COMPILE_STEP:
+            burst.compile_ms = total.ms
+        elif step > cell.defaults.warmup:
             burst.step_ms.append(total.ms)
             burst.fwd_bwd_ms.append(fwd_bwd.ms)
             burst.opt_ms.append(opt.ms)
@@ -249,5 +260,7 @@ def _summarize(cell: Cell, burst: Burst) -> None:
     tps = _tokens_per_s(cell, burst.step_ms)
     if tps:
         m["tokens_per_s"] = tps
+    if burst.compile_ms is not None and "step_ms" in m:
+        m["compile_s"] = max(burst.compile_ms - m["step_ms"], 0.0) / 1e3
     if "peak_allocated_bytes" not in m and "tracked_peak_bytes" in m:
         m["peak_allocated_bytes"] = m["tracked_peak_bytes"]

@@ -14,7 +14,8 @@ METRIC_COLUMNS = [
     "n_params", "param_bytes", "optimizer_state_bytes", "peak_allocated_bytes", *PART_METRICS,
     "peak_reserved_bytes", "nvml_used_bytes", "tokens_per_s", "tokens_per_s_per_device",
     "tokens_per_step", "model_flops_per_token", "model_tflops_per_s", "mfu_percent",
-    "step_ms", "fwd_bwd_ms", "optimizer_step_ms", "final_train_loss", "eval_loss", "eval_ppl",
+    "step_ms", "fwd_bwd_ms", "optimizer_step_ms", "compile_s", "final_train_loss", "eval_loss",
+    "eval_ppl",
     "steps",
 ]  # fmt: skip
 

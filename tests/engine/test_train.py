@@ -133,3 +133,37 @@ def test_worker_maps_cpu_allocation_failure_to_oom():
     assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
     assert is_oom(torch.OutOfMemoryError("CUDA out of memory"))
     assert not is_oom(RuntimeError("shape mismatch"))
+
+
+def test_compile_false_keeps_every_stored_fingerprint_and_true_is_a_new_experiment(write_suite):
+    plain = _cell(write_suite, "")
+    assert _cell(write_suite, "  compile: false").fingerprint == plain.fingerprint
+    assert _cell(write_suite, "  compile: true").fingerprint != plain.fingerprint
+    with pytest.raises(OptbenchError, match=r"steps > max\(warmup, 3\) \(with compile: true, "
+                                            r"step 3 compiles\)"):
+        text = TINY_SUITE.replace("[adamw, sgd, scale]", "[adamw]").replace(
+            "steps: 6", "steps: 3").replace("warmup: 2", "warmup: 0")
+        load_suite(write_suite(text.replace("eval_batches: 1", "eval_batches: 1\n  compile: true"),
+                               "few.yaml"))
+
+
+def test_compile_without_a_compiler_is_a_clear_skip(write_suite, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    result = train_cell(_cell(write_suite, "  compile: true"), emit=lambda e: None)
+    assert result.status == "skipped"
+    assert result.error.startswith("compile: true needs a C++ compiler on PATH for TorchInductor")
+
+
+@pytest.mark.slow
+def test_a_compiled_cell_trains_like_eager_and_times_its_compile_apart(write_suite):
+    """The same losses as eager (to float rounding), the compile step in compile_s and never in
+    the step times (steps 1-2 tracked eager, 3 compiles, 4-6 timed)."""
+    eager = train_cell(_cell(write_suite, ""), emit=lambda e: None)
+    compiled = train_cell(_cell(write_suite, "  compile: true"), emit=lambda e: None)
+    assert compiled.status == "ok", compiled.error
+    assert [c[1] for c in compiled.curve] == pytest.approx([c[1] for c in eager.curve], rel=1e-4)
+    m = compiled.metrics
+    assert m["compile_s"] > 1.0 > m["step_ms"] / 1e3  # compiling takes seconds; a step, ms
+    assert "compile_s" not in eager.metrics
