@@ -8,6 +8,8 @@ What it does, each cell in its own process through optbench's own runner (as `op
 - a small bf16 suite on llama_60m (AdamW, bitsandbytes' 8-bit AdamW, SCALE, APOLLO-Mini, Muon,
   GaLore; seq 256, batch 8, 20 steps): peak `max_memory_allocated`, reserved bytes, NVML used
   bytes and tokens/s, each held against the fake-tensor estimate of the same step;
+- model TFLOP/s and MFU against the GPU's dense peak (optbench.hardware) of each of them;
+- AdamW again under `compile: true`, its tokens/s beside the eager row and its compile time;
 - one cell sized to run out of memory (llama_1b, batch 512 at seq 2048), which must end with
   status `oom`, not a crash.
 
@@ -45,6 +47,10 @@ grid:
   optimizers: [adamw, adamw8bit, scale, apollo_mini, muon, galore]
 data: {source: kjv, max_tokens: 400000}
 """
+COMPILE_SUITE = GPU_SUITE.replace("name: gpu_validation", "name: gpu_validation_compiled").replace(
+    "timeout_s: 240}", "timeout_s: 240, compile: true}").replace(
+    "optimizers: [adamw, adamw8bit, scale, apollo_mini, muon, galore]",
+    "optimizers: [{name: adamw, label: adamw-compiled}]")
 OOM_SUITE = """\
 name: gpu_validation_oom
 defaults: {device: cuda, dtype: bf16, steps: 4, warmup: 1, batch_size: 512, eval_batches: 1,
@@ -61,6 +67,7 @@ data: {source: kjv, max_tokens: 60000}
 
 
 def cells_of(text: str, folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "suite.yaml"
     path.write_text(text)
     return expand(load_suite(path))
@@ -78,13 +85,18 @@ def rows_for(results, cells) -> list[dict]:
             "estimate": None if est.error else est.peak_bytes,
             "allocated": m.get("peak_allocated_bytes"), "reserved": m.get("peak_reserved_bytes"),
             "nvml": m.get("nvml_used_bytes"), "tokens_per_s": m.get("tokens_per_s"),
-            "error": r.error,
+            "tflops": m.get("model_tflops_per_s"), "mfu": m.get("mfu_percent"),
+            "compile_s": m.get("compile_s"), "error": r.error,
         })
     return rows
 
 
 def _mib(value) -> str:
     return "—" if value is None else f"{value / MIB:,.1f}"
+
+
+def _num(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
 
 def markdown(rows: list[dict], oom: dict | None, env: dict, command: str) -> str:
@@ -95,15 +107,17 @@ def markdown(rows: list[dict], oom: dict | None, env: dict, command: str) -> str
              "through optbench's runner. *Estimate* is `optbench estimate` for the same step "
              "(fake tensors, no GPU); *Allocated* is `torch.cuda.max_memory_allocated`.", "",
              "| Optimizer | Status | Estimate (MiB) | Allocated (MiB) | Estimate / allocated | "
-             "Reserved (MiB) | NVML used (MiB) | Tokens/s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "Reserved (MiB) | NVML used (MiB) | Tokens/s | TFLOP/s | MFU (%) | Compile (s) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ratio = (f"{r['estimate'] / r['allocated']:.3f}" if r["estimate"] and r["allocated"]
                  else "—")
         tps = "—" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}"
+        extra = [_num(r.get(k), f) for k, f in (("tflops", ".1f"), ("mfu", ".1f"),
+                                                 ("compile_s", ".1f"))]
         lines.append(f"| {r['optimizer']} | {r['status']} | {_mib(r['estimate'])} | "
                      f"{_mib(r['allocated'])} | {ratio} | {_mib(r['reserved'])} | "
-                     f"{_mib(r['nvml'])} | {tps} |")
+                     f"{_mib(r['nvml'])} | {tps} | {' | '.join(extra)} |")
     if oom is not None:
         verdict = "as it should" if oom["status"] == "oom" else "**not** as it should"
         lines += ["", f"Forced OOM (llama_1b, batch 512 at seq 2048): status `{oom['status']}`, "
@@ -135,7 +149,7 @@ def main() -> int:
             print(f"no CUDA device here: CPU-side logic checked on {len(rows)} tiny cells "
                   f"({'ok' if ok else 'FAILED'}); {args.out} left as it is")
             return 0 if ok else 1
-        cells = cells_of(GPU_SUITE, Path(tmp))
+        cells = cells_of(GPU_SUITE, Path(tmp)) + cells_of(COMPILE_SUITE, Path(tmp) / "compiled")
         rows = rows_for(run_cells(cells), cells)
         oom_cells = cells_of(OOM_SUITE, Path(tmp))
         (oom,) = run_cells(oom_cells)
