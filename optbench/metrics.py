@@ -232,7 +232,7 @@ def format_tflops(value) -> str:
     if not is_number(value):
         return DASH
     value = float(value)
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    return f"{value:,.0f}" if value >= 100 else f"{value:#.3g}"
 
 
 def format_ratio(value, base) -> str:

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from optbench.engine.state_bytes import optimizer_state_bytes
 from optbench.engine.step import evaluation_weights
@@ -16,31 +15,12 @@ from optbench.models import build_model
 from optbench.optimizers import build_optimizer, expected_state_bytes, get_spec
 from optbench.optimizers.cautious import CautiousAdamW
 from optbench.optimizers.policy import param_roles
+from tests.optimizers.fixed_batch import train_on_fixed_batch
 
 NAMES = [
     "soap", "mars", "ademamix", "adopt", "prodigy", "schedulefree_adamw", "normuon", "dmuon",
     "scion", "kron", "signum", "cautious_adamw", "cautious_lion",
 ]
-
-
-def _loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=ids[:, :-1]).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
-
-
-def _train(name: str, dtype: torch.dtype, steps: int, **hparams):
-    torch.manual_seed(0)
-    model = build_model("llama_tiny", dtype)
-    ids = torch.randint(0, model.config.vocab_size, (4, 33))
-    opt = build_optimizer(name, model, **hparams)
-    losses = []
-    for _ in range(steps):
-        loss = _loss(model, ids)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return model, opt, losses
 
 
 def test_entries_name_their_source_paper_and_every_default_s_origin():
@@ -54,7 +34,7 @@ def test_entries_name_their_source_paper_and_every_default_s_origin():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", NAMES)
 def test_expected_state_bytes_match_measured(name, dtype):
-    model, opt, _ = _train(name, dtype, steps=1)
+    model, opt, _ = train_on_fixed_batch(name, dtype, steps=1)
     assert optimizer_state_bytes(opt) == expected_state_bytes(name, model)
 
 
@@ -64,7 +44,7 @@ def test_expected_state_bytes_match_measured(name, dtype):
     ("signum", {"momentum": 0.0}),  # plain signSGD keeps nothing
 ])
 def test_state_formulas_follow_the_hparams_that_change_the_state(name, hparams):
-    model, opt, _ = _train(name, torch.float32, steps=1, **hparams)
+    model, opt, _ = train_on_fixed_batch(name, torch.float32, steps=1, **hparams)
     assert optimizer_state_bytes(opt) == expected_state_bytes(name, model, **hparams)
     assert optimizer_state_bytes(opt) != expected_state_bytes(name, model)
 
@@ -72,7 +52,7 @@ def test_state_formulas_follow_the_hparams_that_change_the_state(name, hparams):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_default_hparams_lower_the_loss_on_a_fixed_batch(name):
-    _, _, losses = _train(name, torch.float32, steps=15)
+    _, _, losses = train_on_fixed_batch(name, torch.float32, steps=15)
     # Kron's default lr is 3e-4, a third of AdamW's as its authors advise: a slow start.
     drop = 0.01 if name == "kron" else 0.2
     assert losses[-1] < losses[0] - drop, losses
@@ -81,7 +61,7 @@ def test_default_hparams_lower_the_loss_on_a_fixed_batch(name):
 
 @pytest.mark.parametrize("name", ["normuon", "dmuon"])
 def test_muon_family_orthogonalizes_exactly_the_hidden_matrices(name):
-    model, opt, _ = _train(name, torch.float32, steps=1)
+    model, opt, _ = train_on_fixed_batch(name, torch.float32, steps=1)
     hidden = {id(p) for _, p in param_roles(model)["hidden_matrix"]}
     for group in opt.param_groups:
         assert group["use_muon"] == (group["role"] == "hidden_matrix")
@@ -92,7 +72,7 @@ def test_muon_family_orthogonalizes_exactly_the_hidden_matrices(name):
 def test_scion_gives_each_role_its_norm_and_radius():
     from pytorch_optimizer.optimizer.scion import LMONorm
 
-    _, opt, _ = _train("scion", torch.float32, steps=1)
+    _, opt, _ = train_on_fixed_batch("scion", torch.float32, steps=1)
     by_role = {g["role"]: (LMONorm(g["norm_type"]).name, g["scale"]) for g in opt.param_groups}
     assert by_role == {"embedding": ("COL", 1.0), "hidden_matrix": ("SPECTRAL", 3.0),
                        "lm_head": ("SIGN", 10.0), "vector": ("BIAS", 1.0)}
@@ -102,7 +82,7 @@ def test_schedule_free_evaluates_at_the_average_and_trains_on_at_y():
     """eval() moves the weights to x (the average), train() back to y (to rounding: the two
     interpolations are inverse in exact arithmetic); an optimizer without the switch is left
     alone."""
-    model, opt, _ = _train("schedulefree_adamw", torch.float32, steps=3)
+    model, opt, _ = train_on_fixed_batch("schedulefree_adamw", torch.float32, steps=3)
     y = [p.detach().clone() for p in model.parameters()]
     with evaluation_weights(opt):
         x = [p.detach().clone() for p in model.parameters()]

@@ -4,46 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from optbench.engine.state_bytes import optimizer_state_bytes
-from optbench.models import build_model
-from optbench.optimizers import expected_state_bytes, build_optimizer, get_spec, library  # noqa: F401  (registers)
+from optbench.optimizers import expected_state_bytes, get_spec, library  # noqa: F401  (registers)
 from optbench.config.loader import load_suite
 from optbench.config.suite import expand
 from optbench.engine.train import train_cell
 from tests.conftest import TINY_SUITE
+from tests.optimizers.fixed_batch import train_on_fixed_batch
 
 NAMES = [
     "sgd_momentum", "adafactor", "adamw8bit", "lion", "adam_mini", "adabelief", "exadam",
     "adamp", "spam", "stable_spam", "sgd_sai", "adahessian", "sophia",
 ]
 HESSIAN = ["adahessian", "sophia"]
-
-
-def _loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=ids[:, :-1]).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
-
-
-Trained = tuple[torch.nn.Module, torch.optim.Optimizer, list[float]]
-
-
-def _train(name: str, dtype: torch.dtype, steps: int) -> Trained:
-    """`steps` real steps on one fixed batch (real losses: AdaHessian/Sophia need the graph)."""
-    torch.manual_seed(0)
-    model = build_model("llama_tiny", dtype)
-    ids = torch.randint(0, model.config.vocab_size, (4, 33))
-    opt = build_optimizer(name, model)
-    create_graph = get_spec(name).needs_create_graph
-    losses = []
-    for _ in range(steps):
-        loss = _loss(model, ids)
-        loss.backward(create_graph=create_graph)
-        opt.step()
-        opt.zero_grad(set_to_none=True)  # also frees the double-backward graph held by .grad
-        losses.append(loss.item())
-    return model, opt, losses
 
 
 def test_entries_are_registered_with_their_metadata():
@@ -58,20 +32,20 @@ def test_entries_are_registered_with_their_metadata():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", NAMES)
 def test_expected_state_bytes_match_measured(name, dtype):
-    model, opt, _ = _train(name, dtype, steps=1)
+    model, opt, _ = train_on_fixed_batch(name, dtype, steps=1)
     assert optimizer_state_bytes(opt) == expected_state_bytes(name, model)
 
 
 def test_adamw8bit_keeps_small_tensors_in_float32():
     """bnb's min_8bit_size: the 64-element norm weights get float32 states even in bf16."""
-    model, opt, _ = _train("adamw8bit", torch.bfloat16, steps=1)
+    model, opt, _ = train_on_fixed_batch("adamw8bit", torch.bfloat16, steps=1)
     norm, embed = model.model.norm.weight, model.model.embed_tokens.weight
     assert opt.state[norm]["state1"].dtype == torch.float32
     assert opt.state[embed]["state1"].dtype == torch.uint8
 
 
 def test_adam_mini_state_is_float32_for_bf16_params():
-    model, opt, _ = _train("adam_mini", torch.bfloat16, steps=1)
+    model, opt, _ = train_on_fixed_batch("adam_mini", torch.bfloat16, steps=1)
     assert {t.dtype for s in opt.state.values() for t in s.values() if torch.is_tensor(t)} == {
         torch.float32
     }
@@ -80,7 +54,7 @@ def test_adam_mini_state_is_float32_for_bf16_params():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_default_hparams_lower_the_loss_on_a_fixed_batch(name):
-    _, _, losses = _train(name, torch.float32, steps=15)
+    _, _, losses = train_on_fixed_batch(name, torch.float32, steps=15)
     assert losses[-1] < losses[0] - 0.2, losses
 
 
