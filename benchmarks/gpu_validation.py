@@ -9,7 +9,8 @@ What it does, each cell in its own process through optbench's own runner (as `op
   GaLore; seq 256, batch 8, 20 steps): peak `max_memory_allocated`, reserved bytes, NVML used
   bytes and tokens/s, each held against the fake-tensor estimate of the same step;
 - model TFLOP/s and MFU against the GPU's dense peak (optbench.hardware) of each of them;
-- AdamW again under `compile: true`, its tokens/s beside the eager row and its compile time;
+- AdamW again under `compile: true`, its tokens/s beside the eager row and its compile time
+  (its estimate is of the eager step, the only one optbench traces);
 - one cell sized to run out of memory (llama_1b, batch 512 at seq 2048), which must end with
   status `oom`, not a crash.
 

@@ -36,6 +36,8 @@ GPU_PEAKS: tuple[GpuPeak, ...] = (
             _DATASHEET.format("H100 Tensor Core GPU (NVL)")),
     GpuPeak("H100 SXM", ("h100",), {"bf16": 989.5, "fp32": 67.0},
             _DATASHEET.format("H100 Tensor Core GPU (SXM)")),
+    GpuPeak("H200 NVL", ("h200", "nvl"), {"bf16": 835.5, "fp32": 60.0},
+            _DATASHEET.format("H200 Tensor Core GPU (NVL)")),
     GpuPeak("H200", ("h200",), {"bf16": 989.5, "fp32": 67.0},
             _DATASHEET.format("H200 Tensor Core GPU (SXM)")),
     GpuPeak("GH200", ("gh200",), {"bf16": 989.5, "fp32": 67.0},

@@ -137,7 +137,8 @@ COMPARE_DEFAULT = (
     "model_tflops_per_s", "mfu_percent", "final_train_loss", "eval_ppl",
 )  # fmt: skip
 # Throughput over all ranks of a cell, from the slowest rank's step time: one value per cell,
-# not per rank (optbench.engine.train.merge_rank_metrics makes them after the merge).
+# not per rank (optbench.engine.train makes them after the merge: merge_rank_metrics tokens/s,
+# flops_metrics TFLOP/s and MFU).
 CELL_THROUGHPUT = ("tokens_per_s", "model_tflops_per_s", "mfu_percent")
 
 
@@ -232,7 +233,7 @@ def format_tflops(value) -> str:
     if not is_number(value):
         return DASH
     value = float(value)
-    return f"{value:,.0f}" if value >= 100 else f"{value:#.3g}"
+    return f"{value:,.0f}" if value >= 99.95 else f"{value:#.3g}"
 
 
 def format_ratio(value, base) -> str:

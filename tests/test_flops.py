@@ -38,11 +38,19 @@ def test_flops_per_token_of_llama_7b_at_2048_by_hand():
     assert size.flops_per_token(2048) == 6 * n + 12 * 32 * 4096 * 2048
 
 
+def test_tflops_keep_three_digits_without_a_dangling_point():
+    from optbench.metrics import format_tflops
+
+    assert [format_tflops(v) for v in (0.14, 0.0123, 12.0, 99.96, 412.7)] == [
+        "0.140", "0.0123", "12.0", "100", "413"]
+
+
 @pytest.mark.parametrize(("name", "label"), [
     ("NVIDIA H100 80GB HBM3", "H100 SXM"),
     ("NVIDIA H100 PCIe", "H100 PCIe"),
     ("NVIDIA H100 NVL", "H100 NVL"),
     ("NVIDIA H200", "H200"),
+    ("NVIDIA H200 NVL", "H200 NVL"),
     ("NVIDIA GH200 480GB", "GH200"),
     ("NVIDIA A100-SXM4-80GB", "A100"),
     ("NVIDIA A100 80GB PCIe", "A100"),

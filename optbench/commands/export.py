@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from optbench.commands.common import ensure_writable_file, is_suite_file
+from optbench.commands.common import ensure_writable_dir, ensure_writable_file, is_suite_file
 from optbench.config.loader import load_suite
 from optbench.config.suite import Cell, LogTo, expand
 from optbench.engine.outcome import RunResult
@@ -41,6 +41,9 @@ def run_export(suite_arg: str | None, db: Path, reports_dir: Path, to: Destinati
                             "or --parquet FILE")
     for path, option in ((to.csv, "--csv"), (to.parquet, "--parquet")):
         ensure_writable_file(path, option)
+    for directory, option in ((to.tensorboard, "--tensorboard"), (to.wandb_dir, "--wandb-dir")):
+        if directory is not None:
+            ensure_writable_dir(directory, option)
     if not Path(db).exists():
         raise OptbenchError(f"{db}: no results store here; run a suite first")
     store = ResultStore(db)
@@ -51,10 +54,10 @@ def run_export(suite_arg: str | None, db: Path, reports_dir: Path, to: Destinati
         return 0
     frame = runs_frame(runs)
     curves = store.curves(frame["run_id"])
-    for path in (to.csv, to.parquet):
+    for path, fmt in ((to.csv, "csv"), (to.parquet, "parquet")):
         if path is not None:
-            out.write_table(frame, path)
-            out.write_table(curves, out.curves_path(path))
+            out.write_table(frame, path, fmt)
+            out.write_table(curves, out.curves_path(path), fmt)
             console.print(f"{len(frame)} runs: {escape(str(path))} (curves: "
                           f"{escape(str(out.curves_path(path)))})", highlight=False)
     records = [_record(run, curves, reports_dir) for run in runs]
@@ -73,7 +76,11 @@ def _selected(store: ResultStore, suite_arg: str | None) -> tuple[list[StoredRun
     if is_suite_file(suite_arg):
         suite = load_suite(suite_arg)
         by_fp = {c.fingerprint: c for c in expand(suite)}
-        return store.latest_runs(by_fp), suite.name
+        runs = store.latest_runs(by_fp)
+        for run in runs:  # under this suite's names, as its report shows a run stored by another
+            cell = by_fp[run.fingerprint]
+            run.suite, run.cell_id, run.optimizer = suite.name, cell.id, cell.optimizer.display
+        return runs, suite.name
     runs = store.runs(suite=suite_arg)
     return latest(runs, key=lambda r: r.cell_id), suite_arg
 
@@ -83,7 +90,8 @@ def _record(run: StoredRun, curves, reports_dir: Path) -> out.CellRecord:
     return out.CellRecord(
         suite=run.suite, cell_id=run.cell_id, run_id=run.run_id,
         config={**run.config, "status": run.status, "environment": run.env},
-        tokens_per_step=run.tokens_per_step, metrics=run.metrics,
+        tokens_per_step=run.tokens_per_step, metrics=run.metrics, status=run.status,
+        error=informative_line(run.error) or None,
         curve=[(int(r.step), float(r.loss), None if r.lr != r.lr else float(r.lr))
                for r in rows.itertuples()],
         figures=_figures(Path(reports_dir) / run.suite, run.model),
@@ -118,15 +126,20 @@ def _common_root(paths: list[str]) -> str:
 class StreamingLog:
     """The runner's progress events and finished results into the suite's `log:` destinations.
     A destination that fails is reported once and dropped: the suite goes on, and every result
-    stays in the store (`optbench export` can send it later)."""
+    stays in the store (`optbench export` can send it later). With `run --jobs N` the events of
+    several cells arrive from several threads: the lock guards the bookkeeping only, never a
+    destination's network or disk work, so one slow upload does not hold the other cells."""
 
     def __init__(self, log: LogTo, console):
         self.console, self.lock = console, threading.Lock()
         self.destinations = []
         if log.wandb is not None:
+            if log.wandb.dir:
+                ensure_writable_dir(Path(log.wandb.dir), "log.wandb.dir")
             self.destinations.append(("W&B", out.WandbDestination(
                 log.wandb.project, log.wandb.offline, log.wandb.dir or None)))
         if log.tensorboard:
+            ensure_writable_dir(Path(log.tensorboard), "log.tensorboard")
             self.destinations.append(("TensorBoard", out.TensorBoardDestination(log.tensorboard)))
         self.open: dict[tuple[str, str], out.OpenRun] = {}
 
@@ -135,36 +148,66 @@ class StreamingLog:
 
     def on_event(self, cell: Cell, event: dict) -> None:
         if event.get("event") == "start":
-            self._each(cell, lambda label, d: self.open.__setitem__(
-                (label, cell.id), d.open(_live_record(cell))))
+            self._each(cell, lambda label, d: self._put(label, cell, d.open(_live_record(cell))))
         elif event.get("event") == "step":
             tokens = event["step"] * cell.tokens_per_step
 
             def log(label, destination):
-                run = self.open.get((label, cell.id))
+                run = self._get(label, cell)
                 if run is not None:
                     run.log_step(event["step"], tokens, event["loss"], None)
             self._each(cell, log)
 
     def on_done(self, cell: Cell, result: RunResult, run_id: int) -> None:
+        """The stored result closes the cell's run: its metrics, the store's run id, status."""
         def finish(label, destination):
-            run = self.open.pop((label, cell.id), None)
-            if run is None:  # it never started (a crash before step 1, a skip)
+            run = self._pop(label, cell)
+            if run is None and result.status == "skipped":
+                return  # it never started: nothing ran, nothing to show
+            if run is None:  # a crash before step 1: a run that says so
                 run = destination.open(_live_record(cell))
-            run.close({**result.metrics, "run_id": run_id}, [])
+            run.close({**result.metrics, "run_id": run_id}, [], result.status,
+                      informative_line(result.error) or None)
         self._each(cell, finish)
+
+    def close_all(self, status: str = "interrupted") -> None:
+        """Close every run still open (Ctrl-C, a failed batch of jobs), so W&B finishes them
+        and TensorBoard flushes their events."""
+        with self.lock:
+            left, self.open = list(self.open.values()), {}
+        for run in left:
+            try:
+                run.close({}, [], status)
+            except Exception:  # noqa: BLE001  (closing is best effort on the way out)
+                pass
+
+    def _put(self, label: str, cell: Cell, run: out.OpenRun) -> None:
+        with self.lock:
+            self.open[(label, cell.id)] = run
+
+    def _get(self, label: str, cell: Cell) -> out.OpenRun | None:
+        with self.lock:
+            return self.open.get((label, cell.id))
+
+    def _pop(self, label: str, cell: Cell) -> out.OpenRun | None:
+        with self.lock:
+            return self.open.pop((label, cell.id), None)
 
     def _each(self, cell: Cell, action) -> None:
         with self.lock:
-            for label, destination in list(self.destinations):
-                try:
-                    action(label, destination)
-                except Exception as exc:  # a logging backend must never stop the suite
+            destinations = list(self.destinations)
+        for label, destination in destinations:
+            try:
+                action(label, destination)
+            except Exception as exc:  # a logging backend must never stop the suite
+                with self.lock:
+                    if (label, destination) not in self.destinations:
+                        continue  # another thread dropped it already and said so
                     self.destinations.remove((label, destination))
-                    self.console.print(f"[yellow]log: {label} stopped at {escape(cell.id)}:"
-                                       f"[/] {escape(informative_line(f'{type(exc).__name__}: {exc}'))}; results are still "
-                                       "stored (optbench export sends them later)",
-                                       highlight=False)
+                self.console.print(f"[yellow]log: {label} stopped at {escape(cell.id)}:[/] "
+                                   f"{escape(informative_line(f'{type(exc).__name__}: {exc}'))}"
+                                   "; results are still stored (optbench export sends them "
+                                   "later)", highlight=False)
 
 
 def _live_record(cell: Cell) -> out.CellRecord:

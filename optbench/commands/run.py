@@ -63,6 +63,8 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
         console.print(f"[yellow]interrupted[/]: finished cells are stored in {escape(str(db))};"
                       f" run again to resume{cancelled}")
         return 130
+    finally:
+        stream.close_all()  # runs a Ctrl-C or an error left open: finished, flushed
     # The report covers the whole suite, not just the cells this --only run touched.
     write_suite_report(suite, cells, store, reports_dir, console)
     failed = [r for r in results if r.status not in RESULT_STATUSES]

@@ -178,6 +178,9 @@ def _validate(suite: Suite, where: str) -> None:
         _seed(seed, f"{where}: grid.seeds[{i}]")
     # Steps 1-2 run under the memory tracker and the first `warmup` are untimed. (A meta
     # suite trains nothing: it traces steps 1 and 2 whatever `steps` says.)
+    if d.compile and d.device == "meta":
+        raise OptbenchError(f"{where}: defaults.compile: a device: meta suite traces the eager "
+                            "step and compiles nothing; accepted: false (or omit it) with meta")
     # With compile, step 3 compiles the model and is not timed either.
     untimed = 3 if d.compile else 2
     if d.device != "meta" and (d.warmup < 0 or d.steps <= max(d.warmup, untimed)):

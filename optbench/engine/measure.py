@@ -355,4 +355,3 @@ def compiler_missing(device_type: str) -> str | None:
         return None
     return (f"compile: true needs a {what} on PATH for TorchInductor's {device_type} kernels "
             f"({', '.join(n for n in names if n)} not found); install one, or set compile: false")
-

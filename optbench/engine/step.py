@@ -47,6 +47,7 @@ def forward_backward(model: torch.nn.Module, windows: list[torch.Tensor],
 def _gradient_sync(model: torch.nn.Module, sync: bool) -> Iterator[None]:
     """DDP's `no_sync()` / FSDP2's `set_requires_gradient_sync(False)` unless `sync`; nothing
     for a model that is not wrapped."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: sync is DDP's / FSDP's
     if sync:
         yield
     elif isinstance(model, torch.nn.parallel.DistributedDataParallel):

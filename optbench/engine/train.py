@@ -82,6 +82,9 @@ def skip_reason(cell: Cell) -> str | None:
     spec = get_spec(cell.optimizer.name)
     if device.type not in spec.devices:
         return f"{spec.name} runs only on {', '.join(spec.devices)}, not {device.type}"
+    if cell.defaults.compile and spec.needs_create_graph:
+        return (f"compile: true cannot run {spec.name}: its step differentiates the gradient "
+                "again (backward with create_graph), which torch.compile does not support")
     if cell.defaults.compile and measure.compiler_missing(device.type):
         return measure.compiler_missing(device.type)
     return None
@@ -210,7 +213,9 @@ def flops_metrics(cell: Cell, metrics: dict[str, float], device: torch.device) -
     tflops = tokens_per_s * get_model_size(cell.model).flops_per_token(cell.seq_len) / 1e12
     out = {"model_tflops_per_s": tflops}
     if device.type == "cuda":
-        peak = peak_tflops(torch.cuda.get_device_name(device), cell.defaults.dtype)
+        # bf16 autocast multiplies in bf16 whatever the weights' dtype: its peak is the bf16 one.
+        compute = "bf16" if cell.defaults.autocast else cell.defaults.dtype
+        peak = peak_tflops(torch.cuda.get_device_name(device), compute)
         if peak:
             out["mfu_percent"] = 100 * tflops / (peak * cell.parallel.nproc)
     return out

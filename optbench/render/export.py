@@ -40,6 +40,8 @@ class CellRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     curve: list[tuple[int, float, float | None]] = field(default_factory=list)  # step, loss, lr
     figures: list[Path] = field(default_factory=list)
+    status: str = "ok"  # optbench.metrics.STATUSES, or 'interrupted' for a stream cut short
+    error: str | None = None
 
     @property
     def name(self) -> str:
@@ -54,7 +56,8 @@ class CellRecord:
 class OpenRun(Protocol):
     def log_step(self, step: int, tokens: int | None, loss: float, lr: float | None) -> None: ...
 
-    def close(self, metrics: dict[str, float], figures: list[Path]) -> str: ...
+    def close(self, metrics: dict[str, float], figures: list[Path], status: str = "ok",
+              error: str | None = None) -> str: ...
 
 
 class Destination(Protocol):
@@ -66,7 +69,7 @@ def export_record(destination: Destination, record: CellRecord) -> str:
     run = destination.open(record)
     for step, loss, lr in record.curve:
         run.log_step(step, record.tokens(step), loss, lr)
-    return run.close(record.metrics, record.figures)
+    return run.close(record.metrics, record.figures, record.status, record.error)
 
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -86,6 +89,10 @@ class WandbDestination:
         except ImportError:
             raise OptbenchError(f"--wandb needs the wandb package: {EXTRA}") from None
         self.wandb, self.project, self.offline = wandb, project, offline
+        if not offline and not _wandb_key_configured():
+            # wandb.init would ask for one interactively in a terminal: say it here instead.
+            raise OptbenchError("W&B: no API key (set WANDB_API_KEY or run `wandb login`); "
+                                "--offline (log: wandb: {offline: true}) writes the runs locally")
         self.directory = Path(directory) if directory else None
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -106,6 +113,21 @@ class WandbDestination:
         return _WandbRun(self.wandb, run)
 
 
+def _wandb_key_configured() -> bool:
+    """An API key in the environment or in ~/.netrc (where `wandb login` puts it), or a
+    WANDB_MODE that needs none."""
+    import netrc
+    import os
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 class _WandbRun:
     def __init__(self, wandb, run):
         self.wandb, self.run = wandb, run
@@ -120,8 +142,10 @@ class _WandbRun:
             row.update({"train/tokens": tokens, "train/loss_by_tokens": loss})
         self.run.log(row, step=step)
 
-    def close(self, metrics: dict[str, float], figures: list[Path]) -> str:
-        self.run.summary.update(finite_metrics(metrics))
+    def close(self, metrics: dict[str, float], figures: list[Path], status: str = "ok",
+              error: str | None = None) -> str:
+        self.run.summary.update({**finite_metrics(metrics), "status": status,
+                                 **({"error": error} if error else {})})
         if figures:
             self.run.log({f"figures/{p.stem}": self.wandb.Image(str(p)) for p in figures})
         where = self.run.dir  # .../wandb/<run>/files
@@ -169,7 +193,9 @@ class _TensorBoardRun:
             self.writer.add_scalar("train_by_tokens/loss", loss, tokens)
         self.last_step = step
 
-    def close(self, metrics: dict[str, float], figures: list[Path]) -> str:
+    def close(self, metrics: dict[str, float], figures: list[Path], status: str = "ok",
+              error: str | None = None) -> str:
+        self.writer.add_text("status", status + (f": {error}" if error else ""), self.last_step)
         for name, value in sorted(finite_metrics(metrics).items()):
             self.writer.add_scalar(f"metrics/{name}", value, self.last_step)
         for path in figures:
@@ -194,10 +220,10 @@ def safe_part(text: str) -> str:
 # --- tables for pandas -------------------------------------------------------------------
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """CSV or Parquet by the file's suffix (Parquet through pandas' pyarrow engine)."""
+def write_table(frame: pd.DataFrame, path: Path, fmt: str) -> None:
+    """`fmt` 'csv' or 'parquet' (through pandas' pyarrow engine), whatever the file's suffix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
+    if fmt == "parquet":
         try:
             frame.to_parquet(path, index=False)
         except ImportError:

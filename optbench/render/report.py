@@ -235,7 +235,7 @@ def _legend_lines(baseline: str, sharded: bool) -> list[str]:
         " for attention (L layers, width h, sequence length T), as PaLM counts them"
         " (docs/metrics.md).",
         "- **MFU (%)** — TFLOP/s over the dense peak of the GPUs the cell ran on (bf16 or fp32,"
-        " by the weights' dtype) × ranks; only on GPUs in optbench's peak table, so never on CPU"
+        " by the dtype matmuls run in: bf16 under autocast) × ranks; only on GPUs in optbench's peak table, so never on CPU"
         " (the column is then left out).",
         "- **Step (ms)** — wall time of one training step, median over the timed steps;"
         " **fwd+bwd / opt (ms)** splits it into forward+backward (with DDP's gradient all-reduce)"

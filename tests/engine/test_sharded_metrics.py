@@ -3,6 +3,8 @@ the report make of them (canned results: no process is started here)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -79,6 +81,9 @@ def test_model_flops_of_a_sharded_cell_are_over_all_ranks_and_mfu_over_all_devic
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA A100-SXM4-80GB")
     on_gpu = flops_metrics(cell, merged, torch.device("cuda"))  # fp32 weights: 19.5 TFLOP/s each
     assert on_gpu["mfu_percent"] == pytest.approx(100 * on_cpu["model_tflops_per_s"] / (2 * 19.5))
+    autocast = dataclasses.replace(cell, defaults=dataclasses.replace(cell.defaults, autocast=True))
+    on_bf16 = flops_metrics(autocast, merged, torch.device("cuda"))  # bf16 matmuls: 312 each
+    assert on_bf16["mfu_percent"] == pytest.approx(100 * on_cpu["model_tflops_per_s"] / (2 * 312))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA A10G")
     assert "mfu_percent" not in flops_metrics(cell, merged, torch.device("cuda"))
     assert flops_metrics(cell, {}, torch.device("cpu")) == {}  # nothing timed: nothing derived

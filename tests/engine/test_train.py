@@ -136,8 +136,12 @@ def test_worker_maps_cpu_allocation_failure_to_oom():
 
 
 def test_compile_false_keeps_every_stored_fingerprint_and_true_is_a_new_experiment(write_suite):
+    from optbench.config.suite import fingerprint
+
     plain = _cell(write_suite, "")
-    assert _cell(write_suite, "  compile: false").fingerprint == plain.fingerprint
+    before = {**plain.config, "defaults": dict(plain.config["defaults"])}
+    del before["defaults"]["compile"]  # a config as stored before the key existed
+    assert fingerprint(before, plain.corpus) == plain.fingerprint
     assert _cell(write_suite, "  compile: true").fingerprint != plain.fingerprint
     with pytest.raises(OptbenchError, match=r"steps > max\(warmup, 3\) \(with compile: true, "
                                             r"step 3 compiles\)"):
@@ -145,6 +149,15 @@ def test_compile_false_keeps_every_stored_fingerprint_and_true_is_a_new_experime
             "steps: 6", "steps: 3").replace("warmup: 2", "warmup: 0")
         load_suite(write_suite(text.replace("eval_batches: 1", "eval_batches: 1\n  compile: true"),
                                "few.yaml"))
+
+
+def test_compile_is_refused_for_meta_and_skipped_for_a_double_backward(write_suite):
+    text = TINY_SUITE.replace("device: cpu", "device: meta").replace(
+        "eval_batches: 1", "eval_batches: 1\n  compile: true")
+    with pytest.raises(OptbenchError, match=r"defaults.compile: a device: meta suite traces"):
+        load_suite(write_suite(text, "meta.yaml"))
+    result = train_cell(_cell(write_suite, "  compile: true", "adahessian"), emit=lambda e: None)
+    assert result.status == "skipped" and "create_graph" in result.error
 
 
 def test_compile_without_a_compiler_is_a_clear_skip(write_suite, monkeypatch):

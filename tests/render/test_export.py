@@ -179,15 +179,33 @@ def test_tables_of_the_whole_store_for_pandas(stored, suffix):
     assert len(curves) == len(cells) * STEPS and {"run_id", "step", "loss", "lr"} <= set(curves)
 
 
+def test_the_option_not_the_suffix_says_the_format(stored):
+    _, cells, tmp = stored
+    assert invoke("export", "--parquet", tmp / "runs.pq", *_args(tmp)).exit_code == 0
+    assert len(pd.read_parquet(tmp / "runs.pq")) == len(cells)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     ((), "name a destination: --wandb, --tensorboard DIR, --csv FILE or --parquet FILE"),
+    (("--tensorboard", "afile", "--db", "nowhere.sqlite"), "--tensorboard afile: not a writable directory"),
     (("--csv", "x.csv", "--db", "nowhere.sqlite"), "nowhere.sqlite: no results store here"),
 ])
 def test_bad_export_requests_are_one_line(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
     result = invoke("export", *args)
     assert result.exit_code == 2 and message in result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_online_wandb_without_a_key_is_one_line_before_anything_runs(stored, monkeypatch):
+    _, _, tmp = stored
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp))  # no ~/.netrc
+    result = invoke("export", "--wandb", *_args(tmp))
+    assert result.exit_code == 2 and "W&B: no API key (set WANDB_API_KEY" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_an_unknown_suite_name_exports_nothing(stored):
@@ -208,6 +226,29 @@ def test_log_section_is_typed_and_checked(write_suite):
     assert [c.fingerprint for c in expand(suite)] == [c.fingerprint for c in expand(plain)]
     result = invoke("validate", write_suite(TINY_SUITE + "log:\n  wandb: {projekt: p}\n", "b.yaml"))
     assert result.exit_code == 2 and "unknown key 'projekt'" in result.output
+
+
+def test_stream_skips_cells_that_never_ran_says_each_status_and_closes_on_interrupt(
+        stored, write_suite):
+    from optbench.commands.export import StreamingLog
+    from optbench.config.suite import LogTo
+    from rich.console import Console
+
+    _, cells, tmp = stored
+    stream = StreamingLog(LogTo(tensorboard=str(tmp / "live")), Console(file=None, quiet=True))
+    skipped, crashed, cut = cells
+    stream.on_done(skipped, _result(skipped, status="skipped"), 7)
+    stream.on_done(crashed, _result(crashed, status="crashed"), 8)  # died before its first step
+    stream.on_event(cut, {"event": "start"})
+    stream.on_event(cut, {"event": "step", "step": 1, "loss": 6.5})
+    stream.close_all()
+    runs = _event_runs(tmp / "live")
+    assert len(runs) == 2  # the skipped cell opened no run
+    statuses = {name: a.Tensors("status/text_summary")[0].tensor_proto.string_val[0].decode()
+                for name, a in runs.items()}
+    assert sorted(statuses.values()) == ["crashed", "interrupted"]
+    (cut_run,) = [a for a in runs.values() if "train/loss" in a.Tags()["scalars"]]
+    assert [e.value for e in cut_run.Scalars("train/loss")] == [6.5]
 
 
 @pytest.mark.slow
