@@ -180,3 +180,26 @@ def test_a_compiled_cell_trains_like_eager_and_times_its_compile_apart(write_sui
     m = compiled.metrics
     assert m["compile_s"] > 1.0 > m["step_ms"] / 1e3  # compiling takes seconds; a step, ms
     assert "compile_s" not in eager.metrics
+
+
+def test_schedule_free_is_evaluated_at_its_average_weights(write_suite, monkeypatch):
+    """train_cell evaluates inside evaluation_weights(optimizer): for schedule-free, every
+    group is in eval mode (weights at x) during the evaluation and back in train mode after."""
+    import contextlib
+
+    from optbench.engine import train as train_module
+
+    during = []
+
+    @contextlib.contextmanager
+    def watched(optimizer):
+        with real(optimizer):
+            during.append([g["train_mode"] for g in optimizer.param_groups])
+            yield
+        during.append([g["train_mode"] for g in optimizer.param_groups])
+
+    real = train_module.evaluation_weights
+    monkeypatch.setattr(train_module, "evaluation_weights", watched)
+    result = train_cell(_cell(write_suite, "", "schedulefree_adamw"), emit=lambda e: None)
+    assert result.status == "ok"
+    assert during == [[False], [True]]
