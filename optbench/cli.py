@@ -141,7 +141,7 @@ def report(
 @user_errors
 def export(
     suite: Optional[str] = typer.Argument(None, metavar="[SUITE]", help="A suite YAML (its cells' latest runs, as its report shows them) or a stored suite name; omitted: every stored run."),
-    wandb: bool = typer.Option(False, "--wandb", help="One Weights & Biases run per cell: config, every metric, the loss by step and tokens, the report's figures (pip install 'optbench[export]')."),
+    wandb: bool = typer.Option(False, "--wandb", help="One Weights & Biases run per cell: config, every metric, the loss by step and tokens, the report's figures (needs the export extra: see docs/export.md)."),
     project: str = typer.Option("optbench", "--project", help="W&B project."),
     offline: bool = typer.Option(False, "--offline", help="W&B offline mode: write the run files locally (`wandb sync DIR` uploads them later)."),
     wandb_dir: Optional[Path] = typer.Option(None, "--wandb-dir", help="Where W&B writes its files (default: ./wandb)."),
