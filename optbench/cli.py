@@ -334,7 +334,7 @@ def main() -> None:
             raise
         ctx = getattr(exc, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        print_error(f"{exc.format_message()}{where}")
+        print_error(" ".join(f"{exc.format_message()}{where}".split()))  # click wraps its lists
         code = exc.exit_code
     sys.exit(code or 0)
 

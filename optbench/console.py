@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from optbench.errors import one_line
 from optbench.metrics import MIB
 
 if TYPE_CHECKING:  # the CLI imports this module first thing: keep torch out of it
@@ -27,7 +28,8 @@ err_console = Console(stderr=True, width=None if Console(stderr=True).is_termina
 
 def print_error(message: str) -> None:
     """One line on stderr: 'error: <message>'."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(one_line(message, limit=2000))}",
+                      highlight=False, soft_wrap=True)
 
 
 def status(text: str, quiet: bool):

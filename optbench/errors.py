@@ -24,3 +24,11 @@ def informative_line(text: str | None) -> str:
     if not lines:
         return ""
     return lines[-1] if lines[0].startswith("Traceback") else lines[0]
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """Text for the promised single error line: line breaks and other unprintable characters
+    (a newline in a key, U+0085, a lone surrogate) shown escaped, and long text cut."""
+    flat = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+

@@ -8,6 +8,7 @@ line naming the file and key. The YAML keys are exactly the dataclass fields (co
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from optbench.config.suite import (
     resolve_device,
 )
 from optbench.data import DataConfig, validate_data_config
-from optbench.errors import OptbenchError
+from optbench.errors import OptbenchError, one_line
 from optbench.metrics import DTYPES
 from optbench.models import get_model_size
 from optbench.optimizers import get_spec, resolve_hparams
@@ -48,7 +49,8 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     where = str(path)
     raw = _read_with_includes(path, seen=())
-    raw.setdefault("name", path.stem)
+    # A suite's name names its report folder: from the file name, made safe; given, checked.
+    raw.setdefault("name", re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("._") or "suite")
     grid_raw = raw.get("grid")
     if isinstance(grid_raw, dict) and "optimizers" in grid_raw:
         grid_raw["optimizers"] = _normalize_optimizers(grid_raw["optimizers"], where)
@@ -110,7 +112,13 @@ def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise OptbenchError(f"{path}: invalid YAML{at}: {problem}") from None
+        raise OptbenchError(f"{path}: invalid YAML{at}: {one_line(problem)}") from None
+    except (ValueError, TypeError, OverflowError, AttributeError) as exc:  # a tag's value: !!int abc, !!timestamp x
+        raise OptbenchError(f"{path}: invalid YAML: a tagged value cannot be read "
+                            f"({one_line(str(exc))})") from None
+    except RecursionError:
+        raise OptbenchError(f"{path}: invalid YAML: nested too deeply (a suite is a few levels "
+                            "of mappings and lists)") from None
     if not isinstance(raw, dict):
         raise OptbenchError(f"{path}: expected a mapping of suite keys (name, grid, ...)")
     include = raw.pop("include", None)
@@ -130,6 +138,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict, set)):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a name, not a list or mapping", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key '{key}'", key_node.start_mark)
@@ -167,6 +178,7 @@ def _parallel_shorthand(item: Any, where: str) -> Any:
 
 
 def _validate(suite: Suite, where: str) -> None:
+    _suite_name(suite.name, where)
     d = suite.defaults
     _one_of(d.device, DEVICES, f"{where}: defaults.device")
     _one_of(d.dtype, DTYPES, f"{where}: defaults.dtype")
@@ -260,6 +272,26 @@ def _validate_sweep(choice, models, search: Search, key: str) -> None:
                                                          **sweep.apply(trial, base)}, model), where)
 
 
+SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+LABEL_REFUSED = set("/\\[]")
+
+
+def _suite_name(name: str, where: str) -> None:
+    """A suite's name is its report folder's name: a plain file name, never a path."""
+    if not SUITE_NAME.fullmatch(name):
+        raise OptbenchError(f"{where}: name: '{one_line(name, 60)}' is not a plain file name; "
+                            "accepted: letters, digits, '.', '_', '-' (up to 100, not starting "
+                            "with '.', '_' or '-')")
+
+
+def _label(label: str, where: str) -> None:
+    """A label is part of cell ids, printed everywhere: printable, one line, no path separator
+    or bracket (Rich markup), up to 100 characters."""
+    if not label or len(label) > 100 or not label.isprintable() or LABEL_REFUSED & set(label):
+        raise OptbenchError(f"{where}: '{one_line(label, 60)}' is not a usable label; accepted: "
+                            "1 to 100 printable characters without / \\ [ ]")
+
+
 def _validate_grid(grid: Grid, where: str, search: Search = Search()) -> None:
     for key in ("models", "optimizers", "seq_lens"):
         if not getattr(grid, key):
@@ -272,6 +304,9 @@ def _validate_grid(grid: Grid, where: str, search: Search = Search()) -> None:
         for model in grid.models:
             _named(lambda: resolve_hparams(choice.name, choice.hparams, model), f"{key}.hparams")
         _validate_sweep(choice, grid.models, search, key)
+    for i, choice in enumerate(grid.optimizers):
+        if choice.label is not None:
+            _label(choice.label, f"{where}: grid.optimizers[{i}].label")
     labels = [c.display for c in grid.optimizers]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
@@ -306,6 +341,12 @@ def _one_of(value: str, accepted: tuple[str, ...], where: str) -> None:
         raise OptbenchError(f"{where}: '{value}' is not accepted; accepted: {', '.join(accepted)}")
 
 
+MAX_COUNT = 10**12  # far past any real run; a count of 10^400 is a typo, said before it runs
+
+
 def _positive(value: int, where: str) -> None:
     if value <= 0:
-        raise OptbenchError(f"{where}: {value} must be a positive integer")
+        raise OptbenchError(f"{where}: {one_line(str(value), 40)} must be a positive integer")
+    if value > MAX_COUNT:
+        raise OptbenchError(f"{where}: {one_line(str(value), 40)} is too large; accepted: 1 to "
+                            f"10^12")

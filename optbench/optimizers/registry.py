@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from optbench.errors import OptbenchError, did_you_mean
+from optbench.errors import OptbenchError, did_you_mean, one_line
 
 
 Factory = Callable[[nn.Module, dict], torch.optim.Optimizer]  # (model, resolved hparams)
@@ -138,6 +138,7 @@ def resolve_hparams(name: str, overrides: dict, model: str | None = None) -> dic
                 f"accepted: {', '.join(sorted(accepted))}"
             )
         resolved[key] = _coerce(spec.name, key, value, accepted[key])
+        _in_range(spec.name, key, resolved[key])
     return resolved
 
 
@@ -171,6 +172,25 @@ def expected_state_bytes(name: str, model: nn.Module, **hparams: Any) -> int:
     return get_spec(name).expected_state_bytes(model, resolve_hparams(name, hparams))
 
 
+def _in_range(optimizer: str, key: str, value: Any) -> None:
+    """What every optimizer's hparam of that name means: a learning rate, eps or weight decay is
+    never negative, a beta lies in [0, 1), a momentum in [0, 1]. Refused here, not as a failed
+    cell later."""
+    where = f"optimizer '{optimizer}' hparam '{key}'"
+    base = key.rsplit("_", 1)[-1] if key.startswith("adam") else key
+    numbers = [v for v in (value if isinstance(value, tuple) else (value,))
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if base in ("lr", "eps", "weight_decay", "decay") or key.endswith(("_lr", "_eps")):
+        if any(v < 0 for v in numbers):
+            raise OptbenchError(f"{where}: {value!r} is negative; accepted: 0 or more")
+    if base in ("betas", "beta1", "beta2") or key.endswith("_betas"):
+        if any(not 0 <= v < 1 for v in numbers):
+            raise OptbenchError(f"{where}: {value!r} is outside [0, 1); accepted: each at least "
+                                "0 and below 1")
+    if base == "momentum" and any(not 0 <= v <= 1 for v in numbers):
+        raise OptbenchError(f"{where}: {value!r} is outside [0, 1]; accepted: 0..1")
+
+
 def _coerce(optimizer: str, key: str, value: Any, default: Any) -> Any:
     """Accept what YAML gives (lists for tuples, '1e-3' strings for floats); reject the rest."""
     where = f"optimizer '{optimizer}' hparam '{key}'"
@@ -183,10 +203,10 @@ def _coerce(optimizer: str, key: str, value: Any, default: Any) -> Any:
     if isinstance(default, float):
         try:
             number = float(value) if not isinstance(value, bool) else math.nan
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             number = math.nan
         if not math.isfinite(number):
-            raise OptbenchError(f"{where}: expected a finite number, got {value!r}")
+            raise OptbenchError(f"{where}: expected a finite number, got {one_line(repr(value), 60)}")
         return number
     if isinstance(default, bool):
         if not isinstance(value, bool):

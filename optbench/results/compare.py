@@ -78,6 +78,9 @@ def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
     baseline = get_spec(req.baseline).name
     for model in req.models:
         get_model_size(model)
+    for seq_len in req.seq_lens:
+        if seq_len <= 0:
+            raise OptbenchError(f"--seq-len {seq_len}: accepted: a positive number of tokens")
     metrics = [get_metric(m) for m in (req.metrics or COMPARE_DEFAULT)]
     for label in req.parallel:
         parallel = parallel_from_label(label)
