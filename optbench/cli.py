@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 import sys
 from enum import Enum
 from pathlib import Path
@@ -44,6 +45,11 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except OptbenchError as exc:
             print_error(str(exc))
+            raise typer.Exit(2) from None
+        except sqlite3.DatabaseError as exc:  # a store whose later pages are damaged
+            print_error(f"corrupt results database ({exc}); nothing was written to it. SQLite "
+                        "recovers what it can: sqlite3 DB .recover | sqlite3 NEW.sqlite, then "
+                        "--db NEW.sqlite")
             raise typer.Exit(2) from None
 
     return wrapper

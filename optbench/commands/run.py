@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from optbench.commands.common import pending_cells, run_into_store
+from optbench.commands.common import ensure_writable_dir, pending_cells, run_into_store
 from optbench.commands.export import StreamingLog
 from optbench.commands.provenance import command_line
 from optbench.config.loader import load_suite
@@ -40,6 +40,7 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
     """Run what is not stored yet (in local processes, or as submitit jobs with `executor`),
     then write the suite's report; the exit code."""
     check_jobs(jobs)
+    ensure_writable_dir(Path(reports_dir), "--reports")  # not after minutes of training
     suite = load_suite(suite_path)
     _check_device(suite, executor)
     cells = expand(suite)

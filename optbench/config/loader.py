@@ -97,9 +97,20 @@ def _reject_duplicate_cells(suite: Suite, where: str) -> None:
             )
 
 
+MAX_INCLUDES = 32  # a chain of includes deeper than this is a mistake, not a design
+
+
 def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    if not path.is_file():
-        raise OptbenchError(f"{path}: no such suite file")
+    if len(seen) > MAX_INCLUDES:
+        raise OptbenchError(f"{path}: include chain deeper than {MAX_INCLUDES} files")
+    try:
+        path = path.expanduser()
+        found = path.is_file()
+    except (OSError, ValueError, RuntimeError) as exc:  # too long, a NUL byte, ~nosuchuser
+        raise OptbenchError(f"{one_line(str(path), 120)}: not a usable file path "
+                            f"({one_line(str(exc), 80)})") from None
+    if not found:
+        raise OptbenchError(f"{one_line(str(path), 200)}: no such suite file")
     if path.resolve() in seen:
         raise OptbenchError(f"{path}: include cycle ({' -> '.join(str(p) for p in seen)})")
     try:

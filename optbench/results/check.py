@@ -18,6 +18,7 @@ metric's higher-is-better flag (optbench.metrics), so a rule only says how far.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,9 @@ def load_baseline(path: Path) -> Baseline:
         raise OptbenchError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise OptbenchError(f"{path}: cannot read baseline ({exc})") from None
+    except (RecursionError, ValueError):  # 10^5-deep nesting; a 5000-digit number
+        raise OptbenchError(f"{path}: not a baseline optbench can read (nested too deeply or a "
+                            "number too long); rewrite it with --update") from None
     _expect(isinstance(doc, dict), path, "top level", "a JSON object")
     _expect(doc.get("optbench_baseline") == BASELINE_FORMAT, path, "optbench_baseline",
             f"{BASELINE_FORMAT} (this optbench's baseline format)")
@@ -233,7 +237,10 @@ def _load_cell(path: Path, cell_id: str, doc: Any) -> Observed:
     _expect(isinstance(metrics, dict), path, f"{key}.metrics", "an object of metric -> number")
     for name, value in metrics.items():
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        _expect(ok, path, f"{key}.metrics.{name}", f"a number, not {json.dumps(value)}")
+        _expect(ok, path, f"{key}.metrics.{name}", f"a number, not {json.dumps(value)[:40]}")
+        # NaN would be 'within' every rule and pass the gate; 1e999 reads as infinity.
+        _expect(math.isfinite(float(value)), path, f"{key}.metrics.{name}",
+                f"a finite number, not {json.dumps(value)}")
     return Observed(cell_id, doc["fingerprint"], doc["optimizer"], doc["optimizer_version"],
                     doc["status"], {k: float(v) for k, v in metrics.items()}, doc.get("error"))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
@@ -146,7 +147,32 @@ class ResultStore:
         self.conn.close()
 
     def save(self, r: RunResult) -> int:
-        """Insert one run with its metrics and curve in a single transaction; returns run_id."""
+        """Insert one run with its metrics and curve in a single transaction; returns run_id.
+
+        A write that fails (a full disk, a lost mount) rolls back, so the store stays as it was,
+        and the result is kept as JSON beside the database where space allows; the error is one
+        line naming both, and the next run resumes from the store."""
+        try:
+            return self._insert(r)
+        except (sqlite3.Error, OSError) as exc:
+            kept = self._keep_aside(r)
+            where = f"the result is kept in {kept}" if kept else "the result could not be kept"
+            raise OptbenchError(f"{self.path}: cannot store {r.cell_id} ({exc}); {where}; the "
+                                "store is unchanged: free space and run again to resume") from None
+
+    def _keep_aside(self, r: RunResult) -> Path | None:
+        import dataclasses
+
+        folder = self.path.with_name(self.path.name + ".unsaved")
+        try:
+            folder.mkdir(exist_ok=True)
+            path = folder / f"{r.fingerprint}-{int(time.time())}.json"
+            path.write_text(json.dumps(dataclasses.asdict(r), default=str), encoding="utf-8")
+            return path
+        except OSError:
+            return None
+
+    def _insert(self, r: RunResult) -> int:
         with self.conn:
             cur = self.conn.execute(
                 "INSERT INTO runs (suite, cell_id, fingerprint, model, optimizer, optimizer_name,"

@@ -81,3 +81,95 @@ def test_a_usage_error_is_one_line_through_the_entry_point():
     assert done.stderr.strip() == ("error: Missing argument 'what'. Choose from: models, "
                                    "optimizers, suites (see 'optbench list --help')")
 
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("x" * 300 + ".yaml", "not a usable file path"),
+    ("~nosuchuser_optbench/s.yaml", "no such suite file"),  # relative to the suite: a plain name
+])
+def test_odd_include_paths_are_one_line(write_suite, target, message):
+    result = _validate(write_suite, TINY_SUITE + f"include: {target}\n")
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_long_include_chain_is_one_line(tmp_path):
+    for i in range(40):
+        (tmp_path / f"s{i}.yaml").write_text(f"include: s{i + 1}.yaml\n")
+    (tmp_path / "s40.yaml").write_text(TINY_SUITE)
+    result = runner.invoke(app, ["validate", str(tmp_path / "s0.yaml")])
+    assert result.exit_code == 2 and "include chain deeper than 32 files" in result.output
+
+
+def test_a_plugin_that_raises_is_one_line(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "bad_plugin_optbench.py").write_text("raise RuntimeError('boom at import')\n")
+    env = {**__import__("os").environ, "OPTBENCH_PLUGINS": "bad_plugin_optbench",
+           "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([str(Path(sys.executable).parent / "optbench"), "list", "models"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == ("error: OPTBENCH_PLUGINS: importing 'bad_plugin_optbench' "
+                                   "raised RuntimeError: boom at import")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("NaN", "expected a finite number, not NaN"),
+    ("1e999", "expected a finite number, not Infinity"),
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+])
+def test_a_baseline_that_would_pass_anything_is_refused(tmp_path, value, message):
+    import json
+
+    from optbench.errors import OptbenchError
+    from optbench.results.check import BASELINE_FORMAT, load_baseline
+
+    cell = {"fingerprint": "f", "optimizer": "adamw", "optimizer_version": "1", "status": "ok"}
+    text = json.dumps({"optbench_baseline": BASELINE_FORMAT, "suite": "s",
+                       "cells": {"c": {**cell, "metrics": {"peak_allocated_bytes": "VALUE"}}}})
+    path = tmp_path / "b.json"
+    path.write_text(text.replace('"VALUE"', value))
+    with pytest.raises(OptbenchError, match=message.replace("(", r"\(")):
+        load_baseline(path)
+
+
+def test_a_store_with_damaged_pages_is_one_line(tmp_path, write_suite):
+    """An intact header and first page, garbage after: SQLite opens it and fails on a query."""
+    from optbench.config.suite import expand
+    from optbench.results.store import ResultStore
+
+    db = tmp_path / "r.sqlite"
+    store = ResultStore(db)
+    cells = expand(load_suite(write_suite(TINY_SUITE, "t.yaml")))
+    from optbench.engine.outcome import RunResult
+
+    for _ in range(30):
+        for cell in cells:
+            store.save(RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
+                                 model=cell.model, optimizer=cell.optimizer.display,
+                                 optimizer_name=cell.optimizer.name, seq_len=cell.seq_len,
+                                 device="cpu", dtype="fp32", status="ok", config=cell.config,
+                                 metrics={"tokens_per_s": 1.0}, curve=[(1, 6.0, 1e-3)]))
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    data = bytearray(db.read_bytes())
+    data[8192:] = b"\xff" * (len(data) - 8192)  # keep the header page, wreck the rest
+    db.write_bytes(bytes(data))
+    result = runner.invoke(app, ["compare", "scale", "--no-run", "--db", str(db),
+                                 "--reports", str(tmp_path / "rep")])
+    assert result.exit_code == 2 and "corrupt results database" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["run"], ["compare", "scale", "--suite"]])
+def test_an_unwritable_reports_folder_is_said_before_any_work(write_suite, tmp_path, command):
+    (tmp_path / "afile").write_text("x")
+    suite = write_suite(TINY_SUITE, "t.yaml")
+    result = runner.invoke(app, [*command, str(suite), "--db", str(tmp_path / "r.sqlite"),
+                                 "--reports", str(tmp_path / "afile" / "sub")])
+    assert result.exit_code == 2, result.output
+    assert "--reports" in result.output and "not a writable directory" in result.output
+    assert not (tmp_path / "r.sqlite").exists() or "running" not in result.output

@@ -47,14 +47,14 @@ def test_killed_cell_is_crashed_and_suite_goes_on(write_suite, tmp_path):
 def test_error_diverged_and_timeout_statuses(write_suite, tmp_path):
     text = TINY_SUITE.replace(
         "[adamw, sgd, scale]",
-        # valid to the suite schema; torch itself rejects a negative lr at run time
-        "[{name: sgd, hparams: {lr: -1.0}, label: negative-lr},"
+        # valid to the suite's checks; the library itself rejects the value at run time
+        "[{name: spam, hparams: {threshold: -1}, label: negative-threshold},"
         " {name: sgd, hparams: {lr: 1.0e+30}, label: huge-lr}]",
     ).replace("eval_batches: 1", "eval_batches: 1\n  grad_clip: null")
     cells = list(expand(load_suite(write_suite(text))))
     store = ResultStore(tmp_path / "r.sqlite")
     error, diverged = run_and_store(cells, store)
-    assert error.status == "error" and "learning rate" in error.error
+    assert error.status == "error" and "threshold must be non-negative" in error.error
     assert diverged.status == "diverged" and "loss is" in diverged.error
     assert diverged.curve  # the steps before divergence are kept
 

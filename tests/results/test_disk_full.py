@@ -1,0 +1,66 @@
+"""A full disk when a finished cell is saved: the store is unchanged, the result is kept as JSON
+beside it, the suite stops with one line naming both, and the next run resumes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from optbench.cli import app
+from optbench.config.loader import load_suite
+from optbench.config.suite import expand
+from optbench.engine.outcome import RunResult
+from optbench.errors import OptbenchError
+from optbench.results.store import ResultStore
+from tests.conftest import TINY_SUITE
+
+
+def _result(cell) -> RunResult:
+    return RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
+                     model=cell.model, optimizer=cell.optimizer.display,
+                     optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
+                     dtype="fp32", status="ok", config=cell.config,
+                     metrics={"tokens_per_s": 1.0}, curve=[(1, 6.0, 1e-3)])
+
+
+def _full(self, r):
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_failed_save_keeps_the_result_aside_and_the_store_unchanged(write_suite, tmp_path,
+                                                                     monkeypatch):
+    first, second, _ = expand(load_suite(write_suite(TINY_SUITE, "t.yaml")))
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.save(_result(first))
+    monkeypatch.setattr(ResultStore, "_insert", _full)
+    with pytest.raises(OptbenchError, match=r"cannot store .*database or disk is full.*kept in "
+                                            r".*r\.sqlite\.unsaved/.*\.json; the store is unchanged"):
+        store.save(_result(second))
+    (kept,) = (tmp_path / "r.sqlite.unsaved").glob("*.json")
+    assert json.loads(kept.read_text())["cell_id"] == second.id
+    monkeypatch.undo()
+    assert [r.cell_id for r in ResultStore(tmp_path / "r.sqlite").runs()] == [first.id]
+
+
+@pytest.mark.slow
+def test_run_stops_with_one_line_then_resumes(write_suite, tmp_path, monkeypatch):
+    suite = write_suite(TINY_SUITE.replace("[adamw, sgd, scale]", "[adamw, sgd]"), "t.yaml")
+    args = ["run", str(suite), "--db", str(tmp_path / "r.sqlite"), "--reports", str(tmp_path / "rep")]
+    real, calls = ResultStore._insert, []
+
+    def full_on_second(self, r):
+        calls.append(r.cell_id)
+        return real(self, r) if len(calls) == 1 else _full(self, r)
+
+    monkeypatch.setattr(ResultStore, "_insert", full_on_second)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "database or disk is full" in result.output and "run again to resume" in result.output
+    monkeypatch.undo()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "1 already stored, 1 to run" in again.output
+    assert len(ResultStore(tmp_path / "r.sqlite").runs()) == 2
