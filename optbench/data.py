@@ -177,10 +177,26 @@ def _source_files(cfg: DataConfig) -> list[Path]:
         return [_kjv_path()]
     root = _expand(cfg.path or "")
     if cfg.source == "hf":  # the saved dataset's metadata (state.json holds its fingerprint)
-        return sorted(root.rglob("*.json")) if cfg.path else []
+        return sorted(_walk(root, "*.json", cfg.path)) if cfg.path else []
     if root.is_file():
         return [root]
-    return sorted(f for f in root.rglob(f"*{_suffix(cfg.source)}") if f.is_file())
+    return sorted(f for f in _walk(root, f"*{_suffix(cfg.source)}", cfg.path) if f.is_file())
+
+
+MAX_WALKED = 100_000  # entries a corpus folder may hold: `path: /` would walk the whole disk
+
+
+def _walk(root: Path, pattern: str, given: str) -> Iterator[Path]:
+    """root.rglob(pattern), refused past MAX_WALKED entries looked at (a folder that large is
+    not a corpus, and walking it takes minutes before any error)."""
+    seen = 0
+    for entry in root.rglob("*"):
+        seen += 1
+        if seen > MAX_WALKED:
+            raise OptbenchError(f"data.path: {given} holds more than {MAX_WALKED:,} files and "
+                                "folders; point it at the corpus folder itself")
+        if entry.match(pattern):
+            yield entry
 
 
 def _pieces(cfg: DataConfig) -> Iterator[Piece]:

@@ -101,13 +101,22 @@ def _command(cell: Cell, cell_path: Path, result_path: Path, logs: Path) -> list
     if cell.launches_ranks:
         return [sys.executable, "-m", "optbench.engine.launch", str(cell.parallel.nproc),
                 str(logs), str(cell_path), str(result_path), f"optbench-{cell.fingerprint}"]
-    return [sys.executable, "-m", "optbench.engine.worker", str(cell_path), str(result_path)]
+    return [*ISOLATED_PYTHON, "-m", "optbench.engine.worker", str(cell_path), str(result_path)]
+
+
+# `python -m` puts the current directory first on sys.path, so a json.py or pickle.py lying there
+# would run in every cell. The worker starts with -P (Python 3.11+: no such entry) and imports
+# from exactly this process's sys.path, passed as PYTHONPATH (_child_env): plugins importable
+# here are importable there, the current directory only if it was here. (A sharded cell's ranks
+# are started by torchrun, which runs `python -m` itself: not covered.)
+ISOLATED_PYTHON = (sys.executable, "-P") if sys.version_info >= (3, 11) else (sys.executable,)
 
 
 def _child_env(slot: Slot | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(slot.env if slot else {})
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # this process's import view
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 

@@ -173,3 +173,39 @@ def test_an_unwritable_reports_folder_is_said_before_any_work(write_suite, tmp_p
     assert result.exit_code == 2, result.output
     assert "--reports" in result.output and "not a writable directory" in result.output
     assert not (tmp_path / "r.sqlite").exists() or "running" not in result.output
+
+
+def test_a_corpus_folder_as_big_as_a_disk_is_refused_quickly(write_suite, tmp_path, monkeypatch):
+    from optbench import data
+
+    monkeypatch.setattr(data, "MAX_WALKED", 50)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(60):
+        (corpus / f"{i}.txt").write_text("text\n")
+    text = TINY_SUITE.replace("source: kjv", f"source: text\n  path: {corpus}")
+    result = _validate(write_suite, text)
+    assert result.exit_code == 2, result.output
+    assert "holds more than 50 files and folders" in result.output
+
+
+@pytest.mark.slow
+def test_a_module_in_the_current_directory_does_not_run_in_cells(write_suite, tmp_path,
+                                                                 monkeypatch):
+    """A json.py where optbench runs would shadow the standard library in every cell if the
+    worker put the current directory on sys.path (as `python -m` does)."""
+    import sys
+
+    if sys.version_info < (3, 11):
+        pytest.skip("python -P needs Python 3.11")
+    from optbench.results.store import ResultStore
+
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / "json.py").write_text("raise SystemExit('a json.py in the current directory ran')\n")
+    monkeypatch.chdir(here)
+    suite = write_suite(TINY_SUITE.replace("[adamw, sgd, scale]", "[adamw]"), "t.yaml")
+    result = runner.invoke(app, ["run", str(suite), "--db", str(tmp_path / "r.sqlite"),
+                                 "--reports", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert [r.status for r in ResultStore(tmp_path / "r.sqlite").runs()] == ["ok"]
