@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.table import Table
+from rich.text import Text
 
 from optbench.metrics import MIB, PART_METRICS, Metric, column_unit, format_number
 from optbench.render import tuning as render_tuning
@@ -125,7 +126,9 @@ def rich_tables(cmp: Comparison, chosen: bool = False) -> list[Table]:
             table.add_column(col, justify="left" if col in ("Optimizer", "Status", "Config") else "right",
                              no_wrap=col == "Config")
         for cells in _cells(frame, cmp, metrics):
-            table.add_row(cells[0], f"[{STATUS_STYLE.get(cells[1], 'red')}]{cells[1]}[/]", *cells[2:])
+            # Stored text (labels, configs) is never Rich markup.
+            table.add_row(Text(cells[0]), Text(cells[1], style=STATUS_STYLE.get(cells[1], "red")),
+                          *(Text(c) for c in cells[2:]))
         tables.append(table)
         if len(targets):
             tables.append(_target_table(cmp, targets))
@@ -148,7 +151,7 @@ def _tuning_table(searched: pd.DataFrame) -> Table:
     for col in render_tuning.TUNING_HEADER:
         table.add_column(col, justify="left" if col in ("Optimizer", "Chosen", "Verdict") else "right")
     for cells in render_tuning.tuning_cells(searched):
-        table.add_row(*cells)
+        table.add_row(*(Text(str(c)) for c in cells))  # stored text, not markup
     return table
 
 
@@ -157,7 +160,7 @@ def _target_table(cmp: Comparison, targets: pd.DataFrame) -> Table:
     for col in TARGET_HEADER:
         table.add_column(col, justify="left" if col == "Optimizer" else "right")
     for cells in target_cells(targets):
-        table.add_row(*cells)
+        table.add_row(*(Text(str(c)) for c in cells))  # stored text, not markup
     return table
 
 

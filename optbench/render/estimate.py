@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import LogLocator, NullLocator, StrMethodFormatter
 from rich.table import Table
+from rich.text import Text
 
 from optbench.engine.fit import FitResult
 from optbench.engine.trace import Estimate, Workload
@@ -116,7 +117,7 @@ def rich_estimate_tables(estimates: list[Estimate]) -> list[Table]:
             table.add_column(col, justify="left" if col in ("Optimizer", "Note") else "right",
                              overflow="fold", no_wrap=col == "Optimizer")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(Text(str(c)) for c in row))  # stored text, not markup
         tables.append(table)
         if any(e.ranks for e in group):
             tables.append(_rich_table(f"{workload_title(workload)} · per rank", *rank_rows(group)))
@@ -128,7 +129,7 @@ def _rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
     for col in header:
         table.add_column(col, justify="left" if col == "Optimizer" else "right", no_wrap=True)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(str(c)) for c in row))  # stored text, not markup
     return table
 
 
@@ -287,7 +288,7 @@ def rich_fit_table(results: list[FitResult], title: str) -> Table:
     for col in header:
         table.add_column(col, justify="left" if col in ("Optimizer", "Note") else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(str(c)) for c in row))  # stored text, not markup
     return table
 
 

@@ -139,7 +139,8 @@ def rich_tables(runs: pd.DataFrame, baseline: str = "adamw") -> list[Table]:
             table.add_column(col, justify="left" if col in LEFT_ALIGNED else "right")
         for cells in frame.itertuples(index=False):
             status = Text(cells[1], style="green" if cells[1] in RESULT_STATUSES else "red")
-            table.add_row(cells[0], status, *cells[2:])
+            # Cells hold stored text (labels, the start of an error): never Rich markup.
+            table.add_row(Text(cells[0]), status, *(Text(c) for c in cells[2:]))
         tables.append(table)
     return tables
 

@@ -244,7 +244,7 @@ def test_rich_tables_one_per_model_and_seq(runs):
     ]
     assert all(t.row_count == 3 for t in tables)
     assert tables[0].columns[0].header == "Optimizer"
-    assert list(tables[0].columns[0].cells) == ["adamw", "scale", "sgd"]
+    assert [str(c) for c in tables[0].columns[0].cells] == ["adamw", "scale", "sgd"]
 
 
 # ----------------------------------------------------------------------------- many optimizers
@@ -318,3 +318,15 @@ def test_baseline_is_found_by_registry_name_when_labelled_otherwise():
     table = summary_frame(relabelled)
     assert "Peak vs adam" in table.columns
     assert (table["Peak vs adam"] != "—").any()
+
+
+def test_stored_text_with_rich_markup_renders_as_text(runs):
+    """An error or label holding '[/]' or '[bold]' is shown as written, never parsed."""
+    from rich.console import Console
+
+    runs = runs.copy()
+    runs.loc[runs["run_id"] == 3, "error"] = "RuntimeError: bad [/] and [bold]x"
+    console = Console(record=True, width=400)
+    for table in rich_tables(runs):
+        console.print(table)
+    assert "RuntimeError: bad [/] and [bold]x" in console.export_text()
