@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +116,6 @@ def _destinations(to: Destinations):
 
 
 def _common_root(paths: list[str]) -> str:
-    import os
-
     return os.path.commonpath(paths) if paths else ""
 
 

@@ -85,8 +85,8 @@ def skip_reason(cell: Cell) -> str | None:
     if cell.defaults.compile and spec.needs_create_graph:
         return (f"compile: true cannot run {spec.name}: its step differentiates the gradient "
                 "again (backward with create_graph), which torch.compile does not support")
-    if cell.defaults.compile and measure.compiler_missing(device.type):
-        return measure.compiler_missing(device.type)
+    if cell.defaults.compile:
+        return measure.compiler_missing(device.type)  # None when a compiler is there
     return None
 
 
