@@ -1,6 +1,7 @@
 """The ranks of a sharded cell, started by torchrun: `python -m optbench.engine.launch NPROC
-LOGS CELL.pkl RESULT.json RDZV_ID` runs what `torchrun --standalone --nproc-per-node NPROC -m
-optbench.engine.worker CELL.pkl RESULT.json` runs, through torchrun's own entry point
+LOGS CELL.pkl RESULT.json RDZV_ID` runs what `torchrun --standalone --nproc-per-node NPROC
+--no-python python -P -m optbench.engine.worker CELL.pkl RESULT.json` runs (each rank isolated
+from the current directory like every worker: optbench.engine.isolation), through torchrun's own entry point
 (`torch.distributed.run.run`), so that failed ranks come back as torchrun's structured record
 (`ChildFailedError`: each rank seen failed, its exit code or signal) rather than as text to
 parse. That record goes to RESULT.json.failure; each rank's stderr to LOGS (torchrun's
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 from optbench.config.suite import launch_nodes, master_endpoint, node_rank
+from optbench.engine.isolation import torchrun_module_args
 from optbench.engine.slots import CPU_SHARE_ENV, cpu_share
 
 
@@ -32,7 +34,7 @@ def torchrun_args(nproc: int, logs: str, cell_path: str, result_path: str,
     rank that hangs cannot keep it open after the cell is stopped."""
     return [*rendezvous_args(nproc, rdzv_id), "--redirects", "3", "--tee", "1",
             "--local-ranks-filter", "0", "--log-dir", logs,
-            "-m", "optbench.engine.worker", cell_path, result_path]
+            *torchrun_module_args("optbench.engine.worker", cell_path, result_path)]
 
 
 def rendezvous_args(nproc: int, rdzv_id: str) -> list[str]:

@@ -236,16 +236,19 @@ def launch_harness(names: list[str], strategies: list[str], nproc: int, steps: i
     import tempfile
     from pathlib import Path
 
+    from optbench.engine.isolation import child_env, module_command, torchrun_module_args
     from optbench.errors import OptbenchError
 
     with tempfile.TemporaryDirectory(prefix="optbench-parity-") as tmp:
         out = Path(tmp, "parity.json")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-               str(nproc), "-m", "optbench.engine.parity", "--optimizers", *names,
-               "--strategies", *strategies, "--steps", str(steps), "--json", str(out)]
+        cmd = module_command("torch.distributed.run", "--standalone", "--nproc-per-node",
+                             str(nproc), *torchrun_module_args(
+                                 "optbench.engine.parity", "--optimizers", *names,
+                                 "--strategies", *strategies, "--steps", str(steps),
+                                 "--json", str(out)))
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, env=child_env())
         except subprocess.TimeoutExpired:
             raise OptbenchError(f"parity harness: no answer after {timeout_s:g} s") from None
         # Rank 0 writes the verdicts after the last collective, when every rank has agreed on

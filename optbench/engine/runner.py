@@ -13,7 +13,6 @@ import pickle
 import queue
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import Callable
 
 from optbench.config.suite import Cell
 from optbench.engine import launch
+from optbench.engine.isolation import child_env, module_command
 from optbench.engine.outcome import CellOutcome, RunResult
 from optbench.engine.slots import Slot, fits, machine_slots
 from optbench.engine.worker import EVENT_PREFIX
@@ -99,24 +99,13 @@ def run_cell(cell: Cell, hooks: Hooks | None = None, slot: Slot | None = None) -
 def _command(cell: Cell, cell_path: Path, result_path: Path, logs: Path) -> list[str]:
     """The worker; for a sharded cell, its ranks under torchrun (optbench.engine.launch)."""
     if cell.launches_ranks:
-        return [sys.executable, "-m", "optbench.engine.launch", str(cell.parallel.nproc),
-                str(logs), str(cell_path), str(result_path), f"optbench-{cell.fingerprint}"]
-    return [*ISOLATED_PYTHON, "-m", "optbench.engine.worker", str(cell_path), str(result_path)]
-
-
-# `python -m` puts the current directory first on sys.path, so a json.py or pickle.py lying there
-# would run in every cell. The worker starts with -P (Python 3.11+: no such entry) and imports
-# from exactly this process's sys.path, passed as PYTHONPATH (_child_env): plugins importable
-# here are importable there, the current directory only if it was here. (A sharded cell's ranks
-# are started by torchrun, which runs `python -m` itself: not covered.)
-ISOLATED_PYTHON = (sys.executable, "-P") if sys.version_info >= (3, 11) else (sys.executable,)
+        return module_command("optbench.engine.launch", str(cell.parallel.nproc), str(logs),
+                              str(cell_path), str(result_path), f"optbench-{cell.fingerprint}")
+    return module_command("optbench.engine.worker", str(cell_path), str(result_path))
 
 
 def _child_env(slot: Slot | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(slot.env if slot else {})
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # this process's import view
+    env = child_env(slot.env if slot else None)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 

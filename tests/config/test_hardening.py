@@ -190,10 +190,12 @@ def test_a_corpus_folder_as_big_as_a_disk_is_refused_quickly(write_suite, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["none", "ddpx2"])
 def test_a_module_in_the_current_directory_does_not_run_in_cells(write_suite, tmp_path,
-                                                                 monkeypatch):
-    """A json.py where optbench runs would shadow the standard library in every cell if the
-    worker put the current directory on sys.path (as `python -m` does)."""
+                                                                 monkeypatch, parallel):
+    """A json.py where optbench runs would shadow the standard library in every cell (and, for
+    a sharded cell, in torchrun's launcher and every rank) if a child put the current directory
+    on sys.path, as `python -m` does."""
     import sys
 
     if sys.version_info < (3, 11):
@@ -204,8 +206,18 @@ def test_a_module_in_the_current_directory_does_not_run_in_cells(write_suite, tm
     here.mkdir()
     (here / "json.py").write_text("raise SystemExit('a json.py in the current directory ran')\n")
     monkeypatch.chdir(here)
-    suite = write_suite(TINY_SUITE.replace("[adamw, sgd, scale]", "[adamw]"), "t.yaml")
+    suite = write_suite(TINY_SUITE.replace("[adamw, sgd, scale]", "[adamw]").replace(
+        "seq_lens: [32]", f"seq_lens: [32]\n  parallel: [{parallel}]"), "t.yaml")
     result = runner.invoke(app, ["run", str(suite), "--db", str(tmp_path / "r.sqlite"),
                                  "--reports", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     assert [r.status for r in ResultStore(tmp_path / "r.sqlite").runs()] == ["ok"]
+
+
+def test_torchrun_starts_every_rank_isolated():
+    from optbench.engine.isolation import ISOLATED_PYTHON
+    from optbench.engine.launch import torchrun_args
+
+    args = torchrun_args(2, "logs", "cell.pkl", "result.json", "id")
+    tail = args[args.index("--no-python") + 1:]
+    assert tail == [*ISOLATED_PYTHON, "-m", "optbench.engine.worker", "cell.pkl", "result.json"]
