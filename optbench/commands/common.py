@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rich.markup import escape
+
 from optbench.config.suite import Cell
 from optbench.console import LiveProgress
 from optbench.engine.outcome import RunResult
@@ -49,6 +51,19 @@ def write_text(path: Path, text: str) -> None:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise OptbenchError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+def store_kept_results(store: ResultStore, console) -> None:
+    """Store the results a failed save kept aside (ResultStore.restore_unsaved) before working
+    out what is left to run, so that a cell that finished is never run again."""
+    restored, unreadable = store.restore_unsaved()
+    if restored:
+        plural = "s" if len(restored) > 1 else ""
+        console.print(f"stored {len(restored)} result{plural} kept aside in "
+                      f"{escape(str(store.unsaved_folder))} when a save failed", highlight=False)
+    for path in unreadable:
+        console.print(f"[yellow]warning[/]: {escape(str(path))}: not a readable result; "
+                      "left where it is", highlight=False)
 
 
 def pending_cells(cells: list[Cell], store: ResultStore, rerun: bool) -> list[Cell]:

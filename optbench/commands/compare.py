@@ -8,7 +8,8 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from optbench.commands.common import ensure_writable_dir, is_suite_file, run_into_store, write_text
+from optbench.commands.common import (ensure_writable_dir, is_suite_file, run_into_store,
+                                      store_kept_results, write_text)
 from optbench.commands.provenance import command_line
 from optbench.config.loader import load_suite
 from optbench.config.suite import resolve_device
@@ -30,6 +31,7 @@ def run_compare(req: cmp.Request, db: Path, reports_dir: Path, *, by: str | None
         raise OptbenchError(f"--by '{by}': accepted: {', '.join(cmp.BY_AXES)}")
     suite_name, suite_setup = _suite(req.suite)
     store = ResultStore(db)
+    store_kept_results(store, log)
     runs = cmp.select(store, names, req, suite_name)
     pairs = cmp.wanted_pairs(runs, req)
     todo = cmp.missing_cells(runs, pairs, names, req, suite_setup, suite_name) if run else []

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from optbench.commands.common import ensure_writable_dir, pending_cells, run_into_store
+from optbench.commands.common import (ensure_writable_dir, pending_cells, run_into_store,
+                                      store_kept_results)
 from optbench.commands.export import StreamingLog
 from optbench.commands.provenance import command_line
 from optbench.config.loader import load_suite
@@ -46,6 +47,7 @@ def run_suite(suite_path: Path, db: Path, reports_dir: Path, *, rerun: bool, onl
     cells = expand(suite)
     chosen = select_cells(cells, suite, only)
     store = ResultStore(db)
+    store_kept_results(store, console)
     todo = pending_cells(chosen, store, rerun)
     if executor is not None:
         check_options(executor, todo)  # an unknown --slurm parameter fails before any submission

@@ -160,17 +160,48 @@ class ResultStore:
             raise OptbenchError(f"{self.path}: cannot store {r.cell_id} ({exc}); {where}; the "
                                 "store is unchanged: free space and run again to resume") from None
 
-    def _keep_aside(self, r: RunResult) -> Path | None:
-        import dataclasses
+    @property
+    def unsaved_folder(self) -> Path:
+        """Where `save` keeps a result it could not store: DB.unsaved/ beside the database."""
+        return self.path.with_name(self.path.name + ".unsaved")
 
-        folder = self.path.with_name(self.path.name + ".unsaved")
+    def _keep_aside(self, r: RunResult) -> Path | None:
+        """The result as JSON in `unsaved_folder`, written whole (a temporary file renamed) or
+        not at all: a disk that is full may cut a write short."""
+        import dataclasses
+        import os
+
+        path = self.unsaved_folder / f"{r.fingerprint}-{time.time_ns()}.json"
+        part = path.with_suffix(".part")
         try:
-            folder.mkdir(exist_ok=True)
-            path = folder / f"{r.fingerprint}-{int(time.time())}.json"
-            path.write_text(json.dumps(dataclasses.asdict(r), default=str), encoding="utf-8")
+            self.unsaved_folder.mkdir(exist_ok=True)
+            part.write_text(json.dumps(dataclasses.asdict(r), default=str), encoding="utf-8")
+            os.replace(part, path)
             return path
         except OSError:
+            part.unlink(missing_ok=True)
             return None
+
+    def restore_unsaved(self) -> tuple[list[str], list[Path]]:
+        """Store the results `save` kept aside, oldest first, removing each file once stored;
+        (the cell ids stored, the files that could not be read and stay where they are)."""
+        if not self.unsaved_folder.is_dir():
+            return [], []
+        restored, unreadable = [], []
+        for path in sorted(self.unsaved_folder.glob("*.json"), key=_kept_order):
+            try:
+                r = _kept_result(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError):
+                unreadable.append(path)
+                continue
+            try:
+                self._insert(r)
+            except (sqlite3.Error, OSError) as exc:  # still full: the file stays for next time
+                raise OptbenchError(f"{self.path}: cannot store the results kept in "
+                                    f"{self.unsaved_folder} ({exc}): free space and run again") from None
+            path.unlink(missing_ok=True)
+            restored.append(r.cell_id)
+        return restored, unreadable
 
     def _insert(self, r: RunResult) -> int:
         with self.conn:
@@ -348,3 +379,20 @@ def runs_frame(runs: Iterable[StoredRun]) -> pd.DataFrame:
     """One row per run, its metrics as columns: what the report and figure renderers read."""
     rows = [{**{c: getattr(r, c) for c in RUN_COLUMNS}, **r.metrics} for r in runs]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(RUN_COLUMNS))
+
+
+def _kept_order(path: Path) -> tuple[int, str]:
+    """Files kept aside sort by the time in their name (FINGERPRINT-NANOSECONDS.json)."""
+    stamp = path.stem.rpartition("-")[2]
+    return (int(stamp) if stamp.isdigit() else 0, path.name)
+
+
+def _kept_result(data: Any) -> RunResult:
+    """A RunResult from its JSON in DB.unsaved/ (tuples came back as lists)."""
+    if not isinstance(data, dict):
+        raise TypeError("not a stored result")
+    r = RunResult(**data)
+    r.curve = [tuple(point) for point in r.curve]
+    if not isinstance(r.metrics, dict) or not isinstance(r.config, dict):
+        raise TypeError("not a stored result")
+    return r

@@ -1,5 +1,6 @@
 """A full disk when a finished cell is saved: the store is unchanged, the result is kept as JSON
-beside it, the suite stops with one line naming both, and the next run resumes."""
+beside it, the suite stops with one line naming both, and the next run stores the kept result
+and resumes."""
 
 from __future__ import annotations
 
@@ -62,5 +63,49 @@ def test_run_stops_with_one_line_then_resumes(write_suite, tmp_path, monkeypatch
     monkeypatch.undo()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert "1 already stored, 1 to run" in again.output
+    # The second cell's result, kept aside when the save failed, is stored, not run again.
+    assert "stored 1 result kept aside" in again.output
+    assert "2 already stored, 0 to run" in again.output
     assert len(ResultStore(tmp_path / "r.sqlite").runs()) == 2
+    assert not list((tmp_path / "r.sqlite.unsaved").iterdir())
+
+
+def test_results_kept_aside_are_stored_by_the_next_run_then_removed(write_suite, tmp_path,
+                                                                   monkeypatch):
+    first, second, third = expand(load_suite(write_suite(TINY_SUITE, "t.yaml")))
+    db = tmp_path / "r.sqlite"
+    store = ResultStore(db)
+    store.save(_result(first))
+    monkeypatch.setattr(ResultStore, "_insert", _full)
+    for cell in (second, third):
+        with pytest.raises(OptbenchError):
+            store.save(_result(cell))
+    monkeypatch.undo()
+    (db.parent / "r.sqlite.unsaved" / "broken.json").write_text('{"cell_id": ')  # cut short
+    restored, unreadable = ResultStore(db).restore_unsaved()
+    assert restored == [second.id, third.id]
+    assert [p.name for p in unreadable] == ["broken.json"]
+    stored = ResultStore(db).runs()
+    assert [r.cell_id for r in stored] == [first.id, second.id, third.id]
+    assert stored[1].metrics == {"tokens_per_s": 1.0} and stored[1].status == "ok"
+    assert ResultStore(db).restore_unsaved() == ([], unreadable)  # each is stored once
+
+
+def test_a_result_that_cannot_be_kept_leaves_no_partial_file(write_suite, tmp_path, monkeypatch):
+    """A full disk can cut the kept JSON short: it is written whole or not at all."""
+    from pathlib import Path
+
+    (cell, *_) = expand(load_suite(write_suite(TINY_SUITE, "t.yaml")))
+    store = ResultStore(tmp_path / "r.sqlite")
+    monkeypatch.setattr(ResultStore, "_insert", _full)
+    real_write = Path.write_text
+
+    def half_then_full(self, text, *a, **k):
+        real_write(self, text[:10], *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OptbenchError, match="the result could not be kept"):
+        store.save(_result(cell))
+    monkeypatch.undo()
+    assert list((tmp_path / "r.sqlite.unsaved").iterdir()) == []
