@@ -59,8 +59,8 @@ def store_kept_results(store: ResultStore, console) -> None:
     restored, unreadable = store.restore_unsaved()
     if restored:
         plural = "s" if len(restored) > 1 else ""
-        console.print(f"stored {len(restored)} result{plural} kept aside in "
-                      f"{escape(str(store.unsaved_folder))} when a save failed", highlight=False)
+        console.print(f"stored {len(restored)} result{plural} kept aside when a save failed "
+                      f"({escape(', '.join(restored))})", highlight=False)
     for path in unreadable:
         console.print(f"[yellow]warning[/]: {escape(str(path))}: not a readable result; "
                       "left where it is", highlight=False)

@@ -10,6 +10,7 @@ strategy x harness run).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -161,34 +162,42 @@ class ResultStore:
                                 "store is unchanged: free space and run again to resume") from None
 
     @property
-    def unsaved_folder(self) -> Path:
-        """Where `save` keeps a result it could not store: DB.unsaved/ beside the database."""
-        return self.path.with_name(self.path.name + ".unsaved")
+    def unsaved_folders(self) -> tuple[Path, Path]:
+        """Where `save` keeps a result it could not store: DB.unsaved/ beside the database, else
+        (that disk being full too) a folder named for the database in the system's temporary
+        folder, which is often another disk."""
+        import hashlib
+        import tempfile
+
+        key = hashlib.sha1(os.fsencode(self.path.absolute())).hexdigest()[:12]
+        return (self.path.with_name(self.path.name + ".unsaved"),
+                Path(tempfile.gettempdir(), "optbench-unsaved", f"{self.path.name}-{key}"))
 
     def _keep_aside(self, r: RunResult) -> Path | None:
-        """The result as JSON in `unsaved_folder`, written whole (a temporary file renamed) or
-        not at all: a disk that is full may cut a write short."""
+        """The result as JSON in the first of `unsaved_folders` that takes it, written whole (a
+        temporary file renamed) or not at all: a disk that is full may cut a write short."""
         import dataclasses
-        import os
 
-        path = self.unsaved_folder / f"{r.fingerprint}-{time.time_ns()}.json"
-        part = path.with_suffix(".part")
-        try:
-            self.unsaved_folder.mkdir(exist_ok=True)
-            part.write_text(json.dumps(dataclasses.asdict(r), default=str), encoding="utf-8")
-            os.replace(part, path)
-            return path
-        except OSError:
-            part.unlink(missing_ok=True)
-            return None
+        text = json.dumps(dataclasses.asdict(r), default=str)
+        for folder in self.unsaved_folders:
+            path = folder / f"{r.fingerprint}-{time.time_ns()}.json"
+            part = path.with_suffix(".part")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                part.write_text(text, encoding="utf-8")
+                os.replace(part, path)
+                return path
+            except OSError:
+                part.unlink(missing_ok=True)
+        return None
 
     def restore_unsaved(self) -> tuple[list[str], list[Path]]:
         """Store the results `save` kept aside, oldest first, removing each file once stored;
         (the cell ids stored, the files that could not be read and stay where they are)."""
-        if not self.unsaved_folder.is_dir():
-            return [], []
+        kept = [p for folder in self.unsaved_folders if folder.is_dir()
+                for p in folder.glob("*.json")]
         restored, unreadable = [], []
-        for path in sorted(self.unsaved_folder.glob("*.json"), key=_kept_order):
+        for path in sorted(kept, key=_kept_order):
             try:
                 r = _kept_result(json.loads(path.read_text(encoding="utf-8")))
             except (OSError, ValueError, TypeError):
@@ -197,8 +206,8 @@ class ResultStore:
             try:
                 self._insert(r)
             except (sqlite3.Error, OSError) as exc:  # still full: the file stays for next time
-                raise OptbenchError(f"{self.path}: cannot store the results kept in "
-                                    f"{self.unsaved_folder} ({exc}): free space and run again") from None
+                raise OptbenchError(f"{self.path}: cannot store the result kept in {path} "
+                                    f"({exc}): free space and run again") from None
             path.unlink(missing_ok=True)
             restored.append(r.cell_id)
         return restored, unreadable

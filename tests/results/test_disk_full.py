@@ -67,7 +67,7 @@ def test_run_stops_with_one_line_then_resumes(write_suite, tmp_path, monkeypatch
     assert "stored 1 result kept aside" in again.output
     assert "2 already stored, 0 to run" in again.output
     assert len(ResultStore(tmp_path / "r.sqlite").runs()) == 2
-    assert not list((tmp_path / "r.sqlite.unsaved").iterdir())
+    assert not any(f.is_dir() and list(f.iterdir()) for f in ResultStore(tmp_path / "r.sqlite").unsaved_folders)
 
 
 def test_results_kept_aside_are_stored_by_the_next_run_then_removed(write_suite, tmp_path,
@@ -108,4 +108,60 @@ def test_a_result_that_cannot_be_kept_leaves_no_partial_file(write_suite, tmp_pa
     with pytest.raises(OptbenchError, match="the result could not be kept"):
         store.save(_result(cell))
     monkeypatch.undo()
-    assert list((tmp_path / "r.sqlite.unsaved").iterdir()) == []
+    assert all(not list(folder.iterdir()) for folder in store.unsaved_folders)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs mounted for the test: a disk that really fills. Mounting needs root (or
+    CAP_SYS_ADMIN); elsewhere the test is skipped and the simulated ENOSPC tests above stand."""
+    import shutil
+    import subprocess
+
+    where = tmp_path / "disk"
+    where.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here: the simulated full-disk tests cover this")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): "
+                    "the simulated full-disk tests cover this")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(folder) -> None:
+    """Write until the disk says ENOSPC."""
+    import errno
+
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+def test_a_disk_that_really_fills(write_suite, small_disk, tmp_path, monkeypatch):
+    """On a full tmpfs the save fails with one line and the store is unchanged; the result is
+    kept in the temporary folder when the database's own disk has no room for it; once space
+    exists, the next restore stores it."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    first, second, _ = expand(load_suite(write_suite(TINY_SUITE, "t.yaml")))
+    db = small_disk / "r.sqlite"
+    store = ResultStore(db)
+    store.save(_result(first))
+    _fill(small_disk)
+    big = _result(second)
+    big.traceback = "x" * 200_000  # more than any page SQLite may still hold free
+    with pytest.raises(OptbenchError, match="(disk is full|No space left).*kept in .*tmp") as err:
+        store.save(big)
+    assert "\n" not in str(err.value)
+    (small_disk / "filler").unlink()
+    assert [r.cell_id for r in ResultStore(db).runs()] == [first.id]
+    assert ResultStore(db).restore_unsaved() == ([second.id], [])
+    assert [r.cell_id for r in ResultStore(db).runs()] == [first.id, second.id]
