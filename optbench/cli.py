@@ -19,11 +19,38 @@ from optbench.errors import OptbenchError
 
 class _ArgvGroup(TyperGroup):
     """Records the command line it is invoked with (from a shell or a test's CliRunner), so
-    every report can name the real command that made it."""
+    every report can name the real command that made it; and makes click's usage errors one
+    line and exit code 2 like every other bad input, whoever invokes the app."""
 
-    def main(self, args=None, *rest, **kwargs):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         record_argv(sys.argv[1:] if args is None else list(args))
-        return super().main(args, *rest, **kwargs)
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except typer.Abort:  # Ctrl-C outside a suite run
+            code = 130
+        except Exception as exc:
+            if not _is_usage_error(exc):
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `optbench`: the help, shown
+                code = 0
+            else:
+                print_error(_usage_line(exc))
+                code = exc.exit_code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Click's usage errors are its ClickException, which newer Typer versions vendor under a
+    private module: recognised by their interface rather than by import path."""
+    return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
+
+
+def _usage_line(exc) -> str:
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return " ".join(f"{exc.format_message()}{where}".split())  # click wraps its lists
 
 
 app = typer.Typer(
@@ -50,6 +77,9 @@ def user_errors(fn: Callable) -> Callable:
             print_error(f"corrupt results database ({exc}); nothing was written to it. SQLite "
                         "recovers what it can: sqlite3 DB .recover | sqlite3 NEW.sqlite, then "
                         "--db NEW.sqlite")
+            raise typer.Exit(2) from None
+        except OSError as exc:  # the last net: a disk that fills or a mount that goes mid-write
+            print_error(f"{exc.filename or 'a file'}: {exc.strerror or exc}")
             raise typer.Exit(2) from None
 
     return wrapper
@@ -328,21 +358,9 @@ def fit(
 
 
 def main() -> None:
-    """Console entry point: click's usage errors, too, become one line and exit code 2."""
-    try:
-        code = app(standalone_mode=False)
-    except typer.Abort:  # Ctrl-C outside a suite run
-        code = 130
-    except Exception as exc:
-        # Usage errors are click's ClickException, which newer Typer versions vendor under a
-        # private module: recognise them by their interface rather than by import path.
-        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
-            raise
-        ctx = getattr(exc, "ctx", None)
-        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        print_error(" ".join(f"{exc.format_message()}{where}".split()))  # click wraps its lists
-        code = exc.exit_code
-    sys.exit(code or 0)
+    """Console entry point (`optbench`): the app in click's standalone mode, whose usage errors
+    _ArgvGroup makes one line."""
+    app()
 
 
 if __name__ == "__main__":

@@ -21,9 +21,42 @@ if TYPE_CHECKING:  # the CLI imports this module first thing: keep torch out of 
     from optbench.config.suite import Cell
     from optbench.engine.outcome import RunResult
 
+
+class _Replacing:
+    """A text stream whose writes never fail on characters its encoding lacks: a path made of
+    undecodable bytes (a lone surrogate once Python has read it) is written backslash-escaped
+    rather than raising in the middle of a report."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except UnicodeEncodeError:
+            encoding = getattr(self._stream, "encoding", None) or "utf-8"
+            return self._stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+class _SafeConsole(Console):
+    """Rich's console over `_Replacing` of whatever stdout / stderr is at the time of writing
+    (a test's capture included)."""
+
+    @property
+    def file(self):
+        return _Replacing(super().file)
+
+    @file.setter
+    def file(self, value) -> None:
+        Console.file.fset(self, value)
+
+
 # Off a terminal (CI logs, pipes) Rich would wrap tables at 80 columns; logs can be wider.
-console = Console() if Console().is_terminal else Console(width=160)
-err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 400)
+console = _SafeConsole() if Console().is_terminal else _SafeConsole(width=160)
+err_console = _SafeConsole(stderr=True, width=None if Console(stderr=True).is_terminal else 400)
 
 
 def print_error(message: str) -> None:

@@ -67,3 +67,18 @@ def fsdp2_adamw_state(rank: int, world: int) -> int:
         local_rows = max(0, min(chunk, rows - rank * chunk))
         total += 2 * 4 * local_rows * (p.numel() // rows) + 4
     return total
+
+
+def stored_result(cell, metrics: dict | None = None, status: str = "ok"):
+    """A RunResult for `cell` as a finished run would store it, with made-up numbers: for tests
+    of what reads the store (reports, compare, check, export) that need no training."""
+    from optbench.engine.outcome import RunResult
+
+    metrics = metrics if metrics is not None else {
+        "optimizer_state_bytes": 1234, "peak_allocated_bytes": 56789.0, "tokens_per_s": 1000.0,
+        "final_train_loss": 5.25, "eval_loss": 5.5}
+    return RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
+                     model=cell.model, optimizer=cell.optimizer.display,
+                     optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
+                     dtype="fp32", status=status, config=cell.config, metrics=metrics,
+                     curve=[(1, 6.0, 1e-3), (2, 5.5, 1e-3)])

@@ -24,7 +24,8 @@ def is_suite_file(arg: str) -> bool:
 def ensure_writable_dir(path: Path, option: str) -> None:
     """Fail before minutes of work, not after, when `path` cannot be made into a directory
     we can write."""
-    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    existing = next((p for p in [path, *path.parents] if _exists(p, path, option)), Path("."))
+    _check_names(path, existing, option)
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise OptbenchError(f"{option} {path}: not a writable directory")
 
@@ -34,21 +35,51 @@ def ensure_writable_file(path: Path | None, option: str) -> None:
     for appending now (a file that was not there is removed again)."""
     if path is None:
         return
-    existed = path.exists()
+    existed = _exists(path, path, option)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8"):
             pass
-    except OSError as exc:
-        raise OptbenchError(f"{option} {path}: cannot write ({exc.strerror})") from None
+    except (OSError, ValueError) as exc:
+        raise OptbenchError(f"{option} {path}: cannot write ({_reason(exc)})") from None
     if not existed:
         path.unlink()
+
+
+def _exists(path: Path, whole: Path, option: str) -> bool:
+    """Whether `path` exists; a path the system cannot even look up (a name past its limit, a
+    character the file system cannot hold) is one line about `whole`, the path as given."""
+    try:
+        path.stat()
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, ValueError) as exc:
+        raise OptbenchError(f"{option} {whole}: not a usable path ({_reason(exc)})") from None
+
+
+def _check_names(path: Path, existing: Path, option: str) -> None:
+    """The parts of `path` still to be made must fit the file system's name limit."""
+    try:
+        limit = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    new_parts = path.parts[len(existing.parts):] if path.is_absolute() == existing.is_absolute() \
+        else path.parts
+    for part in new_parts:
+        if len(os.fsencode(part)) > limit:
+            raise OptbenchError(f"{option} {path}: a name longer than this file system's "
+                                f"{limit} bytes")
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 def write_text(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        path.write_text(text, encoding="utf-8", errors="backslashreplace")
     except OSError as exc:
         raise OptbenchError(f"{path}: cannot write ({exc.strerror})") from None
 

@@ -42,8 +42,10 @@ def run_export(suite_arg: str | None, db: Path, reports_dir: Path, to: Destinati
                             "or --parquet FILE")
     for path, option in ((to.csv, "--csv"), (to.parquet, "--parquet")):
         ensure_writable_file(path, option)
+        ensure_writable_file(path and out.curves_path(path), f"{option} (its curves beside it)")
     for directory, option in ((to.tensorboard, "--tensorboard"), (to.wandb_dir, "--wandb-dir")):
         if directory is not None:
+            _utf8_path(directory, option)
             ensure_writable_dir(directory, option)
     if not Path(db).exists():
         raise OptbenchError(f"{db}: no results store here; run a suite first")
@@ -57,8 +59,8 @@ def run_export(suite_arg: str | None, db: Path, reports_dir: Path, to: Destinati
     curves = store.curves(frame["run_id"])
     for path, fmt in ((to.csv, "csv"), (to.parquet, "parquet")):
         if path is not None:
-            out.write_table(frame, path, fmt)
-            out.write_table(curves, out.curves_path(path), fmt)
+            _write_table(frame, path, fmt)
+            _write_table(curves, out.curves_path(path), fmt)
             console.print(f"{len(frame)} runs: {escape(str(path))} (curves: "
                           f"{escape(str(out.curves_path(path)))})", highlight=False)
     records = [_record(run, curves, reports_dir) for run in runs]
@@ -67,6 +69,23 @@ def run_export(suite_arg: str | None, db: Path, reports_dir: Path, to: Destinati
         console.print(f"{label}: {len(written)} runs, in {escape(_common_root(written))}",
                       highlight=False)
     return 0
+
+
+def _utf8_path(path: Path, option: str) -> None:
+    """TensorBoard and W&B take paths as UTF-8 text: a name of other bytes is one line here,
+    not a traceback from their writer."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise OptbenchError(f"{option} {str(path).encode('utf-8', 'backslashreplace').decode()}:"
+                            " not UTF-8; TensorBoard and W&B need a UTF-8 path") from None
+
+
+def _write_table(frame, path: Path, fmt: str) -> None:
+    try:
+        out.write_table(frame, path, fmt)
+    except OSError as exc:  # checked writable at the start: the disk filled, a mount went
+        raise OptbenchError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 def _selected(store: ResultStore, suite_arg: str | None) -> tuple[list[StoredRun], str | None]:

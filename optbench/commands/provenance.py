@@ -15,4 +15,20 @@ def record_argv(argv: list[str]) -> None:
 
 def command_line() -> str:
     """'optbench compare scale sgd': the real command line, as every report's provenance."""
-    return shlex.join(["optbench", *(_argv or [])])
+    return shlex.join(["optbench", *(_writable(a) for a in _argv or [])])
+
+
+def _writable(arg: str) -> str:
+    """An argument as UTF-8 text can hold it: bytes that were not UTF-8 on the command line
+    (Python reads them as lone surrogates) shown backslash-escaped."""
+    raw = arg.encode("utf-8", "surrogateescape") if _encodes(arg, "surrogateescape") \
+        else arg.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _encodes(arg: str, errors: str) -> bool:
+    try:
+        arg.encode("utf-8", errors)
+        return True
+    except UnicodeEncodeError:
+        return False

@@ -147,6 +147,7 @@ def _duration(seconds: float) -> str:
 
 
 def report_suite(suite_path: Path, db: Path, reports_dir: Path, console: Console) -> None:
+    ensure_writable_dir(Path(reports_dir), "--reports")
     if not Path(db).exists():
         raise OptbenchError(f"{db}: no results store here; run the suite first (optbench run SUITE --db {db})")
     suite = load_suite(suite_path)

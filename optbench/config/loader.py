@@ -143,7 +143,16 @@ def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last), and
+    text that is not text: a lone surrogate ("\\udc80"), which no report file can hold."""
+
+    def construct_scalar(self, node):
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and any("\ud800" <= c <= "\udfff" for c in value):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a lone surrogate escape (\\ud800-\\udfff) is not a character; "
+                "write the character itself", node.start_mark)
+        return value
 
     def construct_mapping(self, node, deep=False):
         seen = set()

@@ -261,7 +261,8 @@ def write_markdown(cmp: Comparison, curves: pd.DataFrame, out_dir: Path, command
         lines += [f"![{alt}]({path.name})", ""]
         written.append(path)
     summary = out_dir / "summary.md"
-    summary.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    summary.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8",
+                       errors="backslashreplace")  # a path of undecodable bytes
     return [summary, *written]
 
 

@@ -196,7 +196,8 @@ def write_estimate_report(estimates: list[Estimate], out_dir: Path, name: str,
                 lines += [f"![{alt}]({path.name})", ""]
                 written.append(path)
     md = out_dir / f"{stem}.md"
-    md.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    md.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8",
+                  errors="backslashreplace")  # a path of undecodable bytes
     return [md, *written]
 
 
@@ -305,7 +306,8 @@ def write_fit_report(results: list[FitResult], out_dir: Path, name: str, title: 
         lines += [f"![peak memory vs {results[0].axis}]({png.name})", ""]
         written.append(png)
     md = out_dir / f"{stem}.md"
-    md.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    md.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8",
+                  errors="backslashreplace")  # a path of undecodable bytes
     return [md, *written]
 
 

@@ -398,5 +398,6 @@ def write_report(
     if (~runs["status"].isin(RESULT_STATUSES)).any():
         lines += ["## Failures", "", *_failure_lines(runs, baseline)]
     summary = out_dir / "summary.md"
-    summary.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    summary.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8",
+                       errors="backslashreplace")  # a path of undecodable bytes
     return [summary, *written]

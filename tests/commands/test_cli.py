@@ -165,3 +165,13 @@ def test_only_keeps_the_whole_suite_in_the_report(finished_run, tmp_path):
     assert result.exit_code == 0, result.output
     summary = (reports / "tiny" / "summary.md").read_text()
     assert "| adamw | ok |" in summary and "| scale | ok |" in summary
+
+
+def test_a_command_line_of_undecodable_bytes_is_written_escaped():
+    """A path given as bytes that are not UTF-8 reaches Python as lone surrogates, which no
+    UTF-8 report file can hold: provenance shows them escaped."""
+    from optbench.commands.provenance import command_line, record_argv
+
+    record_argv(["estimate", "--reports", "/tmp/\udcff", "-m", "\ud800x"])
+    assert command_line() == "optbench estimate --reports '/tmp/\\xff' -m '\\ud800x'"
+    command_line().encode("utf-8")

@@ -27,7 +27,9 @@ def _validate(write_suite, text: str, name: str = "s.yaml"):
     (TINY_SUITE.replace("kind: cosine", "kind: \"co\\nsine\\x85\""), "'co\\nsine\\x85' is not accepted"),
     (TINY_SUITE.replace("name: tiny", "name: ../x"), "name: '../x' is not a plain file name"),
     (TINY_SUITE.replace("name: tiny", "name: /abs/x"), "name: '/abs/x' is not a plain file name"),
-    (TINY_SUITE.replace("name: tiny", "name: \"\\ud800\""), "is not a plain file name"),
+    (TINY_SUITE.replace("name: tiny", "name: \"\\ud800\""), "a lone surrogate escape"),
+    (TINY_SUITE.replace("tiny end-to-end suite for tests", "\"a \\udc80\""),
+     "line 2, column 14: a lone surrogate escape"),
     (TINY_SUITE.replace("[adamw, sgd, scale]", "[{name: adamw, label: '[/]'}]"),
      "grid.optimizers[0].label: '[/]' is not a usable label"),
     (TINY_SUITE.replace("[adamw, sgd, scale]", "[{name: adamw, label: \"a\\nb\"}]"),
@@ -60,6 +62,45 @@ def test_cli_bad_values_are_one_line(args, message, tmp_path, monkeypatch):
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
 
 
+LONG = "x" * 300
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["export", "--csv", f"{{tmp}}/{LONG}"], "--csv {tmp}/xxx"),
+    (["export", "--csv", f"{{tmp}}/out/{LONG}/runs.csv"], "cannot write (File name too long)"),
+    (["export", "--csv", f"{{tmp}}/{'x' * 250}"], "(its curves beside it)"),
+    (["export", "--tensorboard", "{tmp}/\udcff"], "not UTF-8; TensorBoard and W&B need"),
+    (["export", "--tensorboard", f"{{tmp}}/{LONG}/tb"], "not a usable path (File name too long)"),
+    (["export", "--tensorboard", f"{{tmp}}/tb/{LONG}"], "a name longer than this file system"),
+    (["report", "{tmp}/tiny.yaml", "--reports", f"{{tmp}}/{LONG}"], "--reports {tmp}/xxx"),
+])
+def test_odd_output_paths_are_one_line_before_any_work(args, message, tmp_path, write_suite):
+    """Found by tests/test_fuzz_cli.py: paths that the system cannot even look up."""
+    from optbench.config.suite import expand
+    from optbench.results.store import ResultStore
+    from tests.conftest import stored_result
+
+    suite = write_suite(TINY_SUITE, "tiny.yaml")
+    store = ResultStore(tmp_path / "r.sqlite")
+    for cell in expand(load_suite(suite)):
+        store.save(stored_result(cell))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = runner.invoke(app, [*args, "--db", str(tmp_path / "r.sqlite")])
+    assert result.exit_code == 2, result.output
+    assert message.replace("{tmp}", str(tmp_path)) in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_reports_of_undecodable_paths_are_written(tmp_path, monkeypatch):
+    """A --reports path of bytes that are not UTF-8 works; the report shows it escaped."""
+    monkeypatch.chdir(tmp_path)
+    where = tmp_path / "\udcff"
+    result = runner.invoke(app, ["estimate", "-m", "llama_tiny", "--reports", str(where)])
+    assert result.exit_code == 0, result.output
+    (md,) = where.glob("*.md")
+    assert "\\xff" in md.read_text(encoding="utf-8")
+
+
 def test_betas_must_stay_below_one_and_counts_below_10_to_the_12(write_suite):
     result = _validate(write_suite, TINY_SUITE.replace(
         "[adamw, sgd, scale]", "[{name: adamw, hparams: {betas: [0.9, 1.0]}}]"))
@@ -70,7 +111,10 @@ def test_betas_must_stay_below_one_and_counts_below_10_to_the_12(write_suite):
 
 
 def test_a_usage_error_is_one_line_through_the_entry_point():
-    """Usage errors are click's, reported by optbench.cli.main (not by the Typer app alone)."""
+    """Usage errors are click's, made one line by the app itself: from a shell (below) and when
+    a test or a script invokes the app."""
+    in_process = runner.invoke(app, ["compare", "adamw", "--by", "[/]"])
+    assert in_process.exit_code == 2 and in_process.stderr.count("\n") == 1, in_process.stderr
     import subprocess
     import sys
     from pathlib import Path

@@ -280,7 +280,7 @@ def test_bad_input_exits_2_with_one_line_and_keeps_the_store(canned_store, tmp_p
 
 
 def test_unknown_format_is_a_one_line_usage_error(canned_store, monkeypatch, capsys):
-    """Through the console entry point, which turns click's usage errors into one line."""
+    """Through the console entry point, as a shell calls it."""
     from optbench.cli import main
 
     suite, db, baseline, *_ = canned_store

@@ -16,15 +16,11 @@ from optbench.config.suite import expand
 from optbench.engine.outcome import RunResult
 from optbench.errors import OptbenchError
 from optbench.results.store import ResultStore
-from tests.conftest import TINY_SUITE
+from tests.conftest import TINY_SUITE, stored_result
 
 
 def _result(cell) -> RunResult:
-    return RunResult(suite=cell.suite, cell_id=cell.id, fingerprint=cell.fingerprint,
-                     model=cell.model, optimizer=cell.optimizer.display,
-                     optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
-                     dtype="fp32", status="ok", config=cell.config,
-                     metrics={"tokens_per_s": 1.0}, curve=[(1, 6.0, 1e-3)])
+    return stored_result(cell, {"tokens_per_s": 1.0})
 
 
 def _full(self, r):
