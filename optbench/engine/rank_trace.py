@@ -7,7 +7,8 @@ size, fake tensors give it parameters without memory, and then the strategy's ow
 exactly as on N devices, and the tracker that measures real runs (`measure.tracked_peak`)
 follows two training steps, as a real sharded cell tracks its steps 1 and 2. Ranks whose
 shards have the same shapes run the same code on the same shapes: each distinct rank is
-traced once (DDP: one; FSDP2 with rows that split evenly: one; ZeRO-1: usually every rank).
+traced once (DDP: one; FSDP2: a few, found from the split before anything is wrapped, so 1,024
+ranks cost about what 3 do; ZeRO-1: every rank is wrapped to learn its split).
 
 DDP was not written for fake tensors; three things make it run on them, none of which moves
 a byte the tracker counts:
@@ -123,16 +124,34 @@ class RankEstimator:
         nproc = self.setting.nproc
         setup = (est.optimizer, repr(sorted(est.hparams.items())))
         alike = self._alike.get(setup)  # rank -> the first rank shaped like it
+        layout = self._layout_twins() if alike is None else None
         traced: dict[tuple, RankTrace] = {}
         keys = {}
-        with _quiet_cpu_alltoall():
-            for rank in range(nproc) if alike is None else sorted(set(alike)):
+        with _quiet_torch_logs():
+            for rank in sorted(set(alike if alike is not None else layout)):
                 with fake_rank(rank, nproc):
                     keys[rank] = self._trace_rank(est, traced)
         if alike is None:
             first: dict[tuple, int] = {}
-            alike = self._alike[setup] = [first.setdefault(keys[r], r) for r in range(nproc)]
+            alike = self._alike[setup] = [first.setdefault(keys[layout[r]], layout[r])
+                                          for r in range(nproc)]
         return [traced[keys[alike[rank]]] for rank in range(nproc)]
+
+    def _layout_twins(self) -> list[int]:
+        """Rank -> the first rank holding parameters of the same local shapes, known before
+        anything is wrapped where the strategy's split is plain: DDP replicates (one layout);
+        FSDP2 splits each parameter's rows in chunks of ceil(rows / world) (torch.chunk), so
+        of 1024 ranks only a few differ. ZeRO-1's split is its optimizer's own: every rank is
+        wrapped, and traced only if its shapes are new."""
+        nproc, strategy = self.setting.nproc, self.setting.strategy
+        if strategy == "ddp":
+            return [0] * nproc
+        if strategy != "fsdp2":
+            return list(range(nproc))
+        rows = [p.shape[0] if p.dim() else 1 for p in self.base.fake_model().parameters()]
+        first: dict[tuple, int] = {}
+        return [first.setdefault(tuple(fsdp2_local_rows(n, rank, nproc) for n in rows), rank)
+                for rank in range(nproc)]
 
     def _trace_rank(self, est: Estimate, traced: dict[tuple, RankTrace]) -> tuple:
         """This rank's shape key, its trace added to `traced` unless a rank so shaped is there."""
@@ -164,6 +183,13 @@ class RankEstimator:
         return key
 
 
+def fsdp2_local_rows(rows: int, rank: int, world: int) -> int:
+    """Rows of a parameter that FSDP2 places on `rank`: torch.chunk's split of dim 0 into
+    chunks of ceil(rows / world), the last ranks holding fewer or none."""
+    chunk = -(-rows // world)
+    return max(0, min(chunk, rows - rank * chunk))
+
+
 def _build(est: Estimate, model: torch.nn.Module, strategy: str) -> torch.optim.Optimizer:
     """The optimizer as the strategy builds it; `parallel.Unsupported` (ZeRO-1 over what it
     cannot rebuild) passes through, so the row says why as a real cell's skip does."""
@@ -171,18 +197,25 @@ def _build(est: Estimate, model: torch.nn.Module, strategy: str) -> torch.optim.
         return parallel.build_parallel_optimizer(est.optimizer, model, strategy, **est.hparams)
 
 
+# Torch's own log lines that an estimate would otherwise print: DTensor warns, once and as rank
+# 0, that a CPU mesh redistributes a shard by all-gather + chunk rather than all-to-all (true of
+# the estimate, said in docs/estimate.md); fake tensors log the whole traceback of an op that
+# fails on them, which the estimate's row already states in one line.
+_QUIETED = {"torch.distributed.tensor._collective_utils": logging.ERROR,
+            "torch._subclasses.fake_tensor": logging.CRITICAL}
+
+
 @contextlib.contextmanager
-def _quiet_cpu_alltoall() -> Iterator[None]:
-    """DTensor warns, once and as rank 0, that a CPU mesh redistributes a shard to another
-    dimension by all-gather + chunk rather than all-to-all: true of the estimate, which says
-    so in docs/estimate.md, and noise in its output."""
-    log = logging.getLogger("torch.distributed.tensor._collective_utils")
-    level = log.level
-    log.setLevel(logging.ERROR)
+def _quiet_torch_logs() -> Iterator[None]:
+    logs = {logging.getLogger(name): level for name, level in _QUIETED.items()}
+    before = {log: log.level for log in logs}
+    for log, level in logs.items():
+        log.setLevel(level)
     try:
         yield
     finally:
-        log.setLevel(level)
+        for log, level in before.items():
+            log.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -55,11 +55,33 @@ def test_ranks_reusing_a_trace_equal_ranks_each_traced(strategy, nproc, optimize
 
     shapes = rank_trace.shape_key
     monkeypatch.setattr(rank_trace, "shape_key", lambda m, o: (dist.get_rank(), shapes(m, o)))
+    monkeypatch.setattr(RankEstimator, "_layout_twins", lambda self: list(range(nproc)))
     every = RankEstimator("llama_tiny", "fp32", setting)
     for est, workload in ((first, TINY), (again, Workload("llama_tiny", 32, 3, "fp32"))):
         each = every.estimate(workload, optimizer)
         assert [(r.parts, r.optimizer_state_bytes) for r in est.ranks] == \
             [(r.parts, r.optimizer_state_bytes) for r in each.ranks]
+
+
+def test_1024_fsdp2_ranks_trace_only_the_distinct_splits(monkeypatch):
+    """Of 1,024 ranks only those whose row split differs are wrapped and traced; every rank's
+    state is still its own shard's, to the byte."""
+    import optbench.engine.rank_trace as rank_trace
+
+    traced, trace_rank = [], RankEstimator._trace_rank
+
+    def counting(self, est, done):
+        traced.append(dist.get_rank())
+        return trace_rank(self, est, done)
+
+    monkeypatch.setattr(RankEstimator, "_trace_rank", counting)
+    est = RankEstimator("llama_tiny", "fp32", Parallel("fsdp2", 1024)).estimate(TINY, "adamw")
+    assert est.error is None and len(est.ranks) == 1024
+    layouts = {tuple(rank_trace.fsdp2_local_rows(p.shape[0], r, 1024)
+                     for p in build_model("llama_tiny").parameters()) for r in range(1024)}
+    assert len(traced) == len(layouts) <= 4, traced
+    assert [r.optimizer_state_bytes for r in est.ranks] == \
+        [fsdp2_adamw_state(rank, 1024) for rank in range(1024)]
 
 
 def test_zero1_splits_the_state_and_refuses_what_it_cannot_rebuild():
