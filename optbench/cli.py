@@ -190,6 +190,10 @@ def export(
     """Send stored results where you read them: W&B, TensorBoard, CSV or Parquet."""
     from optbench.commands.export import Destinations, run_export
 
+    given = [flag for flag, on in (("--project", project != "optbench"), ("--offline", offline),
+                                   ("--wandb-dir", wandb_dir is not None)) if on]
+    if given and not wandb:
+        raise OptbenchError(f"{', '.join(given)}: W&B options; add --wandb to export to W&B")
     to = Destinations(wandb_project=project if wandb else None, wandb_offline=offline,
                       wandb_dir=wandb_dir, tensorboard=tensorboard, csv=csv, parquet=parquet)
     raise typer.Exit(run_export(suite, db, reports, to, console=console))

@@ -21,9 +21,9 @@ def run_check(suite_path: Path, baseline_path: Path, db: Path, rule_specs: list[
               log) -> int:
     """Validate every input first (bad rules, baseline or suite fail before minutes of
     running), then gather the results and judge or record them; the exit code."""
-    ensure_writable_file(output, "--output")
+    ensure_writable_file(output, "--output", store=db)
     if update:
-        ensure_writable_file(baseline_path, "--baseline")
+        ensure_writable_file(baseline_path, "--baseline", store=db, replaced=True)
     rules = chk.parse_rules(rule_specs)
     suite = load_suite(suite_path)
     # With --update the old baseline is optional (it is about to be replaced) and may be corrupt.

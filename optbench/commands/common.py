@@ -30,11 +30,18 @@ def ensure_writable_dir(path: Path, option: str) -> None:
         raise OptbenchError(f"{option} {path}: not a writable directory")
 
 
-def ensure_writable_file(path: Path | None, option: str) -> None:
+def ensure_writable_file(path: Path | None, option: str, *, store: Path | None = None,
+                         replaced: bool = False) -> None:
     """The same for a file the command will write: its directory is made and the file opened
-    for appending now (a file that was not there is removed again)."""
+    for appending now (a file that was not there is removed again). Never the results `store`
+    (or its -wal / -shm): writing there would destroy every stored result. A file `replaced`
+    whole (written beside, then renamed over) must be a regular file in a writable folder."""
     if path is None:
         return
+    if store is not None:
+        _not_the_store(path, Path(store), option)
+    if replaced:
+        _replaceable(path, option)
     existed = _exists(path, path, option)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +51,26 @@ def ensure_writable_file(path: Path | None, option: str) -> None:
         raise OptbenchError(f"{option} {path}: cannot write ({_reason(exc)})") from None
     if not existed:
         path.unlink()
+
+
+def _not_the_store(path: Path, store: Path, option: str) -> None:
+    for kept in (store, Path(f"{store}-wal"), Path(f"{store}-shm")):
+        try:
+            same = path.resolve() == kept.resolve() or (
+                path.exists() and kept.exists() and os.path.samefile(path, kept))
+        except (OSError, ValueError, RuntimeError):
+            continue  # a path that cannot be looked up is said by the checks that follow
+        if same:
+            raise OptbenchError(f"{option} {path}: that is the results store (--db {store}); "
+                                "writing there would destroy every stored result")
+
+
+def _replaceable(path: Path, option: str) -> None:
+    """A file written beside and renamed over: a device or folder there would be replaced (as
+    root, /dev/null itself), and the folder must take the file written beside it."""
+    if _exists(path, path, option) and not path.is_file():
+        raise OptbenchError(f"{option} {path}: not a regular file; accepted: a file path")
+    ensure_writable_file(path.with_name(path.name + ".tmp"), option)
 
 
 def _exists(path: Path, whole: Path, option: str) -> bool:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from optbench.commands.common import (ensure_writable_dir, is_suite_file, run_into_store,
-                                      store_kept_results, write_text)
+from optbench.commands.common import (ensure_writable_dir, ensure_writable_file, is_suite_file,
+                                      run_into_store, store_kept_results, write_text)
 from optbench.commands.provenance import command_line
 from optbench.config.loader import load_suite
 from optbench.config.suite import resolve_device
@@ -26,6 +26,8 @@ def run_compare(req: cmp.Request, db: Path, reports_dir: Path, *, by: str | None
                 csv: Path | None, json_path: Path | None, console, log) -> Path:
     names, baseline, metrics = cmp.resolve(req)
     ensure_writable_dir(Path(reports_dir), "--reports")  # before any missing cell runs
+    for path, option in ((csv, "--csv"), (json_path, "--json")):
+        ensure_writable_file(path, option, store=db)
     req = cmp.canonical_parallel(req)
     if by is not None and by not in cmp.BY_AXES:
         raise OptbenchError(f"--by '{by}': accepted: {', '.join(cmp.BY_AXES)}")

@@ -3,6 +3,7 @@ batch or sequence length that fits a budget."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,19 @@ def parallel_setting(strategy: str, nproc: int | None) -> Parallel:
         raise OptbenchError(f"--parallel {strategy} needs --nproc N, the number of ranks "
                             "(e.g. --nproc 8 for one node of 8 GPUs)")
     return Parallel(strategy, nproc)
+
+
+# The trace builds and steps through every micro-batch: 1,024 take minutes; more is a typo.
+MAX_TRACED_GRAD_ACCUM = 1024
+
+
+def check_step_options(grad_accum: int | None, grad_clip: float | None) -> None:
+    """--grad-accum and --grad-clip as the trace can take them, or one line."""
+    if grad_accum is not None and grad_accum > MAX_TRACED_GRAD_ACCUM:
+        raise OptbenchError(f"--grad-accum {grad_accum}: accepted 1..{MAX_TRACED_GRAD_ACCUM} "
+                            "(each micro-batch is traced)")
+    if grad_clip is not None and not math.isfinite(grad_clip):
+        raise OptbenchError(f"--grad-clip {grad_clip}: accepted a finite number (0 or more)")
 
 
 def _with_ranks(label: str, setting: Parallel) -> str:
@@ -122,6 +136,7 @@ def run_estimate(model: str, optimizers: list[str], seq_len, batch_size, dtype, 
                  exact: bool = False, timeline: bool = False, strategy: str = "none",
                  nproc: int | None = None) -> None:
     ensure_writable_dir(reports, "--reports")
+    check_step_options(grad_accum, grad_clip)
     setting = parallel_setting(strategy, nproc)
     name, targets = estimate_targets(model, optimizers, seq_len, batch_size, dtype, autocast,
                                      grad_accum, grad_clip, setting)
@@ -145,6 +160,7 @@ def run_fit(memory: str, model: str, choices: list[str], seq_len: int | None,
     """The largest batch size at seq_len, or with batch_size the largest seq len, per optimizer
     (per rank under a parallel strategy: the fullest rank must fit)."""
     ensure_writable_dir(reports, "--reports")
+    check_step_options(grad_accum, grad_clip)
     budget = parse_memory(memory)
     setting = parallel_setting(strategy, nproc)
     if seq_len is not None and batch_size is not None:

@@ -40,9 +40,14 @@ def run_export(suite_arg: str | None, db: Path, reports_dir: Path, to: Destinati
     if not to.any():
         raise OptbenchError("export: name a destination: --wandb, --tensorboard DIR, --csv FILE "
                             "or --parquet FILE")
+    if to.parquet is not None:
+        _utf8_path(to.parquet, "--parquet")  # pyarrow takes its path as UTF-8 text
+    if suite_arg is not None and not is_suite_file(suite_arg):
+        _utf8_path(Path(suite_arg), "SUITE")  # a name stored as text
     for path, option in ((to.csv, "--csv"), (to.parquet, "--parquet")):
-        ensure_writable_file(path, option)
-        ensure_writable_file(path and out.curves_path(path), f"{option} (its curves beside it)")
+        ensure_writable_file(path, option, store=db)
+        ensure_writable_file(path and out.curves_path(path), f"{option} (its curves beside it)",
+                             store=db)
     for directory, option in ((to.tensorboard, "--tensorboard"), (to.wandb_dir, "--wandb-dir")):
         if directory is not None:
             _utf8_path(directory, option)
@@ -72,13 +77,13 @@ def run_export(suite_arg: str | None, db: Path, reports_dir: Path, to: Destinati
 
 
 def _utf8_path(path: Path, option: str) -> None:
-    """TensorBoard and W&B take paths as UTF-8 text: a name of other bytes is one line here,
-    not a traceback from their writer."""
+    """TensorBoard, W&B and pyarrow take paths as UTF-8 text (and suite names are stored as
+    such): a name of other bytes is one line here, not a traceback from their writer."""
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
         raise OptbenchError(f"{option} {str(path).encode('utf-8', 'backslashreplace').decode()}:"
-                            " not UTF-8; TensorBoard and W&B need a UTF-8 path") from None
+                            " not UTF-8 text, which it must be here") from None
 
 
 def _write_table(frame, path: Path, fmt: str) -> None:

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from optbench.commands.common import ensure_writable_dir
 from optbench.commands.provenance import command_line
+from optbench.config.loader import MAX_RANKS
 from optbench.config.suite import PARALLEL_STRATEGIES
 from optbench.errors import OptbenchError
 from optbench.optimizers import get_spec, list_specs
@@ -43,14 +44,18 @@ def run_parity(names: list[str], strategies: list[str], nproc: int, steps: int, 
     return path
 
 
+MAX_PARITY_STEPS = 1000  # each step runs every optimizer under every strategy on every rank
+
+
 def _check(strategies: list[str], nproc: int, steps: int) -> None:
     for strategy in strategies:
         if strategy not in SHARDED:
             raise OptbenchError(f"--strategy '{strategy}': accepted: {', '.join(SHARDED)}")
-    if nproc < 2:
-        raise OptbenchError(f"--nproc {nproc}: parity needs at least 2 ranks")
-    if steps < 1:
-        raise OptbenchError(f"--steps {steps}: must be at least 1")
+    if not 2 <= nproc <= MAX_RANKS:
+        raise OptbenchError(f"--nproc {nproc}: parity runs 2..{MAX_RANKS} ranks on this node")
+    if not 1 <= steps <= MAX_PARITY_STEPS:
+        raise OptbenchError(f"--steps {steps}: accepted 1..{MAX_PARITY_STEPS} (a verdict needs "
+                            "a few steps; the default is enough)")
     import torch
 
     if torch.cuda.is_available() and nproc > torch.cuda.device_count():

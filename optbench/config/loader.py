@@ -73,12 +73,20 @@ def load_suite(path: str | Path) -> Suite:
 def _relative_to(data: DataConfig, suite_dir: Path) -> DataConfig:
     """Relative data paths are relative to the suite file, like `include:`, not to the cwd."""
     changes = {}
-    if data.path and not Path(data.path).expanduser().is_absolute():
+    if data.path and not _home_expanded(data.path, "data.path").is_absolute():
         changes["path"] = str((suite_dir / data.path).resolve())
-    tokenizer = Path(data.tokenizer)
+    tokenizer = _home_expanded(data.tokenizer, "data.tokenizer")
     if data.tokenizer != "bpe" and not tokenizer.is_absolute() and (suite_dir / tokenizer).exists():
         changes["tokenizer"] = str((suite_dir / tokenizer).resolve())
     return dataclasses.replace(data, **changes) if changes else data
+
+
+def _home_expanded(path: str, key: str) -> Path:
+    """`~` and `~user` expanded; one line for a user this machine does not have."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError as exc:  # ~nosuchuser: "Could not determine home directory"
+        raise OptbenchError(f"{key}: {path!r}: {exc}") from None
 
 
 def _reject_duplicate_cells(suite: Suite, where: str) -> None:
@@ -277,6 +285,9 @@ def validate_parallel(parallel: Parallel, device: str, where: str) -> None:
 def _validate_search(search: Search, where: str) -> None:
     _one_of(search.method, SEARCH_METHODS, f"{where}: search.method")
     _positive(search.trials, f"{where}: search.trials")
+    if search.trials > MAX_TRIALS:
+        raise OptbenchError(f"{where}: search.trials: {search.trials} trials; accepted: up to "
+                            f"{MAX_TRIALS:,} (each is a cell that trains)")
     _seed(search.seed, f"{where}: search.seed")
 
 
@@ -361,6 +372,7 @@ def _one_of(value: str, accepted: tuple[str, ...], where: str) -> None:
         raise OptbenchError(f"{where}: '{value}' is not accepted; accepted: {', '.join(accepted)}")
 
 
+MAX_TRIALS = 10_000  # each trial is a cell per model, seed and sequence length
 MAX_COUNT = 10**12  # far past any real run; a count of 10^400 is a typo, said before it runs
 
 

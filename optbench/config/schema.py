@@ -86,13 +86,14 @@ def _scalar(tp: Any, raw: Any, where: str) -> Any:
 
 
 def _as_float(raw: Any) -> float | None:
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return float(raw)
-    if isinstance(raw, str):  # YAML 1.1 reads '1e-3' as a string
-        try:
+    """A number as a float; None for what is not one, or an integer past a float's range."""
+    try:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
             return float(raw)
-        except ValueError:
-            return None
+        if isinstance(raw, str):  # YAML 1.1 reads '1e-3' as a string
+            return float(raw)
+    except (ValueError, OverflowError):
+        return None
     return None
 
 

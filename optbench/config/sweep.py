@@ -55,13 +55,23 @@ def dimensions(space: dict[str, Any], where: str) -> list[Dimension]:
                 raise OptbenchError(f"{key}: expected a list of values or {{factors: [...]}}; "
                                     f"got keys {', '.join(map(str, spec))}")
             values = _list(spec["factors"], f"{key}.factors")
-            for i, f in enumerate(values):
-                if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < math.inf:
-                    raise OptbenchError(f"{key}.factors[{i}]: {f!r} is not a positive number")
-            out.append(Dimension(name, tuple(float(f) for f in values), factors=True))
+            factors = [_positive_factor(f, f"{key}.factors[{i}]") for i, f in enumerate(values)]
+            out.append(Dimension(name, tuple(factors), factors=True))
         else:
             out.append(Dimension(name, tuple(_list(spec, key)), factors=False))
     return out
+
+
+def _positive_factor(value: Any, key: str) -> float:
+    """A factor as a float: a positive, finite number ('1e-1' too, which YAML 1.1 reads as
+    text); one line for anything else, a 400-digit integer included."""
+    try:
+        factor = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        factor = None
+    if factor is None or not 0 < factor < math.inf:
+        raise OptbenchError(f"{key}: {value!r} is not a positive number")
+    return factor
 
 
 def _list(values: Any, key: str) -> list:

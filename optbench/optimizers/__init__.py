@@ -55,7 +55,9 @@ def load_plugins() -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise OptbenchError(f"OPTBENCH_PLUGINS: cannot import '{name}' ({exc})") from None
-        except Exception as exc:  # the plugin's own code failed: say so in one line
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the plugin's own code failed, sys.exit() included
             raise OptbenchError(f"OPTBENCH_PLUGINS: importing '{name}' raised "
                                 f"{type(exc).__name__}: {exc}") from None
 

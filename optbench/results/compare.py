@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from optbench.config import schema
-from optbench.config.loader import validate_parallel
+from optbench.config.loader import MAX_COUNT, validate_parallel
 from optbench.config.suite import (
     PARALLEL_STRATEGIES,
     Cell,
@@ -72,6 +72,14 @@ class Request:
     tuned: bool = False  # each optimizer's best trial of its search only
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
     """(canonical names, baseline first; baseline name; metrics) or one-line errors."""
     names = [get_spec(n).name for n in req.names]
@@ -79,8 +87,13 @@ def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
     for model in req.models:
         get_model_size(model)
     for seq_len in req.seq_lens:
-        if seq_len <= 0:
+        if not 0 < seq_len <= MAX_COUNT:
             raise OptbenchError(f"--seq-len {seq_len}: accepted: a positive number of tokens")
+    if req.steps is not None and not 0 < req.steps <= MAX_COUNT:
+        raise OptbenchError(f"--steps {req.steps}: accepted: 1..{MAX_COUNT:.0e}")
+    if req.suite is not None and not _is_text(req.suite):
+        raise OptbenchError(f"--suite {req.suite.encode('utf-8', 'backslashreplace').decode()}: "
+                            "not UTF-8 text; suite names are")
     metrics = [get_metric(m) for m in (req.metrics or COMPARE_DEFAULT)]
     for label in req.parallel:
         parallel = parallel_from_label(label)

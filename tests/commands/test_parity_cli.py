@@ -48,8 +48,8 @@ def test_the_store_keeps_the_latest_verdict_per_optimizer_and_strategy(tmp_path)
 @pytest.mark.parametrize("args,words", [
     (["adamx"], ["unknown optimizer 'adamx'", "did you mean"]),
     (["adamw", "-s", "fsdp"], ["--strategy 'fsdp'", "ddp, fsdp2, zero1"]),
-    (["adamw", "--nproc", "1"], ["--nproc 1", "at least 2"]),
-    (["adamw", "--steps", "0"], ["--steps 0", "at least 1"]),
+    (["adamw", "--nproc", "1"], ["--nproc 1", "parity runs 2..64 ranks"]),
+    (["adamw", "--steps", "0"], ["--steps 0", "accepted 1..1000"]),
 ])
 def test_bad_parity_input_exits_2_with_one_line(tmp_path, args, words):
     done = invoke("parity", *args, "--db", tmp_path / "r.sqlite", "--reports", tmp_path / "rep")

@@ -69,7 +69,7 @@ LONG = "x" * 300
     (["export", "--csv", f"{{tmp}}/{LONG}"], "--csv {tmp}/xxx"),
     (["export", "--csv", f"{{tmp}}/out/{LONG}/runs.csv"], "cannot write (File name too long)"),
     (["export", "--csv", f"{{tmp}}/{'x' * 250}"], "(its curves beside it)"),
-    (["export", "--tensorboard", "{tmp}/\udcff"], "not UTF-8; TensorBoard and W&B need"),
+    (["export", "--tensorboard", "{tmp}/\udcff"], "not UTF-8 text, which it must be here"),
     (["export", "--tensorboard", f"{{tmp}}/{LONG}/tb"], "not a usable path (File name too long)"),
     (["export", "--tensorboard", f"{{tmp}}/tb/{LONG}"], "a name longer than this file system"),
     (["report", "{tmp}/tiny.yaml", "--reports", f"{{tmp}}/{LONG}"], "--reports {tmp}/xxx"),
@@ -89,6 +89,94 @@ def test_odd_output_paths_are_one_line_before_any_work(args, message, tmp_path, 
     assert result.exit_code == 2, result.output
     assert message.replace("{tmp}", str(tmp_path)) in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+H = "9" * 400  # a 400-digit integer
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["export", "--csv", "{db}"], "--csv {db}: that is the results store"),
+    (["export", "--parquet", "{db}"], "--parquet {db}: that is the results store"),
+    (["compare", "adamw", "--no-run", "--json", "{db}"], "--json {db}: that is the results store"),
+    (["check", "{tmp}/tiny.yaml", "--from-store", "--baseline", "{tmp}/b.json", "-o", "{db}-wal"],
+     "that is the results store"),
+    (["check", "{tmp}/tiny.yaml", "--from-store", "--update", "--baseline", "{db}"],
+     "that is the results store"),
+    (["check", "{tmp}/tiny.yaml", "--from-store", "--update", "--baseline", "{tmp}"],
+     "not a regular file"),
+    (["export", "--parquet", "{tmp}/\udcff.parquet"], "not UTF-8 text"),
+    (["export", "\udcff", "--csv", "{tmp}/x.csv"], "SUITE \\udcff: not UTF-8 text"),
+    (["export", "--offline", "--csv", "{tmp}/x.csv"], "--offline: W&B options; add --wandb"),
+    (["compare", "adamw", "--no-run", "--seq-len", "9" * 20], "--seq-len 9999"),
+    (["compare", "adamw", "--no-run", "--steps", H], "--steps 9999"),
+    (["compare", "adamw", "--no-run", "--suite", "\udcff"], "not UTF-8 text"),
+    (["estimate", "-m", "llama_tiny", "--grad-accum", "99999999999"], "accepted 1..1024"),
+    (["estimate", "-m", "llama_tiny", "--grad-clip", "inf"], "accepted a finite number"),
+    (["estimate", "-m", "llama_tiny", "-o", "galore:rank=0"], "'rank': 0 is out of range"),
+    (["estimate", "-m", "llama_tiny", "-o", f"muon:ns_steps={H}"], "out of range"),
+    (["parity", "sgd", "--nproc", "500"], "--nproc 500: parity runs 2..64 ranks"),
+    (["parity", "sgd", "--steps", H], "accepted 1..1000"),
+])
+def test_what_the_hostile_audit_found_is_one_line(args, message, tmp_path, write_suite):
+    """A review that tried every command as a hostile user found these (2026-12-06): outputs
+    that would overwrite the store or a device, values the trace or SQLite cannot take."""
+    from optbench.config.suite import expand
+    from optbench.results.store import ResultStore
+    from tests.conftest import stored_result
+
+    suite = write_suite(TINY_SUITE, "tiny.yaml")
+    db = tmp_path / "r.sqlite"
+    store = ResultStore(db)
+    for cell in expand(load_suite(suite)):
+        store.save(stored_result(cell))
+    before = store.count_runs()
+    done = runner.invoke(app, ["check", str(suite), "--from-store", "--update", "--db", str(db),
+                               "--baseline", str(tmp_path / "b.json")])
+    assert done.exit_code == 0, done.output
+    args = [a.replace("{db}", str(db)).replace("{tmp}", str(tmp_path)) for a in args]
+    result = runner.invoke(app, [*args, *(["--db", str(db)] if args[0] != "estimate" else [])])
+    assert result.exit_code == 2, result.output
+    assert message.replace("{db}", str(db)).replace("{tmp}", str(tmp_path)) in result.stderr, \
+        result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert ResultStore(db).count_runs() == before and db.is_file()
+
+
+@pytest.mark.parametrize("text, message", [
+    (TINY_SUITE.replace("steps: 6", f"steps: 6\n  grad_clip: {H}"), "defaults.grad_clip"),
+    (TINY_SUITE.replace("[adamw, sgd, scale]", f"[{{name: adamw, sweep: {{lr: {{factors: [{H}]}}}}}}]"),
+     "factors[0]"),
+    (TINY_SUITE + "search: {method: quasi_random, trials: 1000000000000}\n",
+     "search.trials: 1000000000000 trials; accepted: up to 10,000"),
+    (TINY_SUITE.replace("max_tokens: 60000", "max_tokens: 60000\n  tokenizer: ~nosuchuser_ob/t.json"),
+     "data.tokenizer"),
+])
+def test_suite_values_the_audit_found_are_one_line(write_suite, text, message):
+    result = _validate(write_suite, text)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_sweep_factor_written_1e_minus_1_is_a_number(write_suite):
+    """YAML 1.1 reads 1e-1 (no dot) as text; hparams accept it, so factors do too."""
+    text = TINY_SUITE.replace("[adamw, sgd, scale]", "[{name: adamw, sweep: {lr: {factors: [1e-1, 1]}}}]")
+    result = _validate(write_suite, text)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("body", ["import sys\nsys.exit(3)\n", "raise BaseException('base')\n"])
+def test_a_plugin_that_exits_is_one_line(tmp_path, monkeypatch, body):
+    import subprocess
+    import sys
+
+    (tmp_path / "exiting_plugin.py").write_text(body)
+    env = {**__import__("os").environ, "OPTBENCH_PLUGINS": "exiting_plugin",
+           "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "optbench.cli", "list", "models"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith("error: OPTBENCH_PLUGINS: importing 'exiting_plugin'")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_reports_of_undecodable_paths_are_written(tmp_path, monkeypatch):
