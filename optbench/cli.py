@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import sys
 from enum import Enum
@@ -79,7 +80,8 @@ def user_errors(fn: Callable) -> Callable:
                         "--db NEW.sqlite")
             raise typer.Exit(2) from None
         except OSError as exc:  # the last net: a disk that fills or a mount that goes mid-write
-            print_error(f"{exc.filename or 'a file'}: {exc.strerror or exc}")
+            where = f"{exc.filename}: " if exc.filename else "writing the output: "
+            print_error(f"{where}{exc.strerror or exc}")
             raise typer.Exit(2) from None
 
     return wrapper
@@ -364,7 +366,24 @@ def fit(
 def main() -> None:
     """Console entry point (`optbench`): the app in click's standalone mode, whose usage errors
     _ArgvGroup makes one line."""
-    app()
+    try:
+        app()
+    finally:
+        _flush_stdout()
+
+
+def _flush_stdout() -> None:
+    """What is left in stdout's buffer, written now: stdout on a full disk is one line, not
+    the traceback Python would print while shutting down; a reader that left (`| head`) is
+    silence, as Rich makes it."""
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        sys.stdout = open(os.devnull, "w")  # nothing more for the shutdown to fail on
+        if isinstance(exc, BrokenPipeError):
+            raise SystemExit(1) from None
+        print_error(f"standard output: cannot write ({exc.strerror})")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """A property-based fuzzer of the commands' options: `estimate`, `fit`, `compare`, `check`,
-`export`, `report`, `list` and `validate` called with odd values in every option (markup,
+`export`, `report`, `list`, `validate` and `run --dry-run` called with odd values in every option (markup,
 newlines, lone surrogates, huge / negative / NaN numbers, paths that cannot be written, files
 where folders belong) must each end with exit 0, or exit 2 and exactly one `error:` line on
 stderr; never a traceback. In-process (CliRunner) against a store of made-up results, so
 nothing trains; seeded (derandomize), so a failure reproduces with the same example.
-`run` and `parity` are left out: a valid call would train; their options are checked before any
-work by the same code (tests/config/test_hardening.py)."""
+`run` is fuzzed with --dry-run (its cells and what is stored; nothing trains); `parity` is left
+out, as a valid call starts torchrun: its options are checked before any work
+(tests/commands/test_parity_cli.py, tests/config/test_hardening.py)."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def command_lines(draw, tmp: Path) -> list[str]:
              ("--nproc", odd_number), ("--autocast", st.none()), ("--exact", st.none())]
     optimizers = [a for spec in draw(st.lists(optimizer_specs, max_size=3)) for a in ("-o", spec)]
     command = draw(st.sampled_from(["estimate", "estimate", "fit", "compare", "compare", "check",
-                                    "export", "report", "list", "validate"]))
+                                    "export", "report", "list", "validate", "run"]))
     if command == "estimate":
         return ["estimate", "-m", draw(models), *optimizers, "--json",
                 *_options(draw, shape), *reports]
@@ -118,6 +119,15 @@ def command_lines(draw, tmp: Path) -> list[str]:
     if command == "report":
         return ["report", draw(st.sampled_from([str(tmp / "suite.yaml")] * 3 + [draw(paths)])),
                 *db, *reports]
+    if command == "run":  # --dry-run: the cells and what is stored, nothing trained
+        suite = draw(st.sampled_from([str(tmp / "suite.yaml")] * 3 + [draw(paths)]))
+        return ["run", suite, "--dry-run", *db, *reports, *_options(draw, [
+            ("--only", st.one_of(st.sampled_from(["*adamw*", "llama_tiny/*", "[", "**"]),
+                                 odd_text)),
+            ("-j", odd_number), ("--executor", st.sampled_from(["local", "slurm", "x", "[/]"])),
+            ("--slurm", st.one_of(st.builds(lambda k, v: f"{k}={v}", odd_text, odd_text),
+                                  odd_text)),
+            ("--submitit-dir", paths), ("--rerun", st.none()), ("--no-resume", st.none())])]
     if command == "list":
         what = draw(st.one_of(st.sampled_from(["models", "optimizers", "suites"]), odd_text))
         return ["list", what, *_options(draw, [("-v", st.none()), ("--suites-dir", paths)])]

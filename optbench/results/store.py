@@ -127,12 +127,25 @@ class ResultStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, timeout=30)
+            self._refuse_foreign()  # before WAL mode, which would change the file's header
             self.conn.execute("PRAGMA journal_mode=WAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise OptbenchError(f"{self.path}: not a usable optbench results database ({exc})") from None
         except OSError as exc:
             raise OptbenchError(f"{self.path}: cannot open results database ({exc.strerror})") from None
+
+    def _refuse_foreign(self) -> None:
+        """Another program's SQLite file (tables, none of them ours) is left as it is: adding
+        optbench's tables to it would change a file that --db named by mistake."""
+        tables = {row[0] for row in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        if tables and "runs" not in tables:
+            self.conn.close()
+            shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise OptbenchError(f"{self.path}: an SQLite database of another program (tables: "
+                                f"{shown}), not an optbench results store; pass --db a new file "
+                                "or an optbench store")
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]

@@ -353,3 +353,18 @@ def test_torchrun_starts_every_rank_isolated():
     args = torchrun_args(2, "logs", "cell.pkl", "result.json", "id")
     tail = args[args.index("--no-python") + 1:]
     assert tail == [*ISOLATED_PYTHON, "-m", "optbench.engine.worker", "cell.pkl", "result.json"]
+
+
+def test_stdout_on_a_full_disk_is_one_line():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system to stand for a full disk")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([str(Path(sys.executable).parent / "optbench"), "list", "models"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: writing the output: No space left on device"

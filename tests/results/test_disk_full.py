@@ -161,3 +161,18 @@ def test_a_disk_that_really_fills(write_suite, small_disk, tmp_path, monkeypatch
     assert [r.cell_id for r in ResultStore(db).runs()] == [first.id]
     assert ResultStore(db).restore_unsaved() == ([second.id], [])
     assert [r.cell_id for r in ResultStore(db).runs()] == [first.id, second.id]
+
+
+def test_another_programs_sqlite_file_is_left_untouched(tmp_path):
+    """--db naming someone else's database by mistake: one line, and the file stays byte for
+    byte as it was (no optbench tables, no switch to WAL mode)."""
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE invoices (id INTEGER, total REAL)")
+    conn.execute("INSERT INTO invoices VALUES (1, 9.5)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    with pytest.raises(OptbenchError, match=r"another program \(tables: invoices\)"):
+        ResultStore(other)
+    assert other.read_bytes() == before
