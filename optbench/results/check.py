@@ -29,6 +29,7 @@ from optbench.errors import OptbenchError, informative_line
 from optbench.metrics import (
     METRICS,
     RESULT_STATUSES,
+    STATUSES,
     Metric,
     get_metric,
     rank_metric,
@@ -233,6 +234,8 @@ def _load_cell(path: Path, cell_id: str, doc: Any) -> Observed:
     _expect(isinstance(doc, dict), path, key, "an object")
     for name in ("fingerprint", "optimizer", "optimizer_version", "status"):
         _expect(isinstance(doc.get(name), str), path, f"{key}.{name}", "a string")
+    _expect(doc["status"] in STATUSES, path, f"{key}.status",
+            f"one of {', '.join(STATUSES)}, not {json.dumps(doc['status'])[:40]}")
     metrics = doc.get("metrics", {})
     _expect(isinstance(metrics, dict), path, f"{key}.metrics", "an object of metric -> number")
     for name, value in metrics.items():

@@ -248,23 +248,25 @@ def test_a_plugin_that_raises_is_one_line(tmp_path, monkeypatch):
                                    "raised RuntimeError: boom at import")
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("NaN", "expected a finite number, not NaN"),
-    ("1e999", "expected a finite number, not Infinity"),
-    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+@pytest.mark.parametrize(("value", "status", "message"), [
+    ("NaN", "ok", "expected a finite number, not NaN"),
+    ("1e999", "ok", "expected a finite number, not Infinity"),
+    ("[" * 100000 + "]" * 100000, "ok", "nested too deeply"),
+    ("9" * 400, "ok", "expected a finite number, not 9999"),
+    ("1", "[/]", "status: expected one of ok, "),
 ])
-def test_a_baseline_that_would_pass_anything_is_refused(tmp_path, value, message):
+def test_a_baseline_that_would_pass_anything_is_refused(tmp_path, value, status, message):
     import json
 
     from optbench.errors import OptbenchError
     from optbench.results.check import BASELINE_FORMAT, load_baseline
 
-    cell = {"fingerprint": "f", "optimizer": "adamw", "optimizer_version": "1", "status": "ok"}
+    cell = {"fingerprint": "f", "optimizer": "adamw", "optimizer_version": "1", "status": status}
     text = json.dumps({"optbench_baseline": BASELINE_FORMAT, "suite": "s",
                        "cells": {"c": {**cell, "metrics": {"peak_allocated_bytes": "VALUE"}}}})
     path = tmp_path / "b.json"
     path.write_text(text.replace('"VALUE"', value))
-    with pytest.raises(OptbenchError, match=message.replace("(", r"\(")):
+    with pytest.raises(OptbenchError, match=message.replace("(", r"\(").replace("[", r"\[")):
         load_baseline(path)
 
 
