@@ -79,6 +79,9 @@ def user_errors(fn: Callable) -> Callable:
                         "recovers what it can: sqlite3 DB .recover | sqlite3 NEW.sqlite, then "
                         "--db NEW.sqlite")
             raise typer.Exit(2) from None
+        except BrokenPipeError:  # the reader left (`| head`): silence and exit 1, as Rich does
+            _stdout_to_devnull()
+            raise typer.Exit(1) from None
         except OSError as exc:  # the last net: a disk that fills or a mount that goes mid-write
             where = f"{exc.filename}: " if exc.filename else "writing the output: "
             print_error(f"{where}{exc.strerror or exc}")
@@ -372,14 +375,28 @@ def main() -> None:
         _flush_stdout()
 
 
+def _stdout_to_devnull() -> None:
+    """Python's recipe for a stdout that cannot be written: its file descriptor pointed at
+    /dev/null, so the flush at shutdown has nothing to fail on (nothing to do in a test's
+    captured stdout, which has none)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _flush_stdout() -> None:
     """What is left in stdout's buffer, written now: stdout on a full disk is one line, not
     the traceback Python would print while shutting down; a reader that left (`| head`) is
     silence, as Rich makes it."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`): nothing to flush
+        return
     try:
         sys.stdout.flush()
+    except ValueError:  # closed by someone else: nothing left to write
+        return
     except OSError as exc:
-        sys.stdout = open(os.devnull, "w")  # nothing more for the shutdown to fail on
+        _stdout_to_devnull()
         if isinstance(exc, BrokenPipeError):
             raise SystemExit(1) from None
         print_error(f"standard output: cannot write ({exc.strerror})")

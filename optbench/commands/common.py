@@ -114,14 +114,13 @@ def write_text(path: Path, text: str) -> None:
 def store_kept_results(store: ResultStore, console) -> None:
     """Store the results a failed save kept aside (ResultStore.restore_unsaved) before working
     out what is left to run, so that a cell that finished is never run again."""
-    restored, unreadable = store.restore_unsaved()
+    restored, left = store.restore_unsaved()
     if restored:
         plural = "s" if len(restored) > 1 else ""
         console.print(f"stored {len(restored)} result{plural} kept aside when a save failed "
                       f"({escape(', '.join(restored))})", highlight=False)
-    for path in unreadable:
-        console.print(f"[yellow]warning[/]: {escape(str(path))}: not a readable result; "
-                      "left where it is", highlight=False)
+    for path, why in left:
+        console.print(f"[yellow]warning[/]: {escape(str(path))}: {escape(why)}", highlight=False)
 
 
 def pending_cells(cells: list[Cell], store: ResultStore, rerun: bool) -> list[Cell]:

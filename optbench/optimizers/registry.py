@@ -189,19 +189,20 @@ def _in_range(optimizer: str, key: str, value: Any) -> None:
                                 "0 and below 1")
     if base == "momentum" and any(not 0 <= v <= 1 for v in numbers):
         raise OptbenchError(f"{where}: {value!r} is outside [0, 1]; accepted: 0..1")
-    if isinstance(value, int) and not isinstance(value, bool):  # a count: a rank, steps, a gap
-        low = 1 if key in COUNTS_FROM_ONE else 0
+    if isinstance(value, int) and not isinstance(value, bool):  # a count, a period, a switch
+        low = 1 if key in COUNTS_FROM_ONE else -MAX_HPARAM_COUNT
         if not low <= value <= MAX_HPARAM_COUNT:
-            raise OptbenchError(f"{where}: {value} is out of range; accepted: {low}.."
+            raise OptbenchError(f"{where}: {value} is out of range; accepted: {low:,}.."
                                 f"{MAX_HPARAM_COUNT:,}")
 
 
 # Integer hparams that count something there must be at least one of: a projection's rank, the
-# Newton-Schulz or Sinkhorn iterations, the steps between two projections or preconditioner
-# updates. (The other integers, such as warmup steps or t_alpha_beta3, take 0 for "off".)
-COUNTS_FROM_ONE = frozenset({"rank", "ns_steps", "sinkhorn_iters", "update_proj_gap",
-                             "update_period", "precondition_frequency", "num_samples",
-                             "grad_accu_steps"})
+# steps between two projections or preconditioner updates (0 would divide by zero), samples
+# drawn. Other integers keep whatever meaning their library gives 0 or a negative value (Muon's
+# ns_steps=0 is plain normalized momentum, SPAM's grad_accu_steps=0 clips from the start); all
+# stay within +-10^9, which catches a typo such as 10^400.
+COUNTS_FROM_ONE = frozenset({"rank", "update_proj_gap", "update_period", "precondition_frequency",
+                             "num_samples"})
 MAX_HPARAM_COUNT = 10**9
 
 

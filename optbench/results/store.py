@@ -9,6 +9,7 @@ strategy x harness run).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -136,11 +137,13 @@ class ResultStore:
             raise OptbenchError(f"{self.path}: cannot open results database ({exc.strerror})") from None
 
     def _refuse_foreign(self) -> None:
-        """Another program's SQLite file (tables, none of them ours) is left as it is: adding
-        optbench's tables to it would change a file that --db named by mistake."""
+        """Another program's SQLite file (tables, but no optbench `runs` table: MLflow has a
+        `runs` of its own) is left as it is: adding optbench's tables or switching it to WAL
+        would change a file that --db named by mistake."""
         tables = {row[0] for row in self.conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
-        if tables and "runs" not in tables:
+        ours = {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}
+        if tables and not {"fingerprint", "config_json", "cell_id"} <= ours:
             self.conn.close()
             shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
             raise OptbenchError(f"{self.path}: an SQLite database of another program (tables: "
@@ -177,14 +180,18 @@ class ResultStore:
     @property
     def unsaved_folders(self) -> tuple[Path, Path]:
         """Where `save` keeps a result it could not store: DB.unsaved/ beside the database, else
-        (that disk being full too) a folder named for the database in the system's temporary
-        folder, which is often another disk."""
+        (that disk being full too) a folder of this user's, named for the database, in the
+        system's temporary folder, which is often another disk."""
         import hashlib
         import tempfile
 
-        key = hashlib.sha1(os.fsencode(self.path.absolute())).hexdigest()[:12]
+        try:
+            where = self.path.resolve()
+        except (OSError, RuntimeError):
+            where = self.path.absolute()
+        key = hashlib.sha1(os.fsencode(where)).hexdigest()[:12]
         return (self.path.with_name(self.path.name + ".unsaved"),
-                Path(tempfile.gettempdir(), "optbench-unsaved", f"{self.path.name}-{key}"))
+                Path(tempfile.gettempdir(), f"optbench-unsaved-{_user()}", f"{self.path.name}-{key}"))
 
     def _keep_aside(self, r: RunResult) -> Path | None:
         """The result as JSON in the first of `unsaved_folders` that takes it, written whole (a
@@ -196,7 +203,7 @@ class ResultStore:
             path = folder / f"{r.fingerprint}-{time.time_ns()}.json"
             part = path.with_suffix(".part")
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
                 part.write_text(text, encoding="utf-8")
                 os.replace(part, path)
                 return path
@@ -204,26 +211,78 @@ class ResultStore:
                 part.unlink(missing_ok=True)
         return None
 
-    def restore_unsaved(self) -> tuple[list[str], list[Path]]:
+    def restore_unsaved(self) -> tuple[list[str], list[tuple[Path, str]]]:
         """Store the results `save` kept aside, oldest first, removing each file once stored;
-        (the cell ids stored, the files that could not be read and stay where they are)."""
-        kept = [p for folder in self.unsaved_folders if folder.is_dir()
-                for p in folder.glob("*.json")]
-        restored, unreadable = [], []
-        for path in sorted(kept, key=_kept_order):
+        (the cell ids stored, each file left where it is with the reason).
+
+        Each file is first claimed by an atomic rename, so two commands restoring at once store
+        it once. A result stored already (same cell, same start and end) is not stored again;
+        one older than a run of its cell stored since is left, as it would shadow that run."""
+        restored: list[str] = []
+        left: list[tuple[Path, str]] = []
+        for path in sorted(self._kept_files(), key=_kept_order):
+            claimed = path.with_name(f"{path.name}.claimed-{os.getpid()}")
             try:
-                r = _kept_result(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError, TypeError):
-                unreadable.append(path)
+                os.replace(path, claimed)
+            except FileNotFoundError:
+                continue  # another command claimed it first
+            except OSError as exc:
+                left.append((path, f"cannot be claimed ({exc.strerror}); left where it is"))
                 continue
             try:
-                self._insert(r)
-            except (sqlite3.Error, OSError) as exc:  # still full: the file stays for next time
-                raise OptbenchError(f"{self.path}: cannot store the result kept in {path} "
-                                    f"({exc}): free space and run again") from None
-            path.unlink(missing_ok=True)
-            restored.append(r.cell_id)
-        return restored, unreadable
+                outcome = self._restore_one(claimed)
+            except BaseException:
+                os.replace(claimed, path)
+                raise
+            if isinstance(outcome, str):
+                os.replace(claimed, path)
+                left.append((path, outcome))
+                continue
+            try:
+                claimed.unlink()
+            except OSError as exc:  # stored: a later restore finds it stored and skips it
+                left.append((claimed, f"stored, but could not be removed ({exc.strerror}); "
+                                      "remove it by hand"))
+            if outcome is not None:
+                restored.append(outcome.cell_id)
+        return restored, left
+
+    def _restore_one(self, path: Path) -> RunResult | str | None:
+        """The result stored from `path`; None if it was stored already; else why it is left."""
+        try:
+            r = _kept_result(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return "not a readable result; left where it is"
+        stored = self.conn.execute(
+            "SELECT started_at IS ? AND ended_at IS ?, ended_at FROM runs WHERE fingerprint = ?",
+            (r.started_at, r.ended_at, r.fingerprint)).fetchall()
+        if any(same for same, _ in stored):
+            return None
+        if any(end is not None and r.ended_at is not None and end > r.ended_at for _, end in stored):
+            return ("older than a run of the same cell stored since, which it would shadow; "
+                    "left where it is")
+        try:
+            self._insert(r)
+        except (sqlite3.Error, OSError) as exc:  # still full: the file stays for next time
+            raise OptbenchError(f"{self.path}: cannot store the result kept in {path} "
+                                f"({exc}): free space and run again") from None
+        except (ValueError, TypeError):
+            return "not a readable result; left where it is"
+        return r
+
+    def _kept_files(self) -> list[Path]:
+        """The kept results, and those a command that died mid-restore had claimed. The folder
+        in the shared temporary folder is read only if this user owns it."""
+        files = []
+        for folder in self.unsaved_folders:
+            if not folder.is_dir() or (hasattr(os, "getuid") and folder.stat().st_uid != os.getuid()):
+                continue
+            for stale in folder.glob("*.json.claimed-*"):
+                if not _alive(stale.name.rpartition("-")[2]):
+                    with contextlib.suppress(OSError):
+                        os.replace(stale, stale.with_name(stale.name.partition(".claimed-")[0]))
+            files += folder.glob("*.json")
+        return files
 
     def _insert(self, r: RunResult) -> int:
         with self.conn:
@@ -401,6 +460,28 @@ def runs_frame(runs: Iterable[StoredRun]) -> pd.DataFrame:
     """One row per run, its metrics as columns: what the report and figure renderers read."""
     rows = [{**{c: getattr(r, c) for c in RUN_COLUMNS}, **r.metrics} for r in runs]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(RUN_COLUMNS))
+
+
+def _user() -> str:
+    """This user, for a folder of its own in the shared temporary folder."""
+    if hasattr(os, "getuid"):
+        return str(os.getuid())
+    import getpass
+
+    return getpass.getuser()
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that claimed a kept result is still running."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
 
 
 def _kept_order(path: Path) -> tuple[int, str]:

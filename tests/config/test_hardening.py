@@ -349,14 +349,30 @@ def test_a_module_in_the_current_directory_does_not_run_in_cells(write_suite, tm
 
 
 def test_torchrun_starts_every_rank_isolated():
-    from optbench.engine.isolation import ISOLATED_PYTHON
+    from optbench.engine.isolation import module_command
     from optbench.engine.launch import torchrun_args
 
     args = torchrun_args(2, "logs", "cell.pkl", "result.json", "id")
     tail = args[args.index("--no-python") + 1:]
-    assert tail == [*ISOLATED_PYTHON, "-m", "optbench.engine.worker", "cell.pkl", "result.json"]
+    assert tail == module_command("optbench.engine.worker", "cell.pkl", "result.json")
 
 
+def test_before_python_3_11_children_drop_the_current_directory_too(tmp_path, monkeypatch):
+    """Python 3.10 has no -P: the command made for it runs the module without '' on sys.path."""
+    import subprocess
+
+    from optbench.engine.isolation import child_env, module_command
+
+    (tmp_path / "json.py").write_text("raise SystemExit('a json.py in the current directory ran')\n")
+    monkeypatch.chdir(tmp_path)
+    command = module_command("json.tool", "--compact", version=(3, 10))
+    assert "-P" not in command
+    done = subprocess.run(command, input='{"a": 1}', capture_output=True, text=True,
+                          env=child_env(), timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == '{"a":1}', done.stderr
+    plain = subprocess.run(command[:1] + ["-m", "json.tool"], input="{}", capture_output=True,
+                           text=True, timeout=60)
+    assert "a json.py in the current directory ran" in plain.stderr  # the hazard, for contrast
 def test_stdout_on_a_full_disk_is_one_line():
     import os
     import subprocess
@@ -370,3 +386,27 @@ def test_stdout_on_a_full_disk_is_one_line():
                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: writing the output: No space left on device"
+
+
+def test_bare_optbench_shows_its_help_and_exits_0():
+    result = runner.invoke(app, [])
+    assert result.exit_code == 0 and "Usage" in result.output and "error" not in result.stderr
+
+
+def test_a_reader_that_leaves_ends_the_command_silently(monkeypatch):
+    """`optbench ... | head`: a broken pipe is exit 1 and no error line, as Rich makes it."""
+    import optbench.commands.listing as listing
+
+    def leave(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(listing, "list_things", leave)
+    result = runner.invoke(app, ["list", "models"])
+    assert result.exit_code == 1 and result.stderr == ""
+
+
+@pytest.mark.parametrize("hparam", ["spam:grad_accu_steps=0", "muon:ns_steps=0"])
+def test_integer_hparams_keep_their_librarys_meaning_of_0(hparam, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["estimate", "-m", "llama_tiny", "-o", hparam, "--json"])
+    assert "out of range" not in result.stderr, result.stderr

@@ -78,18 +78,22 @@ def test_results_kept_aside_are_stored_by_the_next_run_then_removed(write_suite,
             store.save(_result(cell))
     monkeypatch.undo()
     (db.parent / "r.sqlite.unsaved" / "broken.json").write_text('{"cell_id": ')  # cut short
-    restored, unreadable = ResultStore(db).restore_unsaved()
+    restored, left = ResultStore(db).restore_unsaved()
     assert restored == [second.id, third.id]
-    assert [p.name for p in unreadable] == ["broken.json"]
+    assert [(p.name, why) for p, why in left] == [("broken.json",
+                                                   "not a readable result; left where it is")]
     stored = ResultStore(db).runs()
     assert [r.cell_id for r in stored] == [first.id, second.id, third.id]
     assert stored[1].metrics == {"tokens_per_s": 1.0} and stored[1].status == "ok"
-    assert ResultStore(db).restore_unsaved() == ([], unreadable)  # each is stored once
+    assert ResultStore(db).restore_unsaved() == ([], left)  # each is stored once
 
 
 def test_a_result_that_cannot_be_kept_leaves_no_partial_file(write_suite, tmp_path, monkeypatch):
     """A full disk can cut the kept JSON short: it is written whole or not at all."""
+    import tempfile
     from pathlib import Path
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # not the machine's own
 
     (cell, *_) = expand(load_suite(write_suite(TINY_SUITE, "t.yaml")))
     store = ResultStore(tmp_path / "r.sqlite")
@@ -103,8 +107,9 @@ def test_a_result_that_cannot_be_kept_leaves_no_partial_file(write_suite, tmp_pa
     monkeypatch.setattr(Path, "write_text", half_then_full)
     with pytest.raises(OptbenchError, match="the result could not be kept"):
         store.save(_result(cell))
+    folders = store.unsaved_folders
     monkeypatch.undo()
-    assert all(not list(folder.iterdir()) for folder in store.unsaved_folders)
+    assert not any(f.is_dir() and list(f.iterdir()) for f in folders)
 
 
 @pytest.fixture
@@ -174,5 +179,85 @@ def test_another_programs_sqlite_file_is_left_untouched(tmp_path):
     conn.close()
     before = other.read_bytes()
     with pytest.raises(OptbenchError, match=r"another program \(tables: invoices\)"):
+        ResultStore(other)
+    assert other.read_bytes() == before
+
+
+def _kept_twice(write_suite, tmp_path, monkeypatch):
+    """A store holding the first cell, and the second cell's result kept aside."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    first, second, _ = expand(load_suite(write_suite(TINY_SUITE, "t.yaml")))
+    db = tmp_path / "r.sqlite"
+    store = ResultStore(db)
+    store.save(_result(first))
+    kept = _result(second)
+    kept.started_at, kept.ended_at = 100.0, 200.0
+    with monkeypatch.context() as m:
+        m.setattr(ResultStore, "_insert", _full)
+        with pytest.raises(OptbenchError):
+            store.save(kept)
+    return db, kept
+
+
+def test_a_kept_result_stored_already_is_not_stored_twice(write_suite, tmp_path, monkeypatch):
+    """Another command restored it (or removing the file failed after it was stored)."""
+    db, kept = _kept_twice(write_suite, tmp_path, monkeypatch)
+    ResultStore(db).save(kept)  # stored by someone else meanwhile
+    assert ResultStore(db).restore_unsaved() == ([], [])
+    assert len(ResultStore(db).runs(fingerprints=[kept.fingerprint])) == 1
+    assert not list(ResultStore(db).unsaved_folders[0].iterdir())
+
+
+def test_a_kept_result_older_than_a_stored_run_is_left(write_suite, tmp_path, monkeypatch):
+    """Stored now, it would get a newer run_id and shadow the newer run in reports and gates."""
+    db, kept = _kept_twice(write_suite, tmp_path, monkeypatch)
+    newer = _result(next(c for c in expand(load_suite(tmp_path / "t.yaml"))
+                         if c.fingerprint == kept.fingerprint))
+    newer.started_at, newer.ended_at = 300.0, 400.0
+    ResultStore(db).save(newer)
+    restored, ((path, why),) = ResultStore(db).restore_unsaved()
+    assert restored == [] and "which it would shadow; left where it is" in why and path.exists()
+    assert [r.ended_at for r in ResultStore(db).runs(fingerprints=[kept.fingerprint])] == [400.0]
+
+
+def test_a_claim_left_by_a_command_that_died_is_restored(write_suite, tmp_path, monkeypatch):
+    db, kept = _kept_twice(write_suite, tmp_path, monkeypatch)
+    (path,) = ResultStore(db).unsaved_folders[0].glob("*.json")
+    path.rename(path.with_name(path.name + ".claimed-999999999"))  # no such process
+    assert ResultStore(db).restore_unsaved() == ([kept.cell_id], [])
+
+
+def test_another_users_temporary_folder_is_not_read(write_suite, tmp_path, monkeypatch):
+    """The shared temporary folder is per user and read only when this user owns it: another
+    local user cannot plant results in a store."""
+    import os
+
+    if not hasattr(os, "getuid"):
+        pytest.skip("no user ids on this system")
+    db, kept = _kept_twice(write_suite, tmp_path, monkeypatch)
+    fallback = ResultStore(db).unsaved_folders[1]
+    assert fallback.parent.name == f"optbench-unsaved-{os.getuid()}"
+    for path in ResultStore(db).unsaved_folders[0].glob("*.json"):
+        fallback.mkdir(parents=True, exist_ok=True)
+        path.rename(fallback / path.name)
+    real_stat = type(fallback).stat
+    monkeypatch.setattr(type(fallback), "stat", lambda self, **k: os.stat_result(
+        (*real_stat(self, **k)[:4], os.getuid() + 1, *real_stat(self, **k)[5:]))
+        if self == fallback else real_stat(self, **k))
+    assert ResultStore(db).restore_unsaved() == ([], [])
+
+
+def test_a_database_with_a_runs_table_of_its_own_is_another_programs(tmp_path):
+    """MLflow's database has a `runs` table too: still not an optbench store, still untouched."""
+    other = tmp_path / "mlflow.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE runs (run_uuid TEXT, name TEXT)")
+    conn.execute("CREATE TABLE metrics (key TEXT, value REAL)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    with pytest.raises(OptbenchError, match=r"another program \(tables: metrics, runs\)"):
         ResultStore(other)
     assert other.read_bytes() == before
