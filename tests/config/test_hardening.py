@@ -11,6 +11,7 @@ from optbench.config.loader import load_suite
 from tests.conftest import TINY_SUITE
 
 runner = CliRunner()
+H = "9" * 400  # a 400-digit integer
 
 
 def _validate(write_suite, text: str, name: str = "s.yaml"):
@@ -34,6 +35,14 @@ def _validate(write_suite, text: str, name: str = "s.yaml"):
      "grid.optimizers[0].label: '[/]' is not a usable label"),
     (TINY_SUITE.replace("[adamw, sgd, scale]", "[{name: adamw, label: \"a\\nb\"}]"),
      "is not a usable label"),
+    # Found by the hostile audit (2026-12-06):
+    (TINY_SUITE.replace("steps: 6", f"steps: 6\n  grad_clip: {H}"), "defaults.grad_clip"),
+    (TINY_SUITE.replace("[adamw, sgd, scale]", f"[{{name: adamw, sweep: {{lr: {{factors: [{H}]}}}}}}]"),
+     "factors[0]"),
+    (TINY_SUITE + "search: {method: quasi_random, trials: 1000000000000}\n",
+     "search.trials: 1000000000000 trials; accepted: up to 10,000"),
+    (TINY_SUITE.replace("max_tokens: 60000", "max_tokens: 60000\n  tokenizer: ~nosuchuser_ob/t.json"),
+     "data.tokenizer"),
 ])
 def test_bad_input_is_one_line(write_suite, text, message):
     result = _validate(write_suite, text)
@@ -91,9 +100,6 @@ def test_odd_output_paths_are_one_line_before_any_work(args, message, tmp_path, 
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-H = "9" * 400  # a 400-digit integer
-
-
 @pytest.mark.parametrize(("args", "message"), [
     (["export", "--csv", "{db}"], "--csv {db}: that is the results store"),
     (["export", "--parquet", "{db}"], "--parquet {db}: that is the results store"),
@@ -140,21 +146,6 @@ def test_what_the_hostile_audit_found_is_one_line(args, message, tmp_path, write
         result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert ResultStore(db).count_runs() == before and db.is_file()
-
-
-@pytest.mark.parametrize("text, message", [
-    (TINY_SUITE.replace("steps: 6", f"steps: 6\n  grad_clip: {H}"), "defaults.grad_clip"),
-    (TINY_SUITE.replace("[adamw, sgd, scale]", f"[{{name: adamw, sweep: {{lr: {{factors: [{H}]}}}}}}]"),
-     "factors[0]"),
-    (TINY_SUITE + "search: {method: quasi_random, trials: 1000000000000}\n",
-     "search.trials: 1000000000000 trials; accepted: up to 10,000"),
-    (TINY_SUITE.replace("max_tokens: 60000", "max_tokens: 60000\n  tokenizer: ~nosuchuser_ob/t.json"),
-     "data.tokenizer"),
-])
-def test_suite_values_the_audit_found_are_one_line(write_suite, text, message):
-    result = _validate(write_suite, text)
-    assert result.exit_code == 2, result.output
-    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
 
 
 def test_a_sweep_factor_written_1e_minus_1_is_a_number(write_suite):

@@ -168,21 +168,6 @@ def test_a_disk_that_really_fills(write_suite, small_disk, tmp_path, monkeypatch
     assert [r.cell_id for r in ResultStore(db).runs()] == [first.id, second.id]
 
 
-def test_another_programs_sqlite_file_is_left_untouched(tmp_path):
-    """--db naming someone else's database by mistake: one line, and the file stays byte for
-    byte as it was (no optbench tables, no switch to WAL mode)."""
-    other = tmp_path / "other.sqlite"
-    conn = sqlite3.connect(other)
-    conn.execute("CREATE TABLE invoices (id INTEGER, total REAL)")
-    conn.execute("INSERT INTO invoices VALUES (1, 9.5)")
-    conn.commit()
-    conn.close()
-    before = other.read_bytes()
-    with pytest.raises(OptbenchError, match=r"another program \(tables: invoices\)"):
-        ResultStore(other)
-    assert other.read_bytes() == before
-
-
 def _kept_twice(write_suite, tmp_path, monkeypatch):
     """A store holding the first cell, and the second cell's result kept aside."""
     import tempfile
@@ -249,15 +234,22 @@ def test_another_users_temporary_folder_is_not_read(write_suite, tmp_path, monke
     assert ResultStore(db).restore_unsaved() == ([], [])
 
 
-def test_a_database_with_a_runs_table_of_its_own_is_another_programs(tmp_path):
-    """MLflow's database has a `runs` table too: still not an optbench store, still untouched."""
-    other = tmp_path / "mlflow.db"
+@pytest.mark.parametrize("tables, shown", [
+    (["CREATE TABLE invoices (id INTEGER, total REAL)"], "invoices"),
+    # MLflow's database has a `runs` table too: still not an optbench store.
+    (["CREATE TABLE runs (run_uuid TEXT, name TEXT)", "CREATE TABLE metrics (key TEXT)"],
+     "metrics, runs"),
+])
+def test_another_programs_sqlite_file_is_left_untouched(tmp_path, tables, shown):
+    """--db naming someone else's database by mistake: one line, and the file stays byte for
+    byte as it was (no optbench tables, no switch to WAL mode)."""
+    other = tmp_path / "other.sqlite"
     conn = sqlite3.connect(other)
-    conn.execute("CREATE TABLE runs (run_uuid TEXT, name TEXT)")
-    conn.execute("CREATE TABLE metrics (key TEXT, value REAL)")
+    for statement in tables:
+        conn.execute(statement)
     conn.commit()
     conn.close()
     before = other.read_bytes()
-    with pytest.raises(OptbenchError, match=r"another program \(tables: metrics, runs\)"):
+    with pytest.raises(OptbenchError, match=rf"another program \(tables: {shown}\)"):
         ResultStore(other)
     assert other.read_bytes() == before
