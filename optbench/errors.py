@@ -32,3 +32,13 @@ def one_line(text: str, limit: int = 400) -> str:
     flat = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
+
+
+def require_utf8(value: str, what: str, why: str) -> None:
+    """One line when `value` (a path or name typed as undecodable bytes, which Python reads as
+    lone surrogates) cannot be UTF-8 text where it must be: '<what> <value>: not UTF-8 text<why>'."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value.encode("utf-8", "backslashreplace").decode()
+        raise OptbenchError(f"{what} {shown}: not UTF-8 text{why}") from None

@@ -82,3 +82,15 @@ def stored_result(cell, metrics: dict | None = None, status: str = "ok"):
                      optimizer_name=cell.optimizer.name, seq_len=cell.seq_len, device="cpu",
                      dtype="fp32", status=status, config=cell.config, metrics=metrics,
                      curve=[(1, 6.0, 1e-3), (2, 5.5, 1e-3)])
+
+
+def store_made_up_results(suite_path, db):
+    """A store at `db` holding `stored_result` for every cell of the suite at `suite_path`."""
+    from optbench.config.loader import load_suite
+    from optbench.config.suite import expand
+    from optbench.results.store import ResultStore
+
+    store = ResultStore(db)
+    for cell in expand(load_suite(suite_path)):
+        store.save(stored_result(cell))
+    return store

@@ -20,10 +20,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from optbench.cli import app
-from optbench.config.loader import load_suite
-from optbench.config.suite import expand
 from optbench.results.store import ResultStore
-from tests.conftest import TINY_SUITE, stored_result
+from tests.conftest import TINY_SUITE, store_made_up_results
 
 CASES = int(os.environ.get("OPTBENCH_FUZZ_CLI_CASES", 300))
 
@@ -141,10 +139,7 @@ def workspace(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz-cli")
     suite = tmp / "suite.yaml"
     suite.write_text(TINY_SUITE)
-    store = ResultStore(tmp / "r.sqlite")
-    for cell in expand(load_suite(suite)):
-        store.save(stored_result(cell))
-    store.close()
+    store_made_up_results(suite, tmp / "r.sqlite").close()
     (tmp / "a_file").write_text("not a folder\n")
     done = runner.invoke(app, ["check", str(suite), "--baseline", str(tmp / "baseline.json"),
                                "--update", "--from-store", "--db", str(tmp / "r.sqlite")])

@@ -14,7 +14,7 @@ from optbench.commands.common import ensure_writable_dir, ensure_writable_file, 
 from optbench.config.loader import load_suite
 from optbench.config.suite import Cell, LogTo, expand
 from optbench.engine.outcome import RunResult
-from optbench.errors import OptbenchError, informative_line
+from optbench.errors import OptbenchError, informative_line, require_utf8
 from optbench.render import export as out
 from optbench.results.store import ResultStore, StoredRun, latest, runs_frame
 
@@ -35,22 +35,27 @@ class Destinations:
                                            self.parquet))
 
 
+MUST_BE_TEXT = ", which it must be here"
+
+
 def run_export(suite_arg: str | None, db: Path, reports_dir: Path, to: Destinations,
                console) -> int:
     if not to.any():
         raise OptbenchError("export: name a destination: --wandb, --tensorboard DIR, --csv FILE "
                             "or --parquet FILE")
+    # TensorBoard, W&B and pyarrow take paths as UTF-8 text, and suite names are stored as
+    # such: a name of other bytes is one line here, not a traceback from their writers.
     if to.parquet is not None:
-        _utf8_path(to.parquet, "--parquet")  # pyarrow takes its path as UTF-8 text
+        require_utf8(str(to.parquet), "--parquet", MUST_BE_TEXT)
     if suite_arg is not None and not is_suite_file(suite_arg):
-        _utf8_path(Path(suite_arg), "SUITE")  # a name stored as text
+        require_utf8(suite_arg, "SUITE", MUST_BE_TEXT)
     for path, option in ((to.csv, "--csv"), (to.parquet, "--parquet")):
         ensure_writable_file(path, option, store=db)
         ensure_writable_file(path and out.curves_path(path), f"{option} (its curves beside it)",
                              store=db)
     for directory, option in ((to.tensorboard, "--tensorboard"), (to.wandb_dir, "--wandb-dir")):
         if directory is not None:
-            _utf8_path(directory, option)
+            require_utf8(str(directory), option, MUST_BE_TEXT)
             ensure_writable_dir(directory, option)
     if not Path(db).exists():
         raise OptbenchError(f"{db}: no results store here; run a suite first")
@@ -74,16 +79,6 @@ def run_export(suite_arg: str | None, db: Path, reports_dir: Path, to: Destinati
         console.print(f"{label}: {len(written)} runs, in {escape(_common_root(written))}",
                       highlight=False)
     return 0
-
-
-def _utf8_path(path: Path, option: str) -> None:
-    """TensorBoard, W&B and pyarrow take paths as UTF-8 text (and suite names are stored as
-    such): a name of other bytes is one line here, not a traceback from their writer."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        raise OptbenchError(f"{option} {str(path).encode('utf-8', 'backslashreplace').decode()}:"
-                            " not UTF-8 text, which it must be here") from None
 
 
 def _write_table(frame, path: Path, fmt: str) -> None:

@@ -21,14 +21,8 @@ def command_line() -> str:
 def _writable(arg: str) -> str:
     """An argument as UTF-8 text can hold it: bytes that were not UTF-8 on the command line
     (Python reads them as lone surrogates) shown backslash-escaped."""
-    raw = arg.encode("utf-8", "surrogateescape") if _encodes(arg, "surrogateescape") \
-        else arg.encode("utf-8", "backslashreplace")
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def _encodes(arg: str, errors: str) -> bool:
     try:
-        arg.encode("utf-8", errors)
-        return True
-    except UnicodeEncodeError:
-        return False
+        raw = arg.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte made, such as '\ud800'
+        raw = arg.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")

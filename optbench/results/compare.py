@@ -32,7 +32,7 @@ from optbench.config.suite import (
 )
 from optbench.data import DataConfig, corpus_key
 from optbench.engine.train import FINAL_LOSS_WINDOW
-from optbench.errors import OptbenchError
+from optbench.errors import OptbenchError, require_utf8
 from optbench.metrics import COMPARE_DEFAULT, RESULT_STATUSES, Metric, get_metric
 from optbench.models import get_model_size
 from optbench.optimizers import get_spec, resolve_hparams
@@ -72,14 +72,6 @@ class Request:
     tuned: bool = False  # each optimizer's best trial of its search only
 
 
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
     """(canonical names, baseline first; baseline name; metrics) or one-line errors."""
     names = [get_spec(n).name for n in req.names]
@@ -91,9 +83,8 @@ def resolve(req: Request) -> tuple[list[str], str, list[Metric]]:
             raise OptbenchError(f"--seq-len {seq_len}: accepted: a positive number of tokens")
     if req.steps is not None and not 0 < req.steps <= MAX_COUNT:
         raise OptbenchError(f"--steps {req.steps}: accepted: 1..{MAX_COUNT:.0e}")
-    if req.suite is not None and not _is_text(req.suite):
-        raise OptbenchError(f"--suite {req.suite.encode('utf-8', 'backslashreplace').decode()}: "
-                            "not UTF-8 text; suite names are")
+    if req.suite is not None:
+        require_utf8(req.suite, "--suite", "; suite names are")
     metrics = [get_metric(m) for m in (req.metrics or COMPARE_DEFAULT)]
     for label in req.parallel:
         parallel = parallel_from_label(label)

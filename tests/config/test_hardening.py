@@ -85,14 +85,9 @@ LONG = "x" * 300
 ])
 def test_odd_output_paths_are_one_line_before_any_work(args, message, tmp_path, write_suite):
     """Found by tests/test_fuzz_cli.py: paths that the system cannot even look up."""
-    from optbench.config.suite import expand
-    from optbench.results.store import ResultStore
-    from tests.conftest import stored_result
+    from tests.conftest import store_made_up_results
 
-    suite = write_suite(TINY_SUITE, "tiny.yaml")
-    store = ResultStore(tmp_path / "r.sqlite")
-    for cell in expand(load_suite(suite)):
-        store.save(stored_result(cell))
+    store_made_up_results(write_suite(TINY_SUITE, "tiny.yaml"), tmp_path / "r.sqlite")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = runner.invoke(app, [*args, "--db", str(tmp_path / "r.sqlite")])
     assert result.exit_code == 2, result.output
@@ -126,15 +121,12 @@ def test_odd_output_paths_are_one_line_before_any_work(args, message, tmp_path, 
 def test_what_the_hostile_audit_found_is_one_line(args, message, tmp_path, write_suite):
     """A review that tried every command as a hostile user found these (2026-12-06): outputs
     that would overwrite the store or a device, values the trace or SQLite cannot take."""
-    from optbench.config.suite import expand
     from optbench.results.store import ResultStore
-    from tests.conftest import stored_result
+    from tests.conftest import store_made_up_results
 
     suite = write_suite(TINY_SUITE, "tiny.yaml")
     db = tmp_path / "r.sqlite"
-    store = ResultStore(db)
-    for cell in expand(load_suite(suite)):
-        store.save(stored_result(cell))
+    store = store_made_up_results(suite, db)
     before = store.count_runs()
     done = runner.invoke(app, ["check", str(suite), "--from-store", "--update", "--db", str(db),
                                "--baseline", str(tmp_path / "b.json")])
@@ -321,10 +313,6 @@ def test_a_module_in_the_current_directory_does_not_run_in_cells(write_suite, tm
     """A json.py where optbench runs would shadow the standard library in every cell (and, for
     a sharded cell, in torchrun's launcher and every rank) if a child put the current directory
     on sys.path, as `python -m` does."""
-    import sys
-
-    if sys.version_info < (3, 11):
-        pytest.skip("python -P needs Python 3.11")
     from optbench.results.store import ResultStore
 
     here = tmp_path / "cwd"
